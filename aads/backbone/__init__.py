@@ -1,0 +1,78 @@
+"""DINOv3 backbones: the variant table, loading from the Hub / a directory / an ``s3://``
+mirror / ``random:<preset>``, preprocessing, pooled features and LoRA target selection.
+
+Typical use::
+
+    backbone = load_backbone(settings.router, settings.storage)
+    feats = FeatureExtractor(backbone, batch_size=64).extract_images(paths)
+"""
+
+from .base import Backbone, Pooling
+from .device import resolve_device, resolve_dtype
+from .errors import BackboneError, BackboneNotAvailable, ImageDecodeError
+from .features import (
+    FeatureExtractor,
+    extract_features,
+    feature_dim,
+    forward_features,
+    pool_tokens,
+)
+from .hub import hub_environment, hub_offline, mirror_instructions
+from .loading import load_backbone, load_local_dir, save_backbone, source_kind
+from .normalization import LVD1689M, NORMALIZATIONS, SAT493M, Normalization, normalization_for
+from .preprocess import ImageInput, open_image, preprocess_batch, preprocess_image, to_rgb
+from .presets import PRESETS, build_random_model, preset_config
+from .targets import lora_target_regex, resolve_lora_targets
+from .variants import (
+    MODEL_TYPES,
+    VARIANTS,
+    VARIANTS_BY_ID,
+    VARIANTS_BY_KEY,
+    Variant,
+    find_variant,
+    get_variant,
+)
+
+__all__ = [
+    "LVD1689M",
+    "MODEL_TYPES",
+    "NORMALIZATIONS",
+    "PRESETS",
+    "SAT493M",
+    "VARIANTS",
+    "VARIANTS_BY_ID",
+    "VARIANTS_BY_KEY",
+    "Backbone",
+    "BackboneError",
+    "BackboneNotAvailable",
+    "FeatureExtractor",
+    "ImageDecodeError",
+    "ImageInput",
+    "Normalization",
+    "Pooling",
+    "Variant",
+    "build_random_model",
+    "extract_features",
+    "feature_dim",
+    "find_variant",
+    "forward_features",
+    "get_variant",
+    "hub_environment",
+    "hub_offline",
+    "load_backbone",
+    "load_local_dir",
+    "lora_target_regex",
+    "mirror_instructions",
+    "normalization_for",
+    "open_image",
+    "pool_tokens",
+    "preprocess_batch",
+    "preprocess_image",
+    "preset_config",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_lora_targets",
+    "save_backbone",
+    "source_kind",
+    "to_rgb",
+]

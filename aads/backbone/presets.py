@@ -1,0 +1,77 @@
+"""``random:<preset>`` backbones: DINOv3-shaped models with seeded random weights.
+
+Nothing here can download gated weights, so tests, the demo and benchmarks run the same code
+path on a model built in code. ``tiny`` is for tests (milliseconds per batch); every real ViT and
+ConvNeXt shape is available under its short key (``random:vitl16``), ``small`` being ViT-S/16.
+Weights are a pure function of (preset, seed): bit-identical across calls, and building one
+never touches the caller's global RNG state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from .errors import BackboneError
+from .variants import VARIANTS_BY_KEY
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
+
+def _tiny() -> PretrainedConfig:
+    from transformers import DINOv3ViTConfig
+
+    return DINOv3ViTConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_register_tokens=4,
+        image_size=64,
+    )
+
+
+def _tiny_convnext() -> PretrainedConfig:
+    from transformers import DINOv3ConvNextConfig
+
+    return DINOv3ConvNextConfig(hidden_sizes=[16, 24, 32, 64], depths=[1, 1, 1, 1], image_size=64)
+
+
+PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
+    "tiny": _tiny,
+    "tiny_convnext": _tiny_convnext,
+    "small": VARIANTS_BY_KEY["vits16"].hf_config,
+    **{key: v.hf_config for key, v in VARIANTS_BY_KEY.items()},
+}
+"""Preset name -> config factory. Real shapes keep registers, layer scale and SwiGLU."""
+
+
+def preset_config(preset: str) -> PretrainedConfig:
+    """The Hugging Face config of a preset; `BackboneError` listing the presets if unknown."""
+    try:
+        factory = PRESETS[preset]
+    except KeyError:
+        raise BackboneError(
+            f"unknown random preset '{preset}'; presets: {', '.join(sorted(PRESETS))}"
+        ) from None
+    return factory()
+
+
+def build_random_model(preset: str, seed: int = 0) -> PreTrainedModel:
+    """A float32 CPU model of the preset's shape with weights drawn from `seed`.
+
+    The construction runs inside `torch.random.fork_rng` with only the CPU generator seeded, so
+    the caller's global RNG (CPU and CUDA) is exactly as it was afterwards.
+    """
+    from transformers import DINOv3ConvNextModel, DINOv3ViTModel
+
+    config = preset_config(preset)
+    model_class = DINOv3ViTModel if config.model_type == "dinov3_vit" else DINOv3ConvNextModel
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        with torch.device("cpu"):
+            model = model_class(config)
+    return model.float()

@@ -1,0 +1,339 @@
+"""The `aads` command line: a thin typer shell over the package, with rich tables and progress.
+
+Every command turns the package's typed errors into one clear `error:` line on stderr and a
+non-zero exit code (2: bad input or config; 3: a store or service is down); tracebacks are for
+bugs only.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as ProgressDisplay
+from rich.table import Table
+
+from aads.config import ConfigError, PlatformConfig, load_config
+from aads.progress import Progress
+
+app = typer.Typer(
+    name="aads",
+    help="AADS: plant-disease diagnosis on DINOv3, from data to served adapters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Synthesise, ingest and inspect image data.", no_args_is_help=True)
+backbone_app = typer.Typer(help="DINOv3 backbones: variants and features.", no_args_is_help=True)
+config_app = typer.Typer(help="Validate and show platform spec files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(backbone_app, name="backbone")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., object])
+
+ConfigOpt = Annotated[
+    Path, typer.Option("--config", "-c", help="platform spec YAML", show_default=True)
+]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean 'bad input': reported in one line, exit code 2."""
+    from aads.backbone import BackboneError, ImageDecodeError
+    from aads.data.dataset import DataError
+    from aads.data.layout import LayoutError
+    from aads.data.manifest import ManifestError
+    from aads.data.synth import SynthError
+    from aads.storage import StorageError
+
+    return (
+        ConfigError,
+        BackboneError,
+        ImageDecodeError,
+        DataError,
+        LayoutError,
+        ManifestError,
+        SynthError,
+        StorageError,
+        FileNotFoundError,
+    )
+
+
+def reports_errors(fn: F) -> F:
+    """Map typed errors to `error: ...` + exit code; 3 when a store is unreachable."""
+
+    @wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> object:
+        from aads.storage import StoreUnavailable
+
+        try:
+            return fn(*args, **kwargs)
+        except StoreUnavailable as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+            raise typer.Exit(3) from None
+        except _user_errors() as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Progress]:
+    """A rich progress bar exposed as the package's `progress(done, total)` callback."""
+    with ProgressDisplay(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=not sys.stderr.isatty(),
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _config(path: Path) -> PlatformConfig:
+    return load_config(path)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@config_app.command("validate")
+@reports_errors
+def config_validate(path: Annotated[Path, typer.Argument(help="spec YAML")]) -> None:
+    """Check a spec file; print every bad field with its dotted path."""
+    cfg = _config(path)
+    console.print(f"[green]ok[/] {path}: {len(cfg.crops)} crop(s): {', '.join(cfg.crop_names)}")
+
+
+@config_app.command("show")
+@reports_errors
+def config_show(path: Annotated[Path, typer.Argument(help="spec YAML")]) -> None:
+    """Print the spec with every default filled in (what the platform will actually use)."""
+    console.print_json(_config(path).model_dump_json())
+
+
+# --------------------------------------------------------------------------- data
+
+
+@data_app.command("synth")
+@reports_errors
+def data_synth(
+    config: ConfigOpt = Path("config/demo.yaml"),
+    out: Annotated[Path, typer.Option(help="output folder")] = Path(".aads/data/synth"),
+    seed: Annotated[int | None, typer.Option(help="override data.synth.seed")] = None,
+    images_per_class: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Draw the deterministic synthetic dataset (crops, parts, diseases, domains)."""
+    from aads.data.synth import synthesize
+
+    cfg = _config(config)
+    updates = {k: v for k, v in {"seed": seed, "images_per_class": images_per_class}.items() if v}
+    settings = cfg.data.synth.model_copy(update=updates)
+    with progress_bar("synthesising") as progress:
+        report = synthesize(cfg, out, settings=settings, progress=progress)
+    table = Table("domain", "images", title=f"{report.images} images in {report.root}")
+    for dom, n in sorted(report.per_domain.items()):
+        table.add_row(dom, str(n))
+    console.print(table)
+
+
+@data_app.command("ingest")
+@reports_errors
+def data_ingest(
+    root: Annotated[Path, typer.Argument(help="image folder to ingest")],
+    config: ConfigOpt = Path("config/demo.yaml"),
+    out: Annotated[Path, typer.Option(help="where manifest.csv, rejects.csv go")] = Path(
+        ".aads/manifest"
+    ),
+    layout: Annotated[
+        str, typer.Option(help="auto | plantvillage | crop-class | crop-part-class")
+    ] = "auto",
+    domain_dirs: Annotated[
+        bool | None, typer.Option("--domain-dirs/--no-domain-dirs", help="top level = domains")
+    ] = None,
+    part: Annotated[str, typer.Option(help="plant part when the layout has none")] = "leaf",
+    domain: Annotated[str, typer.Option(help="domain when the layout has none")] = "base",
+) -> None:
+    """Check every image, split by seed, assign phases; write the manifest + rejects report."""
+    from aads.data.ingest import ingest, write_ingest_outputs
+
+    if layout not in ("auto", "plantvillage", "crop-class", "crop-part-class"):
+        raise ConfigError(
+            f"--layout {layout!r}: must be auto, plantvillage, crop-class or crop-part-class"
+        )
+    cfg = _config(config)
+    with progress_bar("checking images") as progress:
+        result = ingest(
+            root,
+            config=cfg,
+            layout=layout,  # type: ignore[arg-type]
+            domain_dirs=domain_dirs,
+            default_part=part,
+            domain=domain,
+            progress=progress,
+        )
+    paths = write_ingest_outputs(result, out)
+    s = result.summary
+    table = Table("split", "images", title=f"{s['images']} images ({s['layout']} layout)")
+    for split, n in sorted(s["splits"].items()):
+        table.add_row(split, str(n))
+    console.print(table)
+    if result.rejects:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(s["rejects_by_reason"].items()))
+        console.print(f"[yellow]{len(result.rejects)} rejected[/] ({reasons}): {paths['rejects']}")
+    for crop, gap in s["missing_classes"].items():
+        console.print(f"[yellow]{crop}: no base-domain images for {', '.join(gap)}[/]")
+    console.print(f"manifest {paths['manifest']} sha256 {result.manifest_sha256[:16]}")
+
+
+@data_app.command("stats")
+@reports_errors
+def data_stats(
+    manifest: Annotated[Path, typer.Argument(help="manifest.csv")],
+) -> None:
+    """Images per crop, class, domain and split of a manifest."""
+    from collections import Counter
+
+    from aads.data.manifest import read_manifest
+
+    rows = read_manifest(manifest)
+    counts = Counter((r.crop, r.domain, r.label, r.phase or "-", r.split) for r in rows)
+    table = Table("crop", "domain", "class", "phase", "train", "val", "test")
+    keys = sorted({k[:4] for k in counts})
+    for k in keys:
+        table.add_row(*k, *(str(counts[(*k, s)]) for s in ("train", "val", "test")))
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- backbone
+
+
+@backbone_app.command("info")
+@reports_errors
+def backbone_info(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """The real DINOv3 variants (ids, shapes, normalisation) and the random presets."""
+    from dataclasses import asdict
+
+    from aads.backbone import PRESETS, VARIANTS
+
+    if as_json:
+        rows = [{**asdict(v), "parameters": v.num_parameters} for v in VARIANTS]
+        console.print_json(data={"variants": rows, "random_presets": sorted(PRESETS)})
+        return
+    table = Table(
+        "Hugging Face id",
+        "family",
+        "width",
+        "depth",
+        "heads",
+        "MLP",
+        "params",
+        "norm",
+        title="DINOv3 variants (gated, DINOv3 License)",
+    )
+    for v in VARIANTS:
+        mlp = f"{v.mlp} {v.mlp_size}" if v.mlp else "-"
+        table.add_row(
+            v.hf_id,
+            v.family,
+            str(v.width),
+            str(v.depth),
+            str(v.heads or "-"),
+            mlp,
+            f"{v.num_parameters / 1e6:,.0f}M",
+            v.dataset,
+        )
+    console.print(table)
+    console.print(f"random presets (random:<name>): {', '.join(sorted(PRESETS))}")
+
+
+@backbone_app.command("features")
+@reports_errors
+def backbone_features(
+    manifest: Annotated[Path, typer.Option(help="manifest.csv from `aads data ingest`")],
+    out: Annotated[Path, typer.Option(help="features .safetensors to write")],
+    config: ConfigOpt = Path("config/demo.yaml"),
+    which: Annotated[str, typer.Option(help="router | adapter backbone")] = "router",
+    data_root: Annotated[
+        Path | None, typer.Option(help="image root; default: the one ingest recorded")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="only this split")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes")] = 0,
+) -> None:
+    """Extract pooled backbone features for manifest images into a safetensors cache."""
+    from aads.backbone import load_backbone
+    from aads.data.ingest import load_ingest_summary
+    from aads.data.manifest import read_manifest, select
+    from aads.features import extract_manifest_features, save_features
+
+    if which not in ("router", "adapter"):
+        raise ConfigError(f"--which {which!r}: must be router or adapter")
+    cfg = _config(config)
+    rows = select(read_manifest(manifest), split=split)
+    root = data_root or Path(load_ingest_summary(manifest.parent)["root"])
+    settings = cfg.router if which == "router" else cfg.adapter.backbone
+    backbone = load_backbone(settings, cfg.storage)
+    with progress_bar(f"{which} features") as progress:
+        table = extract_manifest_features(
+            backbone,
+            rows,
+            root,
+            batch_size=batch_size,
+            num_workers=workers,
+            progress=progress,
+        )
+    save_features(table, out)
+    console.print(f"{len(rows)} x {backbone.feature_dim} features ({backbone.source}) -> {out}")
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@app.command("demo")
+@reports_errors
+def demo(
+    config: ConfigOpt = Path("config/demo.yaml"),
+    workdir: Annotated[Path, typer.Option(help="where the demo writes")] = Path(".aads/demo"),
+) -> None:
+    """Run the main job end to end on the embedded default (what `make demo` calls)."""
+    from aads.demo import run_demo
+
+    summary = run_demo(_config(config), workdir, progress_bar=progress_bar, console=console)
+    table = Table("step", "result", "seconds", title="AADS demo")
+    for step in summary["steps"]:
+        table.add_row(step["name"], step["result"], f"{step['seconds']:.1f}")
+    console.print(table)
+    console.print(f"summary: {summary['summary_path']}")
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,414 @@
+"""The AADS platform spec: one YAML file describes crops, backbones, adapters, OOD and platform.
+
+Every component (CLI, KFP components, KServe servers) receives a `PlatformConfig`; nothing reads
+YAML or environment variables on its own. Validation happens here, once, with errors that name
+the offending field (``crops.1.phase2_batches.0: class 'healthy' is already a phase-1 class``).
+Secrets never live in the file: storage and registry settings name the environment variables
+that hold them, and `forbid` on every model rejects a stray ``secret_key:`` in YAML.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+SLUG = r"^[a-z][a-z0-9_]*$"
+Slug = Annotated[str, Field(pattern=SLUG, min_length=1, max_length=48)]
+
+BlockSelection = Literal["all", "first_half", "second_half"] | list[Annotated[int, Field(ge=0)]]
+"""Which transformer blocks an adapter touches: a named range or explicit 0-based indices."""
+
+ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_MODULES = ("up_proj", "down_proj", "gate_proj")
+LoraModule = Literal["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
+
+
+class ConfigError(ValueError):
+    """A spec file that cannot be used; the message names the file and every bad field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+class BackboneSettings(_Model):
+    """Where a DINOv3 backbone comes from and how images are fed to it.
+
+    ``source`` is a Hugging Face id (``facebook/dinov3-vitl16-pretrain-lvd1689m``), a local
+    directory saved with ``save_pretrained``, an ``s3://bucket/prefix`` mirror, or
+    ``random:<preset>`` (weights built in code from ``seed``; for tests, demos, benchmarks).
+    """
+
+    source: str = Field(min_length=1)
+    revision: str | None = None
+    image_size: int = Field(224, ge=16, le=1024, description="square input side, multiple of 16")
+    pooling: Literal["cls", "cls_mean"] = Field(
+        "cls_mean", description="cls, or CLS concatenated with mean patch token (DINOv3 probe)"
+    )
+    normalization: Literal["auto", "lvd1689m", "sat493m"] = Field(
+        "auto", description="auto picks by the pretraining dataset in the model id"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gradient_checkpointing: bool = False
+    seed: int = Field(0, description="weight seed for random:<preset> sources")
+
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, v: str) -> str:
+        if v.startswith("random:") and not re.fullmatch(r"random:[a-z0-9_+]+", v):
+            raise ValueError(f"'{v}' is not random:<preset>; see `aads backbone info`")
+        if v.startswith("s3://") and not re.fullmatch(r"s3://[a-z0-9.\-]{3,63}/.+", v):
+            raise ValueError(f"'{v}' is not s3://<bucket>/<prefix>")
+        return v
+
+    @field_validator("image_size")
+    @classmethod
+    def _patch_multiple(cls, v: int) -> int:
+        # 16 is DINOv3's patch size; DINOv2 (patch 14) is not supported yet.
+        if v % 16:
+            raise ValueError(f"image_size {v} must be a multiple of the patch size 16")
+        return v
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+class DoRASettings(_Model):
+    """Phase 1: PEFT LoRA with ``use_dora=True`` on the named modules of the chosen blocks."""
+
+    r: int = Field(16, ge=1, le=512)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    blocks: BlockSelection = "all"
+    modules: list[LoraModule] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+    loraplus_lr_ratio: float = Field(16.0, ge=1.0, description="LoRA+ lr(B) / lr(A)")
+
+
+class SDLoRASettings(_Model):
+    """Phase 2: SD-LoRA (Wu et al., ICLR 2025) on q and v of every block."""
+
+    rank: int = Field(10, ge=1, le=512)
+    variant: Literal["plain", "rr", "kd"] = Field(
+        "plain", description="plain, -RR (rank shrinks per task), -KD (fold spanned directions)"
+    )
+    rank_schedule: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, description="ranks per task for the rr variant, e.g. [10, 8, 6]"
+    )
+    alpha_init: float = Field(0.8, gt=0)
+    kd_threshold: float = Field(
+        0.9, gt=0, le=1, description="-KD: fold when this share of a new direction is spanned"
+    )
+    modules: list[LoraModule] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+
+    @model_validator(mode="after")
+    def _schedule_for_rr(self) -> SDLoRASettings:
+        if self.variant == "rr" and not self.rank_schedule:
+            raise ValueError("rank_schedule is required when variant is 'rr' (e.g. [10, 8, 6])")
+        return self
+
+
+class CONECSettings(_Model):
+    """Phase 3: CONEC-LoRA. Early blocks share LoRAs trained under distillation; late blocks
+    get one LoRA set per domain; a selector picks the set at inference."""
+
+    shared_blocks: BlockSelection = "first_half"
+    rank: int = Field(8, ge=1, le=512)
+    alpha: float = Field(16.0, gt=0)
+    modules: list[LoraModule] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
+    distill_weight: float = Field(1.0, ge=0)
+    distill_temperature: float = Field(2.0, gt=0)
+    selector: Literal["mahalanobis", "linear"] = "mahalanobis"
+
+
+class ThresholdSettings(_Model):
+    mode: Literal["percentile", "mean_std"] = "percentile"
+    k: float = Field(2.0, gt=0, description="mean + k * std mode")
+    percentile: float = Field(95.0, gt=50, lt=100, description="per-class percentile mode")
+    min_samples: int = Field(10, ge=2, description="below this a class uses the pooled threshold")
+
+
+class OODSettings(_Model):
+    covariance: Literal["shared_ledoit_wolf", "shared_empirical", "diagonal", "per_class"] = (
+        "shared_ledoit_wolf"
+    )
+    feature_space: Literal["raw", "l2"] = "l2"
+    relative: bool = False
+    threshold: ThresholdSettings = ThresholdSettings()
+
+
+class TrainingSettings(_Model):
+    epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=8192)
+    lr: float = Field(1e-3, gt=0, lt=10)
+    weight_decay: float = Field(0.01, ge=0)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_accumulation: int = Field(1, ge=1, le=1024)
+    gradient_checkpointing: bool = False
+    early_stopping_patience: int | None = Field(3, ge=1)
+    num_workers: int = Field(0, ge=0, le=64)
+
+
+class PhaseTraining(_Model):
+    router: TrainingSettings = TrainingSettings(epochs=30, lr=1e-2, batch_size=64)
+    phase1: TrainingSettings = TrainingSettings(epochs=10, lr=1e-3)
+    phase2: TrainingSettings = TrainingSettings(epochs=5, lr=1e-3)
+    phase3: TrainingSettings = TrainingSettings(epochs=5, lr=1e-3)
+
+
+class AdapterSettings(_Model):
+    backbone: BackboneSettings
+    dora: DoRASettings = DoRASettings()
+    sd_lora: SDLoRASettings = SDLoRASettings()
+    conec: CONECSettings = CONECSettings()
+    ood: OODSettings = OODSettings()
+
+
+# --------------------------------------------------------------------------- crops & data
+
+
+class CropSpec(_Model):
+    """One crop: its parts, the disease classes each phase learns, its domain shifts."""
+
+    name: Slug
+    parts: list[Slug] = Field(default_factory=lambda: ["leaf"], min_length=1)
+    phase1_classes: list[Slug] = Field(min_length=2)
+    phase2_batches: list[list[Slug]] = Field(default_factory=list)
+    phase3_domains: list[Slug] = Field(default_factory=list)
+    ood_holdout: list[Slug] = Field(
+        default_factory=list, description="classes never trained: near-OOD evaluation only"
+    )
+
+    @model_validator(mode="after")
+    def _classes_disjoint(self) -> CropSpec:
+        seen: dict[str, str] = {}
+
+        def claim(cls_name: str, where: str) -> None:
+            if cls_name in seen:
+                raise ValueError(f"class '{cls_name}' in {where} is already in {seen[cls_name]}")
+            seen[cls_name] = where
+
+        for c in self.phase1_classes:
+            claim(c, "phase1_classes")
+        for i, batch in enumerate(self.phase2_batches):
+            if not batch:
+                raise ValueError(f"phase2_batches.{i} is empty; each batch adds >= 1 class")
+            for c in batch:
+                claim(c, f"phase2_batches.{i}")
+        for c in self.ood_holdout:
+            claim(c, "ood_holdout")
+        if len(set(self.phase3_domains)) != len(self.phase3_domains):
+            raise ValueError(f"phase3_domains has duplicates: {self.phase3_domains}")
+        if BASE_DOMAIN in self.phase3_domains:
+            raise ValueError(f"phase3_domains cannot contain the base domain '{BASE_DOMAIN}'")
+        if len(set(self.parts)) != len(self.parts):
+            raise ValueError(f"parts has duplicates: {self.parts}")
+        return self
+
+    @property
+    def known_classes(self) -> list[str]:
+        """Every class the adapter learns, in head order: phase 1, then each phase-2 batch."""
+        return [*self.phase1_classes, *(c for b in self.phase2_batches for c in b)]
+
+    @property
+    def all_classes(self) -> list[str]:
+        return [*self.known_classes, *self.ood_holdout]
+
+
+BASE_DOMAIN = "base"
+"""Domain name of images that are not a domain shift (lab photos, PlantVillage)."""
+
+
+class SplitFractions(_Model):
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, ge=0, lt=1)
+    test: float = Field(0.15, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1.0, got {total:g}")
+        return self
+
+
+class SynthSettings(_Model):
+    """The deterministic synthetic dataset `aads data synth` draws for demos and tests."""
+
+    images_per_class: int = Field(24, ge=1, le=100_000)
+    images_per_domain_class: int = Field(12, ge=0, le=100_000)
+    image_size: int = Field(128, ge=32, le=1024)
+    seed: int = 0
+
+
+class DataSettings(_Model):
+    root: Path = Path(".aads/data")
+    split: SplitFractions = SplitFractions()
+    split_seed: int = 0
+    min_image_side: int = Field(32, ge=1, description="smaller images are rejected")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, description="decompression-bomb guard: larger images are rejected"
+    )
+    synth: SynthSettings = SynthSettings()
+
+
+# --------------------------------------------------------------------------- platform
+
+
+class StorageSettings(_Model):
+    """S3-compatible object store (MinIO in the cluster). Credentials come from environment
+    variables named here, never from the file."""
+
+    endpoint: str | None = Field(
+        None, description="host:port or URL; None means AWS S3 (s3.amazonaws.com)"
+    )
+    region: str | None = None
+    secure: bool = True
+    bucket: str = Field("aads", pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+    prefix: str = ""
+    access_key_env: str = "AWS_ACCESS_KEY_ID"
+    secret_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    endpoint_env: str = Field(
+        "AWS_ENDPOINT_URL_S3", description="overrides endpoint when set (Kubernetes Secrets)"
+    )
+    retries: int = Field(5, ge=1, le=20, description="attempts before a clear 'store down' error")
+    timeout_s: float = Field(30.0, gt=0, le=3600, description="per-request connect/read timeout")
+    cache_dir: Path = Path.home() / ".cache" / "aads"
+
+    def credentials(self, environ: dict[str, str] | None = None) -> tuple[SecretStr, SecretStr]:
+        """Read the access and secret key from the environment at the moment of use."""
+        env = os.environ if environ is None else environ
+        return SecretStr(env.get(self.access_key_env, "")), SecretStr(
+            env.get(self.secret_key_env, "")
+        )
+
+    def resolved_endpoint(self, environ: dict[str, str] | None = None) -> str | None:
+        env = os.environ if environ is None else environ
+        return env.get(self.endpoint_env) or self.endpoint
+
+
+class RegistrySettings(_Model):
+    tracking_uri: str | None = Field(
+        None, description="None: `aads` starts MLflow on sqlite under .aads/ for local runs"
+    )
+    experiment: str = "aads"
+    adapter_model_prefix: str = "aads-adapter-"
+    router_model_name: str = "aads-router"
+
+
+class PlatformConfig(_Model):
+    """The whole platform spec file."""
+
+    name: Slug = "aads"
+    crops: list[CropSpec] = Field(min_length=1)
+    router: BackboneSettings
+    adapter: AdapterSettings
+    training: PhaseTraining = PhaseTraining()
+    data: DataSettings = DataSettings()
+    storage: StorageSettings = StorageSettings()
+    registry: RegistrySettings = RegistrySettings()
+
+    @field_validator("crops")
+    @classmethod
+    def _unique_crops(cls, crops: list[CropSpec]) -> list[CropSpec]:
+        names = [c.name for c in crops]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"crop names must be unique; repeated: {dupes}")
+        return crops
+
+    def crop(self, name: str) -> CropSpec:
+        for c in self.crops:
+            if c.name == name:
+                return c
+        raise ConfigError(f"unknown crop '{name}'; configured crops: {self.crop_names}")
+
+    @property
+    def crop_names(self) -> list[str]:
+        return [c.name for c in self.crops]
+
+    @property
+    def parts(self) -> list[str]:
+        """Every plant part across crops, in first-seen order: the router's part head."""
+        return list(dict.fromkeys(p for c in self.crops for p in c.parts))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per bad field, dotted path first, so a user can find it in the YAML."""
+    lines = [f"{source}: {err.error_count()} invalid field(s)"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (typo? secrets belong in environment variables, not the file)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> PlatformConfig:
+    try:
+        return PlatformConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> PlatformConfig:
+    """Read and validate a spec file; every failure is a `ConfigError` naming file and field."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read config ({err.strerror or err})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
+    return parse_config(data, str(p))
+
+
+def resolve_blocks(selection: BlockSelection, depth: int) -> list[int]:
+    """Turn a block selection into sorted indices for a backbone with `depth` blocks.
+
+    The CONEC split scales with depth: ``first_half`` of 24 blocks is 0-11 (DESIGN.md s3).
+    """
+    half = depth // 2
+    if selection == "all":
+        return list(range(depth))
+    if selection == "first_half":
+        return list(range(half))
+    if selection == "second_half":
+        return list(range(half, depth))
+    bad = [b for b in selection if b >= depth]
+    if bad:
+        raise ConfigError(f"blocks {bad} out of range for a backbone with {depth} blocks")
+    if not selection:
+        raise ConfigError("block list is empty")
+    return sorted(set(selection))
+
+
+def complement_blocks(selection: Sequence[int], depth: int) -> list[int]:
+    chosen = set(selection)
+    return [b for b in range(depth) if b not in chosen]

@@ -1,0 +1,1 @@
+"""Plant image data: synthetic generation, ingest into a manifest, splits, torch datasets."""

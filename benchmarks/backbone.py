@@ -1,0 +1,143 @@
+"""Feature-extraction throughput of DINOv3 backbones (random weights of the real shapes).
+
+Reproduce with ``.venv/bin/python benchmarks/backbone.py [--quick]``; results go to
+``benchmarks/results/backbone.json``. Inputs are already-preprocessed tensors, so the numbers
+are the model's forward pass + pooling + copy to CPU (`extract_features`), not decoding.
+The report is a list of sections, each a function returning a dict: add a section by appending
+to `SECTIONS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from aads.atomic import atomic_write_text
+from aads.backbone import Backbone, extract_features, load_backbone
+from aads.config import BackboneSettings
+
+RESULTS = Path(__file__).resolve().parent / "results" / "backbone.json"
+Section = Callable[[argparse.Namespace], dict[str, Any]]
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(_: argparse.Namespace) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "cuda": torch.cuda.is_available(),
+        # Other busy processes skew CPU numbers badly (2 threads on 2 busy cores): check this.
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def time_extraction(backbone: Backbone, batch: int, warmup: int, repeats: int) -> dict[str, Any]:
+    """Median wall time of `extract_features` on one batch (CUDA synchronised)."""
+    x = torch.randn(batch, 3, backbone.image_size, backbone.image_size)
+    cuda = backbone.device.type == "cuda"
+
+    def once() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        extract_features(backbone, x)  # returns CPU float32: includes the device sync
+        return time.perf_counter() - t0
+
+    for _ in range(warmup):
+        once()
+    times = [once() for _ in range(repeats)]
+    median = statistics.median(times)
+    return {
+        "batch": batch,
+        "median_s": round(median, 5),
+        "min_s": round(min(times), 5),
+        "images_per_s": round(batch / median, 2),
+        "repeats": repeats,
+    }
+
+
+def cpu_random_small(args: argparse.Namespace) -> dict[str, Any]:
+    """ViT-S/16 shape (random:small) at 224x224, float32 on CPU."""
+    settings = BackboneSettings(
+        source="random:small", image_size=224, device="cpu", dtype="float32"
+    )
+    backbone = load_backbone(settings)
+    warmup, repeats = (1, 3) if args.quick else (2, 7)
+    runs = [time_extraction(backbone, b, warmup, repeats) for b in (1, 8, 32)]
+    return {"source": backbone.source, "image_size": 224, "dtype": "float32", "runs": runs}
+
+
+def cuda_large_bf16(args: argparse.Namespace) -> dict[str, Any]:
+    """ViT-L/16 and ViT-H+/16 shapes in bfloat16 at batch 64 on the GPU, with peak memory."""
+    if not torch.cuda.is_available():
+        return {"skipped": "CUDA not available"}
+    warmup, repeats = (1, 3) if args.quick else (3, 10)
+    runs = []
+    for preset in ("vitl16", "vith16plus"):
+        settings = BackboneSettings(
+            source=f"random:{preset}", image_size=224, device="cuda", dtype="bfloat16"
+        )
+        backbone = load_backbone(settings)
+        torch.cuda.reset_peak_memory_stats()
+        run = time_extraction(backbone, 64, warmup, repeats)
+        run["source"] = backbone.source
+        run["max_memory_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        runs.append(run)
+        del backbone
+        torch.cuda.empty_cache()
+    return {"image_size": 224, "dtype": "bfloat16", "runs": runs}
+
+
+SECTIONS: list[tuple[str, Section]] = [
+    ("environment", environment),
+    ("cpu_random_small", cpu_random_small),
+    ("cuda_large_bf16", cuda_large_bf16),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report: dict[str, Any] = {"benchmark": "backbone", "quick": args.quick}
+    for name, section in SECTIONS:
+        t0 = time.perf_counter()
+        report[name] = section(args)
+        print(f"{name} ({time.perf_counter() - t0:.1f}s): {json.dumps(report[name])}")
+    report["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+    atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Shared fixtures: real servers on 127.0.0.1 (moto S3), small configs, synthetic images."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aads.config import StorageSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A real S3 protocol server (moto) on loopback, shared by the session."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_settings(
+    moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> StorageSettings:
+    """Settings for the moto server; credentials only through the environment, as in a pod."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    return StorageSettings(
+        endpoint=moto_endpoint,
+        secure=False,
+        region="us-east-1",
+        bucket="aads-test",
+        retries=2,
+        timeout_s=2.0,
+        cache_dir=tmp_path / "cache",
+    )
+
+
+@pytest.fixture
+def demo_config_path() -> Path:
+    return ROOT / "config" / "demo.yaml"
