@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -73,6 +74,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def _fail(err: BaseException, code: int) -> NoReturn:
+    """Print the reason unwrapped (one line, grep-able) and exit; never a traceback."""
+    err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
+
+
 def reports_errors(fn: F) -> F:
     """Map typed errors to `error: ...` + exit code; 3 when a store is unreachable."""
 
@@ -83,11 +90,9 @@ def reports_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except StoreUnavailable as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False)
-            raise typer.Exit(3) from None
+            _fail(err, 3)
         except _user_errors() as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False)
-            raise typer.Exit(2) from None
+            _fail(err, 2)
 
     return wrapper  # type: ignore[return-value]
 

@@ -1,0 +1,171 @@
+"""The `aads` command: each subcommand works end to end and bad input is one clear line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from aads.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def small_config(tmp_path: Path, demo_config_path: Path) -> Path:
+    """The demo spec with fewer, smaller images so CLI tests run in seconds."""
+    spec = yaml.safe_load(demo_config_path.read_text())
+    spec["data"]["synth"] = {
+        "images_per_class": 3,
+        "images_per_domain_class": 1,
+        "image_size": 48,
+        "seed": 0,
+    }
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_every_command_has_help():
+    for cmd in (
+        [],
+        ["data"],
+        ["data", "synth"],
+        ["data", "ingest"],
+        ["data", "stats"],
+        ["backbone", "info"],
+        ["backbone", "features"],
+        ["config", "validate"],
+        ["demo"],
+    ):
+        result = invoke(*cmd, "--help")
+        assert result.exit_code == 0, (cmd, result.output)
+        assert "Usage" in result.output
+
+
+def test_config_validate_reports_the_bad_field_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "crops": [{"name": "Tomato", "phase1_classes": ["a", "b"]}],
+                "router": {"source": "random:tiny"},
+                "adapter": {"backbone": {"source": "random:tiny"}},
+            }
+        )
+    )
+    result = invoke("config", "validate", bad)
+    assert result.exit_code == 2
+    assert "error:" in result.output and "crops.0.name" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_backbone_info_lists_the_real_variants_as_json():
+    result = invoke("backbone", "info", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    ids = {v["hf_id"] for v in data["variants"]}
+    assert "facebook/dinov3-vitl16-pretrain-lvd1689m" in ids
+    assert "tiny" in data["random_presets"]
+
+
+def test_synth_ingest_stats_features_chain(tmp_path, small_config):
+    data, out = tmp_path / "data", tmp_path / "manifest"
+    assert invoke("data", "synth", "--config", small_config, "--out", data).exit_code == 0
+    result = invoke("data", "ingest", data, "--config", small_config, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "manifest.csv").is_file() and (out / "rejects.csv").is_file()
+    stats = invoke("data", "stats", out / "manifest.csv")
+    assert stats.exit_code == 0 and "tomato" in stats.output
+    feats = tmp_path / "router.safetensors"
+    result = invoke(
+        "backbone",
+        "features",
+        "--config",
+        small_config,
+        "--manifest",
+        out / "manifest.csv",
+        "--out",
+        feats,
+    )
+    assert result.exit_code == 0, result.output
+    assert feats.is_file()
+
+
+def test_synth_with_an_unknown_domain_exits_2_naming_known_domains(tmp_path, small_config):
+    spec = yaml.safe_load(small_config.read_text())
+    spec["crops"][0]["phase3_domains"] = ["moonlight"]
+    small_config.write_text(yaml.safe_dump(spec))
+    result = invoke("data", "synth", "--config", small_config, "--out", tmp_path / "d")
+    assert result.exit_code == 2
+    assert "moonlight" in result.output and "low_light" in result.output
+
+
+def test_ingest_of_a_missing_folder_exits_2(tmp_path, small_config):
+    result = invoke("data", "ingest", tmp_path / "nope", "--config", small_config)
+    assert result.exit_code == 2 and "not a directory" in result.output
+
+
+def test_bad_layout_option_exits_2(tmp_path, small_config):
+    result = invoke("data", "ingest", tmp_path, "--config", small_config, "--layout", "flat")
+    assert result.exit_code == 2 and "--layout 'flat'" in result.output
+
+
+def test_unavailable_backbone_exits_2_with_mirror_instructions(tmp_path, small_config, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    spec = yaml.safe_load(small_config.read_text())
+    spec["router"]["source"] = "facebook/dinov3-vits16-pretrain-lvd1689m"
+    small_config.write_text(yaml.safe_dump(spec))
+    manifest = tmp_path / "m" / "manifest.csv"
+    manifest.parent.mkdir()
+    manifest.write_text("path,sha256,crop,part,label,domain,split,phase,task,width,height\n")
+    (manifest.parent / "ingest.json").write_text(json.dumps({"root": str(tmp_path)}))
+    result = invoke(
+        "backbone",
+        "features",
+        "--config",
+        small_config,
+        "--manifest",
+        manifest,
+        "--out",
+        tmp_path / "f.safetensors",
+    )
+    assert result.exit_code == 2
+    assert "facebook/dinov3-vits16-pretrain-lvd1689m" in result.output
+    assert "s3://" in result.output
+
+
+def test_demo_runs_end_to_end_and_writes_a_summary(tmp_path, small_config):
+    result = invoke("demo", "--config", small_config, "--workdir", tmp_path / "demo")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "demo" / "demo-summary.json").read_text())
+    assert [s["name"] for s in summary["steps"]] == [
+        "synthesise data",
+        "ingest + split",
+        "router features",
+    ]
+    assert summary["steps"][2]["feature_dim"] == 128
+
+
+def test_error_text_with_brackets_is_printed_verbatim(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    crop = {"name": "tomato", "phase1_classes": ["a", "b"]}
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "crops": [crop, crop],
+                "router": {"source": "random:tiny"},
+                "adapter": {"backbone": {"source": "random:tiny"}},
+            }
+        )
+    )
+    result = invoke("config", "validate", bad)
+    assert result.exit_code == 2 and "repeated: ['tomato']" in result.output
