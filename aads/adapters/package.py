@@ -1,0 +1,220 @@
+"""The adapter package: one directory that is a crop adapter, from training to serving.
+
+Layout (every tensor file is safetensors; nothing is pickled)::
+
+    adapter.json          what it is: crop, classes (head order), domains, backbone settings
+                          and signature, phase history, settings, metrics, data manifest hash
+    dora/                 phase 1 DoRA adapter in PEFT's own format
+    sd_lora.safetensors   phase 2 SD-LoRA pairs and magnitudes (absent before phase 2)
+    conec.safetensors     phase 3 shared + per-domain LoRAs and the domain selector
+    heads.safetensors     the disease head(s): ``head.<domain>.weight/bias``
+    ood/                  OOD calibration slot (filled by the OOD calibration step)
+    metrics/              confusion matrices (PNG + JSON) per phase
+    SHA256SUMS            written last: a package without it is incomplete
+
+Only low-rank factors are stored, never merged backbone weights: the base weights come from
+the backbone source, which is why the package records the backbone's signature and refuses a
+different one. A package is written to a temporary sibling and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from aads.atomic import atomic_write, atomic_write_text
+from aads.backbone import Backbone, load_backbone
+from aads.config import BackboneSettings, StorageSettings
+from aads.features import backbone_signature
+from aads.storage import CHECKSUM_FILE, format_checksums, parse_checksums, sha256_file
+
+FORMAT = "aads-adapter/1"
+META_FILE = "adapter.json"
+HEADS_FILE = "heads.safetensors"
+SD_LORA_FILE = "sd_lora.safetensors"
+CONEC_FILE = "conec.safetensors"
+OOD_DIR = "ood"
+METRICS_DIR = "metrics"
+
+
+class PackageError(ValueError):
+    """A package that is incomplete, corrupt, or does not fit what it is loaded with."""
+
+
+class PhaseRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    phase: Literal["1", "2", "3"]
+    task: str = Field("", description="phase-2 batch index or phase-3 domain")
+    added: list[str] = Field(default_factory=list, description="classes or domain added")
+    epochs: int = 0
+    seconds: float = 0.0
+    metrics: dict[str, float] = Field(default_factory=dict)
+    finished: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+class AdapterMeta(BaseModel):
+    """``adapter.json``; validated on load so a hand-edited file fails naming the field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["aads-adapter/1"] = FORMAT
+    crop: str
+    classes: list[str] = Field(min_length=2)
+    domains: list[str] = Field(default_factory=lambda: ["base"], min_length=1)
+    backbone_settings: dict
+    backbone_signature: dict[str, str]
+    adapter_settings: dict
+    phases: list[PhaseRecord] = Field(default_factory=list)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    manifest_sha256: str = ""
+    ood: dict | None = None
+
+    @property
+    def last_phase(self) -> str:
+        return self.phases[-1].phase if self.phases else "0"
+
+
+@dataclass
+class PackageContents:
+    """What a training phase hands to `write_package`."""
+
+    meta: AdapterMeta
+    heads: dict[str, torch.Tensor]
+    dora: nn.Module | None = None  # a PeftModel, saved in PEFT's format
+    dora_from: Path | None = None  # or: copy the dora/ folder of an earlier package
+    sd_lora: dict[str, torch.Tensor] | None = None
+    conec: dict[str, torch.Tensor] | None = None
+    extra: Callable[[Path], None] | None = None  # writes metrics/ etc. into the staging dir
+
+
+def write_package(contents: PackageContents, out_dir: Path) -> Path:
+    """Write the package to a temporary sibling, checksum it, then rename it into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        _write_contents(contents, staging)
+        sums = {
+            p.relative_to(staging).as_posix(): sha256_file(p)
+            for p in sorted(staging.rglob("*"))
+            if p.is_file()
+        }
+        atomic_write_text(staging / CHECKSUM_FILE, format_checksums(sums))
+        staging.chmod(0o755)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def _write_contents(c: PackageContents, d: Path) -> None:
+    from aads.adapters.dora import ADAPTER_DIR, save_dora
+
+    atomic_write_text(d / META_FILE, c.meta.model_dump_json(indent=2) + "\n")
+    _save_tensors(c.heads, d / HEADS_FILE)
+    if c.dora is not None:
+        save_dora(c.dora, d)  # type: ignore[arg-type]
+        (d / ADAPTER_DIR / "README.md").unlink(missing_ok=True)  # PEFT's empty model card
+    elif c.dora_from is not None:
+        shutil.copytree(Path(c.dora_from) / ADAPTER_DIR, d / ADAPTER_DIR)
+    if c.sd_lora is not None:
+        _save_tensors(c.sd_lora, d / SD_LORA_FILE)
+    if c.conec is not None:
+        _save_tensors(c.conec, d / CONEC_FILE)
+    (d / OOD_DIR).mkdir(exist_ok=True)
+    if c.extra is not None:
+        c.extra(d)
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(clean, tmp))
+
+
+def verify_package(pkg_dir: Path) -> dict[str, str]:
+    """Check every file against ``SHA256SUMS``; return the checksums (the package digest)."""
+    pkg_dir = Path(pkg_dir)
+    sums_path = pkg_dir / CHECKSUM_FILE
+    if not sums_path.is_file():
+        raise PackageError(f"{pkg_dir}: no {CHECKSUM_FILE}: not a complete adapter package")
+    sums = parse_checksums(sums_path.read_text())
+    for rel, digest in sums.items():
+        path = pkg_dir / rel
+        if not path.is_file():
+            raise PackageError(f"{pkg_dir}: {rel} is listed in {CHECKSUM_FILE} but missing")
+        if sha256_file(path) != digest:
+            raise PackageError(f"{pkg_dir}: {rel} does not match its checksum (corrupt)")
+    return sums
+
+
+def read_meta(pkg_dir: Path) -> AdapterMeta:
+    path = Path(pkg_dir) / META_FILE
+    try:
+        return AdapterMeta.model_validate_json(path.read_text())
+    except OSError as err:
+        raise PackageError(f"{pkg_dir}: not an adapter package ({err.strerror or err})") from None
+    except ValidationError as err:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise PackageError(f"{path}: invalid ({fields})") from None
+
+
+def read_tensors(pkg_dir: Path, name: str) -> dict[str, torch.Tensor] | None:
+    path = Path(pkg_dir) / name
+    return load_file(str(path)) if path.is_file() else None
+
+
+def package_backbone(
+    meta: AdapterMeta,
+    storage: StorageSettings | None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    gradient_checkpointing: bool = False,
+) -> Backbone:
+    """Load the backbone the package was trained on and check it is the same one."""
+    settings = BackboneSettings(
+        **{**meta.backbone_settings, "gradient_checkpointing": gradient_checkpointing},
+        device=device,
+        dtype=dtype,
+    )
+    backbone = load_backbone(settings, storage)
+    found = backbone_signature(backbone)
+    if found != meta.backbone_signature:
+        diff = {
+            k: (meta.backbone_signature.get(k), v)
+            for k, v in found.items()
+            if meta.backbone_signature.get(k) != v
+        }
+        raise PackageError(
+            f"adapter for '{meta.crop}' was trained on another backbone setup: "
+            + "; ".join(f"{k}: package {a!r}, loaded {b!r}" for k, (a, b) in diff.items())
+        )
+    return backbone
+
+
+def backbone_settings_record(settings: BackboneSettings) -> dict:
+    """What a package stores to rebuild its backbone; device and dtype belong to the host."""
+    return settings.model_dump(mode="json", exclude={"device", "dtype", "gradient_checkpointing"})
+
+
+def metrics_dir(pkg_dir: Path) -> Path:
+    return Path(pkg_dir) / METRICS_DIR
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

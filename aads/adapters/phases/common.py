@@ -1,0 +1,113 @@
+"""What every phase needs: its rows, loaders over them, evaluation, errors before training.
+
+All checks on the data a phase will see run before the backbone is loaded or a step is taken:
+a class with no images or a domain with no data fails in a second, not after an epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from aads.backbone import Backbone, preprocess_image
+from aads.config import TrainingSettings
+from aads.data.dataset import ManifestDataset, make_loader
+from aads.data.manifest import ManifestRow, select
+from aads.training import make_train_loader
+
+
+class AdapterTrainingError(ValueError):
+    """A phase that cannot start with this data, config or previous package."""
+
+
+@dataclass(frozen=True)
+class PhaseData:
+    train: list[ManifestRow]
+    val: list[ManifestRow]
+    test: list[ManifestRow]
+
+
+def phase_rows(
+    rows: Sequence[ManifestRow], crop: str, phase: str, task: str | None = None
+) -> PhaseData:
+    picked = select(rows, crop=crop, phase=phase, task=task)
+    return PhaseData(*(select(picked, split=s) for s in ("train", "val", "test")))
+
+
+def require_images(rows: Sequence[ManifestRow], classes: Sequence[str], what: str) -> None:
+    """Every class in `classes` must have at least one image in `rows`."""
+    have = {r.label for r in rows}
+    empty = [c for c in classes if c not in have]
+    if empty:
+        raise AdapterTrainingError(
+            f"{what}: class(es) {empty} have no training images; add images or remove them "
+            "from the config"
+        )
+
+
+def image_loader(
+    rows: Sequence[ManifestRow],
+    root: Path,
+    classes: Sequence[str],
+    backbone: Backbone,
+    settings: TrainingSettings,
+    *,
+    train: bool,
+) -> torch.utils.data.DataLoader:
+    """Training loaders shuffle by seed (sharded across DDP ranks); evaluation ones keep order."""
+    transform = partial(
+        preprocess_image, image_size=backbone.image_size, normalization=backbone.normalization
+    )
+    dataset = ManifestDataset(rows, root, transform, classes)
+    pin = backbone.device.type == "cuda"
+    if train:
+        return make_train_loader(dataset, settings, shuffle=True, pin_memory=pin)
+    return make_loader(
+        dataset, batch_size=settings.batch_size, num_workers=settings.num_workers, pin_memory=pin
+    )
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device
+) -> tuple[list[int], list[int]]:
+    """(true labels, predicted labels) over a loader of (pixels, label, index)."""
+    was_training = model.training
+    model.eval()
+    y_true: list[int] = []
+    y_pred: list[int] = []
+    try:
+        for pixels, labels, _ in loader:
+            logits = model(pixels.to(device))
+            y_true += labels.tolist()
+            y_pred += logits.argmax(-1).cpu().tolist()
+    finally:
+        model.train(was_training)
+    return y_true, y_pred
+
+
+def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    if not y_true:
+        return float("nan")
+    return sum(int(a == b) for a, b in zip(y_true, y_pred, strict=True)) / len(y_true)
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, active: Sequence[int] | None
+) -> torch.Tensor:
+    """Cross-entropy over the `active` classes only (all when None).
+
+    Rehearsal-free class-incremental training sees only the new classes; letting their loss
+    push down the old classes' logits would erase them, so old logits are left out of it.
+    """
+    if active is None:
+        return nn.functional.cross_entropy(logits, targets)
+    idx = torch.as_tensor(list(active), device=logits.device)
+    remap = torch.full((logits.shape[1],), -100, dtype=torch.long, device=logits.device)
+    remap[idx] = torch.arange(len(idx), device=logits.device)
+    return nn.functional.cross_entropy(logits[:, idx], remap[targets])
