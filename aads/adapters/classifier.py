@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from aads.adapters.conec import ConecHeads, ConecState, conec_logits
 from aads.backbone import Pooling, pool_tokens
 
 
@@ -56,3 +57,25 @@ def freeze_rope_augmentation(model: nn.Module) -> None:
     for module in model.modules():
         if type(module).__name__.endswith("RopePositionEmbedding"):
             module.eval()
+
+
+class ConecClassifier(nn.Module):
+    """Phase 3 network: CONEC-routed backbone, each sample scored by its domain's head."""
+
+    def __init__(self, backbone: nn.Module, state: ConecState, heads: ConecHeads):
+        super().__init__()
+        self.backbone = backbone
+        self.heads = heads
+        self.state = state
+
+    def train(self, mode: bool = True) -> ConecClassifier:
+        super().train(mode)
+        freeze_rope_augmentation(self)
+        return self
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(pixel_values=pixel_values)
+        return pool_tokens(out.last_hidden_state, self.state.pooling, self.state.prefix_tokens)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return conec_logits(self.backbone, self.state, self.heads, pixel_values)

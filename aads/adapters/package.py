@@ -20,16 +20,17 @@ different one. A package is written to a temporary sibling and renamed into plac
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -52,6 +53,14 @@ class PackageError(ValueError):
     """A package that is incomplete, corrupt, or does not fit what it is loaded with."""
 
 
+def _finite(metrics: dict[str, float]) -> dict[str, float]:
+    """JSON has no NaN: a metric that could not be computed is left out, not written as null."""
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+
+
+FiniteMetrics = Annotated[dict[str, float], AfterValidator(_finite)]
+
+
 class PhaseRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -60,14 +69,14 @@ class PhaseRecord(BaseModel):
     added: list[str] = Field(default_factory=list, description="classes or domain added")
     epochs: int = 0
     seconds: float = 0.0
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: FiniteMetrics = Field(default_factory=dict)
     finished: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
 class AdapterMeta(BaseModel):
     """``adapter.json``; validated on load so a hand-edited file fails naming the field."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     format: Literal["aads-adapter/1"] = FORMAT
     crop: str
@@ -77,7 +86,7 @@ class AdapterMeta(BaseModel):
     backbone_signature: dict[str, str]
     adapter_settings: dict
     phases: list[PhaseRecord] = Field(default_factory=list)
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: FiniteMetrics = Field(default_factory=dict)
     manifest_sha256: str = ""
     ood: dict | None = None
 

@@ -38,7 +38,7 @@ from aads.data.manifest import ManifestRow
 from aads.features import backbone_signature
 from aads.metrics import classification_summary, save_confusion_matrix
 from aads.progress import Progress
-from aads.training import fit
+from aads.training import FitResult, fit
 
 
 def train_phase1(
@@ -123,7 +123,7 @@ def train_phase1(
     summary = classification_summary(y_true, y_pred, classes)
     metrics = {
         "phase1_test_accuracy": summary["accuracy"],
-        "phase1_val_accuracy": float(result.best_metric or float("nan")),
+        "phase1_val_accuracy": _best(result),
     }
     meta = AdapterMeta(
         crop=crop,
@@ -154,3 +154,7 @@ def train_phase1(
         ),
         out_dir,
     )
+
+
+def _best(result: FitResult) -> float:
+    return float("nan") if result.best_metric is None else float(result.best_metric)

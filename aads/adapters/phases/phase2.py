@@ -1,0 +1,271 @@
+"""Phase 2: SD-LoRA class-incremental learning, one task per phase-2 class batch.
+
+Starts from a phase-1 package: its DoRA adapter is merged into the base weights, SD-LoRA
+layers wrap ``sd_lora.modules`` of every block, and each batch of new classes is one task: a
+new low-rank pair (earlier pairs frozen as unit directions, all magnitudes trainable) and new
+head rows. Rehearsal-free: a task reads only its own classes' images; the loss covers only the
+task's classes (`masked_cross_entropy`) so old logits are not pushed down by data that cannot
+show them. Old classes are measured before and after on held-out test images (evaluation only)
+to report retention and forgetting.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from aads.adapters.classifier import AdapterClassifier, grow_head
+from aads.adapters.loading import load_adapter
+from aads.adapters.package import (
+    METRICS_DIR,
+    PackageContents,
+    PhaseRecord,
+    read_meta,
+    write_package,
+)
+from aads.adapters.phases.common import (
+    AdapterTrainingError,
+    accuracy,
+    image_loader,
+    masked_cross_entropy,
+    phase_rows,
+    predict,
+    require_images,
+)
+from aads.adapters.sd_lora import (
+    apply_sd_lora,
+    finish_task,
+    sd_lora_layers,
+    sd_lora_state_dict,
+    start_task,
+    trainable_parameters,
+)
+from aads.backbone import resolve_lora_targets
+from aads.config import CropSpec, PlatformConfig
+from aads.data.manifest import ManifestRow, select
+from aads.features import backbone_signature
+from aads.metrics import average_forgetting, classification_summary, save_confusion_matrix
+from aads.progress import Progress
+from aads.training import FitResult, fit
+
+
+def pending_tasks(spec: CropSpec, known: list[str], done_tasks: set[str]) -> list[int]:
+    """Phase-2 batches still to learn; a batch repeating a known class is an error."""
+    pending = []
+    for i, batch in enumerate(spec.phase2_batches):
+        if str(i) in done_tasks:
+            continue
+        repeated = [c for c in batch if c in known]
+        if repeated:
+            raise AdapterTrainingError(
+                f"phase-2 batch {i} of crop '{spec.name}' repeats known class(es) {repeated}; "
+                "a batch must add new classes only"
+            )
+        pending.append(i)
+    return pending
+
+
+def check_phase2_inputs(
+    config: PlatformConfig, crop: str, rows: list[ManifestRow], from_pkg: Path
+) -> tuple[list[int], list[str]]:
+    """Everything phase 2 can check without a backbone: package, config and data agree."""
+    spec = config.crop(crop)
+    meta = read_meta(from_pkg)
+    if meta.crop != crop:
+        raise AdapterTrainingError(f"{from_pkg} is an adapter for '{meta.crop}', not '{crop}'")
+    if meta.last_phase not in ("1", "2"):
+        raise AdapterTrainingError(
+            f"{from_pkg} has finished phase {meta.last_phase}; phase 2 continues a phase-1 or "
+            "phase-2 package"
+        )
+    if meta.classes[: len(spec.phase1_classes)] != list(spec.phase1_classes):
+        raise AdapterTrainingError(
+            f"{from_pkg} was trained on {meta.classes}, but the config's phase-1 classes are "
+            f"{spec.phase1_classes}"
+        )
+    done = {p.task for p in meta.phases if p.phase == "2"}
+    tasks = pending_tasks(spec, meta.classes, done)
+    if not tasks:
+        raise AdapterTrainingError(f"crop '{crop}' has no phase-2 batch left to learn")
+    for i in tasks:
+        data = phase_rows(rows, crop, "2", str(i))
+        require_images(data.train, spec.phase2_batches[i], f"phase-2 batch {i} of '{crop}'")
+    return tasks, meta.classes
+
+
+def train_phase2(
+    config: PlatformConfig,
+    crop: str,
+    rows: list[ManifestRow],
+    data_root: Path,
+    from_pkg: Path,
+    out_dir: Path,
+    *,
+    checkpoint_dir: Path | None = None,
+    manifest_sha256: str = "",
+    progress: Progress | None = None,
+) -> Path:
+    """Learn every pending phase-2 batch of `crop` and write the new package to `out_dir`."""
+    tasks, classes = check_phase2_inputs(config, crop, rows, from_pkg)
+    spec, sd_settings = config.crop(crop), config.adapter.sd_lora
+    settings = config.training.phase2
+    prev = load_adapter(
+        from_pkg,
+        config.storage,
+        device=config.adapter.backbone.device,
+        dtype=config.adapter.backbone.dtype,
+        merge=False,
+        gradient_checkpointing=settings.gradient_checkpointing,
+    )
+    backbone, meta = prev.backbone, prev.meta.model_copy(deep=True)
+    model, head = prev.backbone.model, prev.network.head
+    if not sd_lora_layers(model):
+        apply_sd_lora(
+            model, resolve_lora_targets(model, list(range(backbone.depth)), sd_settings.modules)
+        )
+    old_classes = list(spec.phase1_classes)
+    test_rows = _seen_test_rows(rows, crop, classes)
+    before = _per_class(prev.network, test_rows, data_root, classes, backbone, settings)
+    history = [before]
+
+    for task in tasks:
+        batch = spec.phase2_batches[task]
+        torch.manual_seed(settings.seed + task)
+        rank = start_task(model, sd_settings, task)
+        head = grow_head(head, len(batch)).requires_grad_(True)
+        active = list(range(len(classes), len(classes) + len(batch)))
+        classes = [*classes, *batch]
+        network = AdapterClassifier(model, head, backbone.pooling, backbone.prefix_tokens)
+        data = phase_rows(rows, crop, "2", str(task))
+        train_loader = image_loader(data.train, data_root, classes, backbone, settings, train=True)
+        val_loader = image_loader(
+            data.val or data.train, data_root, classes, backbone, settings, train=False
+        )
+
+        def loss_fn(m: nn.Module, b: tuple, active: list[int] = active) -> torch.Tensor:
+            pixels, labels, _ = b
+            return masked_cross_entropy(m(pixels), labels, active)
+
+        def eval_fn(m: nn.Module, loader: torch.utils.data.DataLoader = val_loader) -> dict:
+            # Rehearsal-free: model selection sees the new task's validation images only.
+            return {"val_accuracy": accuracy(*predict(m, loader, backbone.device))}
+
+        params = [*trainable_parameters(model), *head.parameters()]
+        start = time.perf_counter()
+        result = fit(
+            network,
+            params,
+            train_loader,
+            settings=settings,
+            loss_fn=loss_fn,
+            eval_fn=eval_fn,
+            checkpoint_dir=checkpoint_dir / f"task{task}" if checkpoint_dir else None,
+            fingerprint={
+                "phase": "2",
+                "task": str(task),
+                "crop": crop,
+                "classes": json.dumps(classes),
+                "backbone": json.dumps(backbone_signature(backbone), sort_keys=True),
+                "sd_lora": sd_settings.model_dump_json(),
+                "training": settings.model_dump_json(),
+            },
+            progress=progress,
+            device=backbone.device,
+        )
+        fold = finish_task(model, sd_settings)
+        test_rows = _seen_test_rows(rows, crop, classes)
+        after = _per_class(network, test_rows, data_root, classes, backbone, settings)
+        history.append(after)
+        task_metrics = {
+            "rank": float(rank),
+            "folded_layers": float(fold["folded"]),
+            "new_classes_accuracy": _mean([after[c] for c in batch if c in after]),
+            "old_classes_accuracy": _mean([after[c] for c in old_classes if c in after]),
+            "seen_classes_accuracy": _mean(list(after.values())),
+            "val_accuracy": _best(result),
+        }
+        meta.phases.append(
+            PhaseRecord(
+                phase="2",
+                task=str(task),
+                added=batch,
+                epochs=len(result.history),
+                seconds=time.perf_counter() - start,
+                metrics=task_metrics,
+            )
+        )
+
+    network.eval()
+    y_true, y_pred = predict(
+        network,
+        image_loader(test_rows, data_root, classes, backbone, settings, train=False),
+        backbone.device,
+    )
+    summary = classification_summary(y_true, y_pred, classes)
+    old_before = _mean([before[c] for c in old_classes if c in before])
+    old_after = _mean([history[-1][c] for c in old_classes if c in history[-1]])
+    meta.classes = classes
+    meta.metrics = {
+        **meta.metrics,
+        **{
+            "phase2_test_accuracy": summary["accuracy"],
+            "phase2_old_accuracy_before": old_before,
+            "phase2_old_accuracy_after": old_after,
+            "phase2_retention": old_after / old_before if old_before > 0 else float("nan"),
+            "phase2_forgetting": average_forgetting(history, old_classes),
+        },
+    }
+    meta.manifest_sha256 = manifest_sha256 or meta.manifest_sha256
+    return write_package(
+        PackageContents(
+            meta=meta,
+            heads={"head.0.weight": head.weight, "head.0.bias": head.bias},
+            dora_from=from_pkg,
+            sd_lora=sd_lora_state_dict(model),
+            extra=lambda d: _copy_metrics(from_pkg, d, summary, crop),
+        ),
+        out_dir,
+    )
+
+
+def _seen_test_rows(rows: list[ManifestRow], crop: str, classes: list[str]) -> list[ManifestRow]:
+    """Base-domain test images of the classes learned so far (evaluation only)."""
+    return select(rows, crop=crop, split="test", domain="base", labels=classes)
+
+
+def _per_class(
+    network: nn.Module,
+    rows: list[ManifestRow],
+    root: Path,
+    classes: list[str],
+    backbone,  # noqa: ANN001 - aads.backbone.Backbone
+    settings,  # noqa: ANN001 - TrainingSettings
+) -> dict[str, float]:
+    """Per-class test accuracy with predictions over every class the network knows."""
+    if not rows:
+        return {}
+    loader = image_loader(rows, root, classes, backbone, settings, train=False)
+    y_true, y_pred = predict(network, loader, backbone.device)
+    summary = classification_summary(y_true, y_pred, classes)
+    return summary["per_class_accuracy"]
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def _copy_metrics(from_pkg: Path, d: Path, summary: dict, crop: str) -> None:
+    import shutil
+
+    src = Path(from_pkg) / METRICS_DIR
+    if src.is_dir():
+        shutil.copytree(src, d / METRICS_DIR, dirs_exist_ok=True)
+    save_confusion_matrix(summary, d / METRICS_DIR, "phase2_test", f"{crop}: phase 2 (test)")
+
+
+def _best(result: FitResult) -> float:
+    return float("nan") if result.best_metric is None else float(result.best_metric)
