@@ -53,7 +53,9 @@ class BackboneSettings(_Model):
 
     ``source`` is a Hugging Face id (``facebook/dinov3-vitl16-pretrain-lvd1689m``), a local
     directory saved with ``save_pretrained``, an ``s3://bucket/prefix`` mirror, or
-    ``random:<preset>`` (weights built in code from ``seed``; for tests, demos, benchmarks).
+    ``random:<preset>`` (weights built in code from ``seed``; for tests and benchmarks), or
+    ``synthetic:<preset>`` (built in code, then pretrained once on synthetic plants of other
+    crops and cached: a stand-in foundation model for the demo).
     """
 
     source: str = Field(min_length=1)
@@ -73,8 +75,10 @@ class BackboneSettings(_Model):
     @field_validator("source")
     @classmethod
     def _source_form(cls, v: str) -> str:
-        if v.startswith("random:") and not re.fullmatch(r"random:[a-z0-9_+]+", v):
-            raise ValueError(f"'{v}' is not random:<preset>; see `aads backbone info`")
+        if v.startswith(("random:", "synthetic:")) and not re.fullmatch(
+            r"(random|synthetic):[a-z0-9_+]+", v
+        ):
+            raise ValueError(f"'{v}' is not random:<preset> or synthetic:<preset>")
         if v.startswith("s3://") and not re.fullmatch(r"s3://[a-z0-9.\-]{3,63}/.+", v):
             raise ValueError(f"'{v}' is not s3://<bucket>/<prefix>")
         return v

@@ -68,6 +68,22 @@ def tiny_backbone(
     return model, targets
 
 
+def as_if_trained(model: nn.Module, seed: int) -> None:
+    """Give every open task pair a non-zero B, as training would (open pairs start at B = 0)."""
+    gen = seeded(100 + seed)
+    with torch.no_grad():
+        for layer in sd_lora_layers(model).values():
+            if layer.open:
+                layer.B[-1].copy_(torch.randn(layer.B[-1].shape, generator=gen))
+
+
+def run_tasks(model: nn.Module, settings: SDLoRASettings, tasks: int) -> None:
+    for t in range(tasks):
+        start_task(model, settings, t, seeded(t))
+        as_if_trained(model, t)
+        finish_task(model, settings)
+
+
 def images(seed: int = 0) -> torch.Tensor:
     return torch.randn(2, 3, 64, 64, generator=seeded(seed))
 
@@ -194,8 +210,9 @@ def test_plain_and_kd_variants_use_one_rank_for_every_task():
 def test_finish_task_folds_spanned_pairs_only_for_the_kd_variant():
     model = nn.Sequential(nn.Linear(12, 12), nn.Linear(12, 12))
     apply_sd_lora(model, ["0", "1"])
-    for t in range(2):
-        start_task(model, SDLoRASettings(rank=3), t, seeded(t))
+    run_tasks(model, SDLoRASettings(rank=3), 1)
+    start_task(model, SDLoRASettings(rank=3), 1, seeded(1))
+    as_if_trained(model, 1)
     spanned = model[0]
     with torch.no_grad():  # layer 0's newest pair repeats its first direction
         spanned.A[1].copy_(spanned.A[0])
@@ -217,8 +234,7 @@ def test_state_dict_round_trips_through_safetensors_into_a_fresh_model(tmp_path:
     settings = SDLoRASettings(variant="rr", rank_schedule=[4, 2])
     model, targets = tiny_backbone()
     apply_sd_lora(model, targets)
-    for t in range(3):
-        start_task(model, settings, t, seeded(t))
+    run_tasks(model, settings, 3)
     with torch.no_grad():
         for i, layer in enumerate(sd_lora_layers(model).values()):
             layer.alphas.add_(0.1 * i)
@@ -238,7 +254,7 @@ def test_state_dict_round_trips_through_safetensors_into_a_fresh_model(tmp_path:
 def test_loading_into_a_model_wrapped_differently_names_the_keys():
     model, targets = tiny_backbone(blocks=[0, 1])
     apply_sd_lora(model, targets)
-    start_task(model, SDLoRASettings(rank=2), 0, seeded())
+    run_tasks(model, SDLoRASettings(rank=2), 1)
     state = sd_lora_state_dict(model)
     other, other_targets = tiny_backbone(blocks=[1], modules=("q_proj", "k_proj"))
     apply_sd_lora(other, other_targets)
@@ -254,7 +270,7 @@ def test_loading_into_a_model_wrapped_differently_names_the_keys():
 def test_loading_pairs_that_do_not_fit_the_layer_shapes_fails_before_changing_anything():
     model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
     apply_sd_lora(model, ["0", "1"])
-    start_task(model, SDLoRASettings(rank=2), 0, seeded())
+    run_tasks(model, SDLoRASettings(rank=2), 1)
     state = sd_lora_state_dict(model)
     state["1.sd_lora.A.0"] = torch.zeros(2, 5)
     before = sd_lora_state_dict(model)
@@ -294,8 +310,9 @@ def test_trainable_parameters_are_the_newest_pairs_and_all_alphas():
 def test_a_training_step_changes_only_new_pairs_and_alphas():
     model, targets = tiny_backbone()
     apply_sd_lora(model, targets)
-    start_task(model, SDLoRASettings(rank=2), 0, seeded(0))
+    run_tasks(model, SDLoRASettings(rank=2), 1)
     start_task(model, SDLoRASettings(rank=2), 1, seeded(1))
+    as_if_trained(model, 1)  # mid-task: B != 0, so A moves too
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     optimizer = torch.optim.SGD(trainable_parameters(model), lr=0.1)
 
@@ -325,3 +342,46 @@ def test_wrapping_a_module_that_is_not_a_linear_layer_is_refused():
     with pytest.raises(SDLoRAError, match="'model.layer.0.norm1' is a LayerNorm"):
         apply_sd_lora(model, ["model.layer.0.attention.q_proj", "model.layer.0.norm1"])
     assert sd_lora_layers(model) == {}
+
+
+# ---------------------------------------------------------------------- task lifecycle
+
+
+def test_an_open_task_pair_starts_exactly_at_the_previous_model():
+    layer = layer_with_pairs([3])
+    x = torch.randn(4, 12, generator=seeded(1))
+    before = layer(x).detach()
+    layer.add_pair(2, generator=seeded(2), open=True)
+    torch.testing.assert_close(layer(x), before, rtol=0, atol=1e-6)
+
+
+def test_closing_a_task_keeps_the_function_and_normalises_the_pair():
+    layer = layer_with_pairs([3])
+    layer.add_pair(2, generator=seeded(2), open=True)
+    with torch.no_grad():
+        layer.B[1].copy_(torch.randn(10, 2, generator=seeded(3)))
+    x = torch.randn(4, 12, generator=seeded(1))
+    trained = layer(x).detach()
+    layer.close_pair()
+    torch.testing.assert_close(layer(x), trained, rtol=1e-5, atol=1e-5)
+    norms = [torch.linalg.matrix_norm(d).item() for d in layer.directions()]
+    assert norms == pytest.approx([1, 1], abs=1e-5)
+
+
+def test_open_pair_trains_like_lora_and_old_magnitudes_train_with_it():
+    layer = layer_with_pairs([3])
+    layer.add_pair(2, generator=seeded(2), open=True)
+    layer(torch.randn(4, 12, generator=seeded(1))).square().sum().backward()
+    assert layer.B[1].grad.abs().sum() > 0  # B = 0: only B moves on the first step, as in LoRA
+    assert layer.A[1].grad is not None
+    assert layer.alphas.grad[0] != 0  # the old direction's magnitude keeps training
+
+
+def test_saving_while_a_task_is_open_is_refused():
+    model, targets = tiny_backbone()
+    apply_sd_lora(model, targets)
+    start_task(model, SDLoRASettings(rank=2), 0)
+    with pytest.raises(SDLoRAError, match="still open"):
+        sd_lora_state_dict(model)
+    finish_task(model, SDLoRASettings(rank=2))
+    assert sd_lora_state_dict(model)

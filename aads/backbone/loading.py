@@ -24,12 +24,13 @@ from .errors import BackboneError, BackboneNotAvailable
 from .hub import check_hub_id, hub_environment, not_available
 from .normalization import PREPROCESSOR_CONFIG, normalization_for, preprocessor_config
 from .presets import build_random_model
+from .synthetic import ensure_synthetic_backbone
 from .variants import MODEL_TYPES, VARIANTS, Variant, find_variant
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
-SourceKind = Literal["random", "s3", "local", "hub"]
+SourceKind = Literal["random", "synthetic", "s3", "local", "hub"]
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
 
@@ -40,12 +41,14 @@ def source_kind(source: str) -> SourceKind:
     with "no such directory" rather than a confusing Hub lookup)."""
     if source.startswith("random:"):
         return "random"
+    if source.startswith("synthetic:"):
+        return "synthetic"
     if source.startswith("s3://"):
         return "s3"
     if "://" in source:
         raise BackboneError(
             f"unsupported source scheme in '{source}': use a Hugging Face id, a directory, "
-            "s3://bucket/prefix or random:<preset>"
+            "s3://bucket/prefix, random:<preset> or synthetic:<preset>"
         )
     if Path(source).expanduser().exists() or source.startswith(("/", ".", "~")):
         return "local"
@@ -75,6 +78,14 @@ def load_backbone(settings: BackboneSettings, storage: StorageSettings | None = 
         preset = settings.source.removeprefix("random:")
         model = build_random_model(preset, settings.seed).to(dtype=dtype)
         canonical = f"random:{preset}@seed={settings.seed}"
+    elif kind == "synthetic":
+        preset = settings.source.removeprefix("synthetic:")
+        cache_root = (storage or StorageSettings()).cache_dir
+        model_dir = ensure_synthetic_backbone(
+            preset, settings.seed, settings.image_size, cache_root
+        )
+        model = load_local_dir(model_dir, dtype)
+        canonical = f"synthetic:{preset}@seed={settings.seed}"
     elif kind == "hub":
         model = _load_hub(settings.source, settings.revision, dtype)
         variant = find_variant(settings.source)
@@ -108,7 +119,9 @@ def load_backbone(settings: BackboneSettings, storage: StorageSettings | None = 
 def load_local_dir(directory: Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """A DINOv3 model from a ``save_pretrained`` directory (safetensors weights only)."""
     from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # AADS reports its own progress; no per-tensor bars
     _check_model_dir(directory)
     try:
         model_type = json.loads((directory / "config.json").read_text(encoding="utf-8"))[

@@ -34,6 +34,21 @@ def _tiny() -> PretrainedConfig:
     )
 
 
+def _mini() -> PretrainedConfig:
+    """Small enough to pretrain on CPU in a minute (`synthetic:mini`), deep enough (4 blocks)
+    for CONEC's shared/per-domain split to mean something."""
+    from transformers import DINOv3ViTConfig
+
+    return DINOv3ViTConfig(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_register_tokens=4,
+        image_size=64,
+    )
+
+
 def _tiny_convnext() -> PretrainedConfig:
     from transformers import DINOv3ConvNextConfig
 
@@ -42,6 +57,7 @@ def _tiny_convnext() -> PretrainedConfig:
 
 PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
     "tiny": _tiny,
+    "mini": _mini,
     "tiny_convnext": _tiny_convnext,
     "small": VARIANTS_BY_KEY["vits16"].hf_config,
     **{key: v.hf_config for key, v in VARIANTS_BY_KEY.items()},

@@ -97,17 +97,19 @@ def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
     return sum(int(a == b) for a, b in zip(y_true, y_pred, strict=True)) / len(y_true)
 
 
-def masked_cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, active: Sequence[int] | None
+def incremental_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, n_old: int
 ) -> torch.Tensor:
-    """Cross-entropy over the `active` classes only (all when None).
+    """Cross-entropy over every seen class, with the `n_old` old classes' logits detached.
 
-    Rehearsal-free class-incremental training sees only the new classes; letting their loss
-    push down the old classes' logits would erase them, so old logits are left out of it.
+    Rehearsal-free class-incremental training sees images of the new classes only. A plain
+    loss over all classes would learn "push every old logit down" from them (forgetting); the
+    paper-style task-local loss ignores old classes entirely and is undefined for a task that
+    adds one class. Detaching old logits keeps the comparison with old classes (new logits
+    must beat them on new images) while sending no gradient through them: old head rows and
+    the features they read are not trained to say "not old".
     """
-    if active is None:
+    if n_old <= 0:
         return nn.functional.cross_entropy(logits, targets)
-    idx = torch.as_tensor(list(active), device=logits.device)
-    remap = torch.full((logits.shape[1],), -100, dtype=torch.long, device=logits.device)
-    remap[idx] = torch.arange(len(idx), device=logits.device)
-    return nn.functional.cross_entropy(logits[:, idx], remap[targets])
+    joined = torch.cat([logits[:, :n_old].detach(), logits[:, n_old:]], dim=1)
+    return nn.functional.cross_entropy(joined, targets)

@@ -3,10 +3,10 @@
 Starts from a phase-1 package: its DoRA adapter is merged into the base weights, SD-LoRA
 layers wrap ``sd_lora.modules`` of every block, and each batch of new classes is one task: a
 new low-rank pair (earlier pairs frozen as unit directions, all magnitudes trainable) and new
-head rows. Rehearsal-free: a task reads only its own classes' images; the loss covers only the
-task's classes (`masked_cross_entropy`) so old logits are not pushed down by data that cannot
-show them. Old classes are measured before and after on held-out test images (evaluation only)
-to report retention and forgetting.
+head rows. Rehearsal-free: a task reads only its own classes' images, and old classes' logits
+enter its loss detached (`incremental_cross_entropy`), so data that cannot show the old classes
+does not train the network to suppress them. Old classes are measured before and after on
+held-out test images (evaluation only) to report retention and forgetting.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from aads.adapters.phases.common import (
     AdapterTrainingError,
     accuracy,
     image_loader,
-    masked_cross_entropy,
+    incremental_cross_entropy,
     phase_rows,
     predict,
     require_images,
@@ -137,7 +137,7 @@ def train_phase2(
         torch.manual_seed(settings.seed + task)
         rank = start_task(model, sd_settings, task)
         head = grow_head(head, len(batch)).requires_grad_(True)
-        active = list(range(len(classes), len(classes) + len(batch)))
+        n_old = len(classes)
         classes = [*classes, *batch]
         network = AdapterClassifier(model, head, backbone.pooling, backbone.prefix_tokens)
         data = phase_rows(rows, crop, "2", str(task))
@@ -146,9 +146,9 @@ def train_phase2(
             data.val or data.train, data_root, classes, backbone, settings, train=False
         )
 
-        def loss_fn(m: nn.Module, b: tuple, active: list[int] = active) -> torch.Tensor:
+        def loss_fn(m: nn.Module, b: tuple, n_old: int = n_old) -> torch.Tensor:
             pixels, labels, _ = b
-            return masked_cross_entropy(m(pixels), labels, active)
+            return incremental_cross_entropy(m(pixels), labels, n_old)
 
         def eval_fn(m: nn.Module, loader: torch.utils.data.DataLoader = val_loader) -> dict:
             # Rehearsal-free: model selection sees the new task's validation images only.
@@ -177,6 +177,7 @@ def train_phase2(
             device=backbone.device,
         )
         fold = finish_task(model, sd_settings)
+        align_new_rows(head, n_old)
         test_rows = _seen_test_rows(rows, crop, classes)
         after = _per_class(network, test_rows, data_root, classes, backbone, settings)
         history.append(after)
@@ -230,6 +231,20 @@ def train_phase2(
         ),
         out_dir,
     )
+
+
+def align_new_rows(head: nn.Linear, n_old: int) -> None:
+    """Weight aligning (Zhao et al., CVPR 2020) without data: scale the new classes' weight
+    rows to the old rows' mean norm and give them the old rows' mean bias.
+
+    Trained on new images only, new rows grow larger norms than old ones and win on old
+    images too (recency bias); matching norms removes that bias without any old image.
+    """
+    with torch.no_grad():
+        old, new = head.weight[:n_old], head.weight[n_old:]
+        scale = old.norm(dim=1).mean() / new.norm(dim=1).mean().clamp_min(1e-12)
+        head.weight[n_old:] = new * scale
+        head.bias[n_old:] = head.bias[:n_old].mean()
 
 
 def _seen_test_rows(rows: list[ManifestRow], crop: str, classes: list[str]) -> list[ManifestRow]:

@@ -10,18 +10,15 @@ Cost: the forward never builds a d_out x d_in matrix. Each A_i is scaled by
 alpha_i / ||B_i A_i||_F and the pairs are stacked, so any number of pairs costs two thin
 matmuls, and the norms come from r x r products: ||BA||_F^2 = <B^T B, A A^T>_F.
 
-The B = 0 problem. LoRA starts B at zero so BA = 0, but a zero product has no direction
-(0 / 0). The reference code trains the newest pair un-normalised (alpha_t * B_t A_t) and
-normalises it (by ||B||_F ||A||_F) only once frozen; at the start A and alpha then get zero
-gradient. Here every pair is normalised from its first step and B is drawn like A
-(kaiming-uniform, a = sqrt(5), on its own fan-in): each direction is a unit matrix from the
-start and A, B and alpha all get finite, non-zero gradients. The scale of B does not change
-the output (the direction is scale-free); it only sets how far one optimiser step turns the
-direction (the gradient scales as 1 / ||B||), so a LoRA-style tiny B would make the first
-steps swing it wildly. The price: a task starts with the layer moved by alpha_init (in
-Frobenius norm) along a random rank-r direction rather than exactly at the previous model; the
-new alpha is trainable and can shrink it. A product that is exactly zero (a hand-made or
-loaded B = 0) is divided by a floor of 1e-12 and adds nothing instead of NaN.
+Opening and closing a task. `model.start_task` adds the task's pair *open*: LoRA-style, B = 0
+and un-normalised, contributing alpha_t * B_t A_t, so the task starts exactly at the previous
+model (no jump) and trains like a LoRA (as the reference code does). `close_pair` ends the task
+without changing the function: alpha_t becomes alpha_t * ||B_t A_t||_F and from then on the
+pair is a frozen unit direction with a trainable magnitude. `add_pair(open=False)` instead adds
+a pair normalised from its first step with a random B (kaiming-uniform like A): A, B and alpha
+then all get non-zero gradients at once, but the layer jumps by alpha_init in Frobenius norm
+along a random direction; that is too large a jump for small backbones, hence not the default.
+A product that is exactly zero is divided by a floor of 1e-12 and adds nothing instead of NaN.
 """
 
 from __future__ import annotations
@@ -57,6 +54,7 @@ class SDLoRALinear(nn.Module):
         self.A = nn.ParameterList()
         self.B = nn.ParameterList()
         self.alphas = nn.Parameter(torch.empty(0, **self._factory()))
+        self.open = False  # whether the newest pair is still un-normalised (its task runs)
 
     @property
     def in_features(self) -> int:
@@ -84,24 +82,45 @@ class SDLoRALinear(nn.Module):
     # ------------------------------------------------------------------ pairs
 
     def add_pair(
-        self, rank: int, alpha_init: float = 0.8, generator: torch.Generator | None = None
+        self,
+        rank: int,
+        alpha_init: float = 0.8,
+        generator: torch.Generator | None = None,
+        *,
+        open: bool = False,
     ) -> None:
-        """Freeze every existing pair and append a trainable one with magnitude `alpha_init`.
-
-        A and B are both kaiming-uniform (a = sqrt(5)) on their fan-in, drawn on the CPU from
-        `generator` (the global RNG when None); see the module docstring for why B is not zero.
-        """
+        """Close and freeze every existing pair and append a trainable one (magnitude
+        `alpha_init`). A is kaiming-uniform (a = sqrt(5)) drawn on the CPU from `generator`
+        (the global RNG when None); B is zero for an `open` pair, else kaiming-uniform too
+        (see the module docstring)."""
         if rank < 1:
             raise SDLoRAError(f"rank must be >= 1, got {rank}")
+        self.close_pair()
         for p in (*self.A, *self.B):
             p.requires_grad_(False)
         factory = self._factory()
         a = _kaiming_uniform((rank, self.in_features), generator)
-        b = _kaiming_uniform((self.out_features, rank), generator)
+        b = (
+            torch.zeros(self.out_features, rank)
+            if open
+            else _kaiming_uniform((self.out_features, rank), generator)
+        )
         self.A.append(nn.Parameter(a.to(**factory)))
         self.B.append(nn.Parameter(b.to(**factory)))
         new_alpha = torch.tensor([alpha_init], **factory)
         self._set_alphas(torch.cat([self.alphas.detach(), new_alpha]))
+        self.open = open
+
+    @torch.no_grad()
+    def close_pair(self) -> None:
+        """End the open pair's task without changing the function: alpha_t *= ||B_t A_t||_F,
+        so alpha_t * (unit direction) equals the alpha_t * B_t A_t it contributed."""
+        if not self.open:
+            return
+        alphas = self.alphas.detach().clone()
+        alphas[-1] = alphas[-1] * self.pair_norms()[-1]
+        self._set_alphas(alphas)
+        self.open = False
 
     def check_pairs(self, A: Sequence[Tensor], B: Sequence[Tensor], alphas: Tensor) -> None:
         """Raise `SDLoRAError` unless the tensors are pairs that fit this layer."""
@@ -127,6 +146,7 @@ class SDLoRALinear(nn.Module):
         self.A = nn.ParameterList(_frozen_copy(a, factory) for a in A)
         self.B = nn.ParameterList(_frozen_copy(b, factory) for b in B)
         self._set_alphas(alphas.detach())
+        self.open = False
 
     def adapter_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """``A.<i>``, ``B.<i>`` and ``alphas``: everything SD-LoRA adds, none of the base."""
@@ -148,11 +168,18 @@ class SDLoRALinear(nn.Module):
         )
         return squares.clamp_min(_NORM_FLOOR**2).sqrt()
 
+    def _scales(self) -> Tensor:
+        """Per-pair factor on B_i A_i: alpha_i / ||B_i A_i||_F, or alpha_t for the open pair."""
+        scales = self.alphas / self.pair_norms()
+        if self.open:
+            scales = torch.cat([scales[:-1], self.alphas[-1:]])
+        return scales
+
     def forward(self, x: Tensor) -> Tensor:
         out = self.base_layer(x)
         if not self.num_pairs:
             return out
-        scales = self.alphas / self.pair_norms()
+        scales = self._scales()
         a = torch.cat([a * s for a, s in zip(self.A, scales, strict=True)])
         b = torch.cat(tuple(self.B), dim=1)
         return out + F.linear(F.linear(x.to(a.dtype), a), b).to(out.dtype)
@@ -162,10 +189,10 @@ class SDLoRALinear(nn.Module):
         return [(b @ a) / n for a, b, n in zip(self.A, self.B, self.pair_norms(), strict=True)]
 
     def delta_weight(self) -> Tensor:
-        """sum_i alpha_i * direction_i, the change SD-LoRA makes to the base weight."""
+        """sum_i alpha_i * direction_i (the open pair: alpha_t B_t A_t), the change to W0."""
         delta = torch.zeros(self.out_features, self.in_features, **self._factory())
-        for alpha, direction in zip(self.alphas, self.directions(), strict=True):
-            delta = delta + alpha * direction
+        for scale, a, b in zip(self._scales(), self.A, self.B, strict=True):
+            delta = delta + scale * (b @ a)
         return delta
 
     @torch.no_grad()
@@ -198,6 +225,7 @@ class SDLoRALinear(nn.Module):
             raise SDLoRAError(f"kd threshold must be in (0, 1], got {threshold}")
         if not self.num_pairs:
             raise SDLoRAError("no pair to fold: add_pair starts a task")
+        self.close_pair()
         alpha_t = float(self.alphas[-1])
         if self.num_pairs == 1:
             return {

@@ -84,18 +84,21 @@ def start_task(
     """
     rank = rank_for_task(settings, task_index)
     for layer in _require_layers(model).values():
-        layer.add_pair(rank, settings.alpha_init, generator)
+        layer.add_pair(rank, settings.alpha_init, generator, open=True)
     return rank
 
 
 def finish_task(model: nn.Module, settings: SDLoRASettings) -> dict[str, Any]:
-    """End a task. For the kd variant, fold each layer's newest pair into the old magnitudes
-    where the old directions span it (`SDLoRALinear.fold_if_spanned`); otherwise nothing.
+    """End a task: close every layer's open pair (function unchanged), then, for the kd
+    variant, fold each newest direction into the old magnitudes where the old directions span
+    it (`SDLoRALinear.fold_if_spanned`).
 
     Returns ``{"variant", "threshold", "folded", "kept", "layers": {path: fold result}}``;
     ``layers`` is empty, and both counts 0, unless the variant is kd.
     """
     layers = _require_layers(model)
+    for layer in layers.values():
+        layer.close_pair()
     report: dict[str, Any] = {"variant": settings.variant, "threshold": None, "layers": {}}
     if settings.variant == "kd":
         report["threshold"] = settings.kd_threshold
@@ -115,7 +118,14 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def sd_lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """Every SD-LoRA tensor of `model`, detached copies under the keys in the module docstring."""
+    """Every SD-LoRA tensor of `model`, detached copies under the keys in the module docstring.
+
+    Only finished tasks are saved: an open pair (its task still training) would be read back
+    as a normalised direction and change the function, so it is refused.
+    """
+    layers = _require_layers(model)
+    if any(layer.open for layer in layers.values()):
+        raise SDLoRAError("a task is still open: finish_task before saving SD-LoRA tensors")
     return {
         f"{name}.sd_lora.{key}": p.detach().clone()
         for name, layer in _require_layers(model).items()
