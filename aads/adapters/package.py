@@ -7,6 +7,7 @@ Layout (every tensor file is safetensors; nothing is pickled)::
     dora/                 phase 1 DoRA adapter in PEFT's own format
     sd_lora.safetensors   phase 2 SD-LoRA pairs and magnitudes (absent before phase 2)
     conec.safetensors     phase 3 shared + per-domain LoRAs and the domain selector
+    class_stats.safetensors  per-class feature statistics (means, shared covariance), no images
     heads.safetensors     the disease head(s): ``head.<domain>.weight/bias``
     ood/                  OOD calibration slot (filled by the OOD calibration step)
     metrics/              confusion matrices (PNG + JSON) per phase
@@ -45,6 +46,7 @@ META_FILE = "adapter.json"
 HEADS_FILE = "heads.safetensors"
 SD_LORA_FILE = "sd_lora.safetensors"
 CONEC_FILE = "conec.safetensors"
+CLASS_STATS_FILE = "class_stats.safetensors"
 OOD_DIR = "ood"
 METRICS_DIR = "metrics"
 
@@ -105,6 +107,7 @@ class PackageContents:
     dora_from: Path | None = None  # or: copy the dora/ folder of an earlier package
     sd_lora: dict[str, torch.Tensor] | None = None
     conec: dict[str, torch.Tensor] | None = None
+    class_stats: dict[str, torch.Tensor] | None = None
     extra: Callable[[Path], None] | None = None  # writes metrics/ etc. into the staging dir
 
 
@@ -145,6 +148,8 @@ def _write_contents(c: PackageContents, d: Path) -> None:
         _save_tensors(c.sd_lora, d / SD_LORA_FILE)
     if c.conec is not None:
         _save_tensors(c.conec, d / CONEC_FILE)
+    if c.class_stats is not None:
+        _save_tensors(c.class_stats, d / CLASS_STATS_FILE)
     (d / OOD_DIR).mkdir(exist_ok=True)
     if c.extra is not None:
         c.extra(d)

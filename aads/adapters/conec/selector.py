@@ -29,9 +29,9 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .layer import ConecError
+from aads.gaussians import STATS_KEYS, SharedCovarianceGaussians
 
-_STATS_KEYS = ("counts", "sums", "scatter", "fourth_power_sum")
+from .layer import ConecError
 
 
 class DomainSelector(Protocol):
@@ -51,101 +51,16 @@ class DomainSelector(Protocol):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
 
 
-class GaussianDomainStats:
-    """Sufficient statistics of per-domain Gaussians sharing one Ledoit-Wolf covariance.
-
-    Everything is float64 on the CPU. Features given to `add` must already be L2-normalised.
-    """
-
-    def __init__(self) -> None:
-        self.counts = torch.zeros(0, dtype=torch.long)
-        self.sums: torch.Tensor | None = None
-        self.scatter: torch.Tensor | None = None
-        self.fourth_power_sum = torch.zeros((), dtype=torch.float64)
+class GaussianDomainStats(SharedCovarianceGaussians):
+    """Per-domain statistics of L2-normalised boundary features (the selector's space)."""
 
     @property
     def num_domains(self) -> int:
-        return len(self.counts)
-
-    def add(self, features: torch.Tensor) -> int:
-        """Add one domain's features (all of them at once); returns its index."""
-        if len(features) == 0:
-            raise ConecError("a new domain needs at least one feature vector")
-        if self.sums is not None and features.shape[1] != self.sums.shape[1]:
-            raise ConecError(f"features have {features.shape[1]} dims, expected {self.dim}")
-        total = features.sum(0)
-        residual = features - total / len(features)
-        scatter = residual.T @ residual
-        self.counts = torch.cat([self.counts, torch.tensor([len(features)])])
-        self.sums = total[None] if self.sums is None else torch.cat([self.sums, total[None]])
-        self.scatter = scatter if self.scatter is None else self.scatter + scatter
-        self.fourth_power_sum = self.fourth_power_sum + residual.square().sum(1).square().sum()
-        return self.num_domains - 1
-
-    @property
-    def dim(self) -> int:
-        return 0 if self.sums is None else self.sums.shape[1]
-
-    def means(self) -> torch.Tensor:
-        """(D, F) domain means."""
-        return self._fitted_sums() / self.counts[:, None]
-
-    def covariance(self) -> tuple[torch.Tensor, float]:
-        """The shared Ledoit-Wolf covariance (F, F) and its shrinkage, as sklearn computes them
-        on the pooled within-domain residuals."""
-        self._fitted_sums()
-        n, p = float(self.counts.sum()), self.dim
-        emp = self.scatter / n
-        if p == 1:
-            return emp, 0.0
-        trace = torch.trace(emp)
-        mu = trace / p
-        delta_ = emp.square().sum()
-        beta = (self.fourth_power_sum / n - delta_) / (p * n)
-        delta = (delta_ - 2.0 * mu * trace + p * mu**2) / p
-        beta = torch.minimum(beta, delta)
-        shrinkage = 0.0 if beta == 0 or delta == 0 else float(beta / delta)
-        shrunk = (1.0 - shrinkage) * emp
-        shrunk.diagonal().add_(shrinkage * mu)
-        return shrunk, shrinkage
+        return self.num_groups
 
     def sample(self, domain: int, n: int, generator: torch.Generator) -> torch.Tensor:
         """`n` L2-normalised draws from `domain`'s Gaussian (replay for discriminative fits)."""
-        covariance, _ = self.covariance()
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-        root = eigenvectors * eigenvalues.clamp(min=0).sqrt()
-        noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
-        return F.normalize(self.means()[domain] + noise @ root.T, dim=1)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        if self.sums is None:
-            return {}
-        values = (self.counts, self.sums, self.scatter, self.fourth_power_sum)
-        return {k: v.clone() for k, v in zip(_STATS_KEYS, values, strict=True)}
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> GaussianDomainStats:
-        stats = cls()
-        if not state:
-            return stats
-        _check_keys(state, _STATS_KEYS, "selector statistics")
-        counts, sums, scatter, fourth = (state[k] for k in _STATS_KEYS)
-        d, f = len(counts), sums.shape[-1]
-        if sums.shape != (d, f) or scatter.shape != (f, f) or fourth.shape != ():
-            raise ConecError(
-                f"inconsistent selector statistics: counts {tuple(counts.shape)}, sums "
-                f"{tuple(sums.shape)}, scatter {tuple(scatter.shape)}, fourth {tuple(fourth.shape)}"
-            )
-        stats.counts = counts.to("cpu", torch.long)
-        stats.sums, stats.scatter, stats.fourth_power_sum = (
-            t.to("cpu", torch.float64) for t in (sums, scatter, fourth)
-        )
-        return stats
-
-    def _fitted_sums(self) -> torch.Tensor:
-        if self.sums is None:
-            raise ConecError("the domain selector is not fitted: fit() or add_domain() first")
-        return self.sums
+        return F.normalize(super().sample(domain, n, generator), dim=1)
 
 
 class MahalanobisDomainSelector:
@@ -276,8 +191,8 @@ class LinearDomainSelector:
             self.weight_ = self.bias_ = self.shift_ = self.scale_ = None
             return
         model_keys = ("weight", "bias", "shift", "scale")
-        _check_keys(state, (*_STATS_KEYS, *model_keys), "linear selector")
-        stats = GaussianDomainStats.from_state_dict({k: state[k] for k in _STATS_KEYS})
+        _check_keys(state, (*STATS_KEYS, *model_keys), "linear selector")
+        stats = GaussianDomainStats.from_state_dict({k: state[k] for k in STATS_KEYS})
         weight, bias, shift, scale = (state[k].to("cpu", torch.float64) for k in model_keys)
         d, f = stats.num_domains, stats.dim
         if (weight.shape, bias.shape, shift.shape, scale.shape) != ((d, f), (d,), (f,), (f,)):

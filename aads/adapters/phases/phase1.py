@@ -15,6 +15,7 @@ import torch
 from peft.optimizers import create_loraplus_optimizer
 from torch import nn
 
+from aads.adapters.alignment import add_class_statistics
 from aads.adapters.classifier import AdapterClassifier
 from aads.adapters.dora import apply_dora
 from aads.adapters.package import (
@@ -36,6 +37,7 @@ from aads.backbone import load_backbone
 from aads.config import PlatformConfig
 from aads.data.manifest import ManifestRow
 from aads.features import backbone_signature
+from aads.gaussians import SharedCovarianceGaussians
 from aads.metrics import classification_summary, save_confusion_matrix
 from aads.progress import Progress
 from aads.training import FitResult, fit
@@ -114,6 +116,14 @@ def train_phase1(
     )
     seconds = time.perf_counter() - start
 
+    stats = SharedCovarianceGaussians()
+    add_class_statistics(
+        stats,
+        model,
+        image_loader(data.train, data_root, classes, backbone, settings, train=False),
+        list(range(len(classes))),
+        backbone.device,
+    )
     test_rows = data.test or val_rows
     y_true, y_pred = predict(
         model,
@@ -148,6 +158,7 @@ def train_phase1(
             meta=meta,
             heads={"head.0.weight": head.weight, "head.0.bias": head.bias},
             dora=peft_model,
+            class_stats=stats.state_dict(),
             extra=lambda d: save_confusion_matrix(
                 summary, d / METRICS_DIR, "phase1_test", f"{crop}: phase 1 (test)"
             ),

@@ -18,13 +18,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from aads.adapters.alignment import add_class_statistics, align_head
 from aads.adapters.classifier import AdapterClassifier, grow_head
 from aads.adapters.loading import load_adapter
 from aads.adapters.package import (
+    CLASS_STATS_FILE,
     METRICS_DIR,
     PackageContents,
     PhaseRecord,
     read_meta,
+    read_tensors,
     write_package,
 )
 from aads.adapters.phases.common import (
@@ -48,6 +51,7 @@ from aads.backbone import resolve_lora_targets
 from aads.config import CropSpec, PlatformConfig
 from aads.data.manifest import ManifestRow, select
 from aads.features import backbone_signature
+from aads.gaussians import SharedCovarianceGaussians
 from aads.metrics import average_forgetting, classification_summary, save_confusion_matrix
 from aads.progress import Progress
 from aads.training import FitResult, fit
@@ -127,6 +131,7 @@ def train_phase2(
         apply_sd_lora(
             model, resolve_lora_targets(model, list(range(backbone.depth)), sd_settings.modules)
         )
+    stats = _class_statistics(from_pkg, len(classes))
     old_classes = list(spec.phase1_classes)
     test_rows = _seen_test_rows(rows, crop, classes)
     before = _per_class(prev.network, test_rows, data_root, classes, backbone, settings)
@@ -177,7 +182,14 @@ def train_phase2(
             device=backbone.device,
         )
         fold = finish_task(model, sd_settings)
-        align_new_rows(head, n_old)
+        add_class_statistics(
+            stats,
+            network,
+            image_loader(data.train, data_root, classes, backbone, settings, train=False),
+            list(range(n_old, len(classes))),
+            backbone.device,
+        )
+        align_head(head, stats, seed=settings.seed + task)
         test_rows = _seen_test_rows(rows, crop, classes)
         after = _per_class(network, test_rows, data_root, classes, backbone, settings)
         history.append(after)
@@ -227,24 +239,25 @@ def train_phase2(
             heads={"head.0.weight": head.weight, "head.0.bias": head.bias},
             dora_from=from_pkg,
             sd_lora=sd_lora_state_dict(model),
+            class_stats=stats.state_dict(),
             extra=lambda d: _copy_metrics(from_pkg, d, summary, crop),
         ),
         out_dir,
     )
 
 
-def align_new_rows(head: nn.Linear, n_old: int) -> None:
-    """Weight aligning (Zhao et al., CVPR 2020) without data: scale the new classes' weight
-    rows to the old rows' mean norm and give them the old rows' mean bias.
-
-    Trained on new images only, new rows grow larger norms than old ones and win on old
-    images too (recency bias); matching norms removes that bias without any old image.
-    """
-    with torch.no_grad():
-        old, new = head.weight[:n_old], head.weight[n_old:]
-        scale = old.norm(dim=1).mean() / new.norm(dim=1).mean().clamp_min(1e-12)
-        head.weight[n_old:] = new * scale
-        head.bias[n_old:] = head.bias[:n_old].mean()
+def _class_statistics(pkg: Path, classes: int) -> SharedCovarianceGaussians:
+    tensors = read_tensors(pkg, CLASS_STATS_FILE)
+    if tensors is None:
+        raise AdapterTrainingError(
+            f"{pkg} has no {CLASS_STATS_FILE}: it predates classifier alignment; retrain phase 1"
+        )
+    stats = SharedCovarianceGaussians.from_state_dict(tensors)
+    if stats.num_groups != classes:
+        raise AdapterTrainingError(
+            f"{pkg}: statistics for {stats.num_groups} classes but {classes} classes in the head"
+        )
+    return stats
 
 
 def _seen_test_rows(rows: list[ManifestRow], crop: str, classes: list[str]) -> list[ManifestRow]:
