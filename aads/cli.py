@@ -8,6 +8,7 @@ bugs only.
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -30,6 +31,9 @@ from rich.table import Table
 from aads.config import ConfigError, PlatformConfig, load_config
 from aads.progress import Progress
 
+# PEFT 0.21 calls a transformers API renamed in 5.x; harmless until transformers 6.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+
 app = typer.Typer(
     name="aads",
     help="AADS: plant-disease diagnosis on DINOv3, from data to served adapters.",
@@ -39,9 +43,14 @@ app = typer.Typer(
 data_app = typer.Typer(help="Synthesise, ingest and inspect image data.", no_args_is_help=True)
 backbone_app = typer.Typer(help="DINOv3 backbones: variants and features.", no_args_is_help=True)
 config_app = typer.Typer(help="Validate and show platform spec files.", no_args_is_help=True)
+train_app = typer.Typer(
+    help="Train the router and the three adapter phases (DoRA, SD-LoRA, CONEC-LoRA).",
+    no_args_is_help=True,
+)
 app.add_typer(data_app, name="data")
 app.add_typer(backbone_app, name="backbone")
 app.add_typer(config_app, name="config")
+app.add_typer(train_app, name="train")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -54,12 +63,17 @@ ConfigOpt = Annotated[
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean 'bad input': reported in one line, exit code 2."""
+    from aads.adapters.package import PackageError
+    from aads.adapters.phases.common import AdapterTrainingError
     from aads.backbone import BackboneError, ImageDecodeError
     from aads.data.dataset import DataError
     from aads.data.layout import LayoutError
     from aads.data.manifest import ManifestError
     from aads.data.synth import SynthError
+    from aads.features import FeatureCacheError
+    from aads.router import RouterError
     from aads.storage import StorageError
+    from aads.training import CheckpointMismatch
 
     return (
         ConfigError,
@@ -70,6 +84,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         ManifestError,
         SynthError,
         StorageError,
+        PackageError,
+        AdapterTrainingError,
+        FeatureCacheError,
+        RouterError,
+        CheckpointMismatch,
         FileNotFoundError,
     )
 
@@ -314,6 +333,149 @@ def backbone_features(
         )
     save_features(table, out)
     console.print(f"{len(rows)} x {backbone.feature_dim} features ({backbone.source}) -> {out}")
+
+
+# --------------------------------------------------------------------------- train
+
+ManifestOpt = Annotated[Path, typer.Option(help="manifest.csv from `aads data ingest`")]
+OutOpt = Annotated[Path, typer.Option(help="output folder (router or adapter package)")]
+CropOpt = Annotated[str, typer.Option(help="crop name from the config")]
+FromOpt = Annotated[Path, typer.Option("--from", help="the previous phase's adapter package")]
+CheckpointOpt = Annotated[
+    Path | None, typer.Option(help="resumable checkpoints (re-run to resume)")
+]
+
+
+def _training_inputs(manifest: Path, data_root: Path | None) -> tuple[list, Path, str]:
+    from aads.data.ingest import load_ingest_summary
+    from aads.data.manifest import read_manifest
+
+    rows = read_manifest(manifest)
+    summary = load_ingest_summary(manifest.parent)
+    return rows, data_root or Path(summary["root"]), summary.get("manifest_sha256", "")
+
+
+DataRootOpt = Annotated[
+    Path | None, typer.Option(help="image root; default: the one ingest recorded")
+]
+
+
+def _report_package(pkg: Path) -> None:
+    from aads.adapters.package import read_meta
+
+    meta = read_meta(pkg)
+    table = Table("metric", "value", title=f"{meta.crop}: phase {meta.last_phase} -> {pkg}")
+    for k, v in sorted(meta.metrics.items()):
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+
+
+@train_app.command("router")
+@reports_errors
+def train_router_cmd(
+    out: OutOpt = Path(".aads/models/router"),
+    config: ConfigOpt = Path("config/demo.yaml"),
+    manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
+    data_root: DataRootOpt = None,
+) -> None:
+    """Fit the crop and part heads on frozen router-backbone features."""
+    from aads.router import train_router
+
+    rows, root, _ = _training_inputs(manifest, data_root)
+    with progress_bar("router features") as progress:
+        result = train_router(_config(config), rows, root, out, progress=progress)
+    table = Table("metric", "value", title=f"router -> {result.out_dir}")
+    for k, v in sorted(result.metrics.items()):
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+
+
+@train_app.command("phase1")
+@reports_errors
+def train_phase1_cmd(
+    crop: CropOpt,
+    out: OutOpt,
+    config: ConfigOpt = Path("config/demo.yaml"),
+    manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
+    data_root: DataRootOpt = None,
+    checkpoint_dir: CheckpointOpt = None,
+) -> None:
+    """Phase 1: DoRA on the crop's base disease classes."""
+    from aads.adapters.phases.phase1 import train_phase1
+
+    rows, root, digest = _training_inputs(manifest, data_root)
+    with progress_bar(f"{crop}: phase 1 (DoRA)") as progress:
+        pkg = train_phase1(
+            _config(config),
+            crop,
+            rows,
+            root,
+            out,
+            checkpoint_dir=checkpoint_dir,
+            manifest_sha256=digest,
+            progress=progress,
+        )
+    _report_package(pkg)
+
+
+@train_app.command("phase2")
+@reports_errors
+def train_phase2_cmd(
+    crop: CropOpt,
+    from_pkg: FromOpt,
+    out: OutOpt,
+    config: ConfigOpt = Path("config/demo.yaml"),
+    manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
+    data_root: DataRootOpt = None,
+    checkpoint_dir: CheckpointOpt = None,
+) -> None:
+    """Phase 2: SD-LoRA, one task per pending phase-2 class batch (rehearsal-free)."""
+    from aads.adapters.phases.phase2 import train_phase2
+
+    rows, root, digest = _training_inputs(manifest, data_root)
+    with progress_bar(f"{crop}: phase 2 (SD-LoRA)") as progress:
+        pkg = train_phase2(
+            _config(config),
+            crop,
+            rows,
+            root,
+            from_pkg,
+            out,
+            checkpoint_dir=checkpoint_dir,
+            manifest_sha256=digest,
+            progress=progress,
+        )
+    _report_package(pkg)
+
+
+@train_app.command("phase3")
+@reports_errors
+def train_phase3_cmd(
+    crop: CropOpt,
+    from_pkg: FromOpt,
+    out: OutOpt,
+    config: ConfigOpt = Path("config/demo.yaml"),
+    manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
+    data_root: DataRootOpt = None,
+    checkpoint_dir: CheckpointOpt = None,
+) -> None:
+    """Phase 3: CONEC-LoRA, one pending domain shift at a time."""
+    from aads.adapters.phases.phase3 import train_phase3
+
+    rows, root, digest = _training_inputs(manifest, data_root)
+    with progress_bar(f"{crop}: phase 3 (CONEC-LoRA)") as progress:
+        pkg = train_phase3(
+            _config(config),
+            crop,
+            rows,
+            root,
+            from_pkg,
+            out,
+            checkpoint_dir=checkpoint_dir,
+            manifest_sha256=digest,
+            progress=progress,
+        )
+    _report_package(pkg)
 
 
 # --------------------------------------------------------------------------- demo

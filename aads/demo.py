@@ -16,14 +16,19 @@ from typing import TypeVar
 
 from rich.console import Console
 
+from aads.adapters.package import read_meta
+from aads.adapters.phases.phase1 import train_phase1
+from aads.adapters.phases.phase2 import train_phase2
+from aads.adapters.phases.phase3 import train_phase3
 from aads.atomic import atomic_write_text
-from aads.backbone import load_backbone
+from aads.backbone import Backbone, load_backbone
 from aads.config import PlatformConfig
 from aads.data.ingest import ingest, write_ingest_outputs
 from aads.data.manifest import ManifestRow
 from aads.data.synth import synthesize
-from aads.features import extract_manifest_features, save_features
+from aads.features import FeatureTable, extract_manifest_features, save_features
 from aads.progress import Progress
+from aads.router import train_router
 
 T = TypeVar("T")
 ProgressFactory = Callable[[str], AbstractContextManager[Progress]]
@@ -59,6 +64,24 @@ def _no_progress(_: str) -> AbstractContextManager[Progress]:
     return noop()
 
 
+def _phase_line(phase: str, m: dict[str, float]) -> str:
+    """The numbers a person wants from each phase, in one line."""
+    nan = float("nan")
+    if phase == "1":
+        return f"test accuracy {m.get('phase1_test_accuracy', nan):.3f}"
+    if phase == "2":
+        return (
+            f"seen-class accuracy {m.get('phase2_test_accuracy', nan):.3f}, old-class "
+            f"retention {m.get('phase2_retention', nan):.2f}, forgetting "
+            f"{m.get('phase2_forgetting', nan):.3f}"
+        )
+    return (
+        f"mean domain accuracy {m.get('phase3_mean_accuracy', nan):.3f}, protected retention "
+        f"{m.get('phase3_protected_retention', nan):.2f}, selector accuracy "
+        f"{m.get('phase3_selector_accuracy', nan):.2f}"
+    )
+
+
 def run_demo(
     config: PlatformConfig,
     workdir: Path,
@@ -66,11 +89,13 @@ def run_demo(
     progress_bar: ProgressFactory = _no_progress,
     console: Console | None = None,
 ) -> dict:
-    """Synthesise data, ingest it, extract router features; return and write a summary."""
+    """Synthesise data, ingest it, train the router and every crop's adapter phases (1 DoRA,
+    2 SD-LoRA, 3 CONEC-LoRA, as configured); return and write a summary."""
     workdir = Path(workdir)
     data_dir = workdir / "data"
     manifest_dir = workdir / "manifest"
     features_path = workdir / "features" / "router.safetensors"
+    models = workdir / "models"
     steps = _Steps(console)
 
     def synth() -> tuple[str, dict, None]:
@@ -90,8 +115,9 @@ def run_demo(
         )
         return text, {"manifest_sha256": result.manifest_sha256}, result.rows
 
-    def features_step(rows: list[ManifestRow]) -> tuple[str, dict, None]:
-        backbone = load_backbone(config.router, config.storage)
+    def features_step(rows: list[ManifestRow]) -> tuple[str, dict, tuple]:
+        with progress_bar("backbone") as progress:
+            backbone = load_backbone(config.router, config.storage, progress=progress)
         start = time.perf_counter()
         with progress_bar("router features") as progress:
             table = extract_manifest_features(backbone, rows, data_dir, progress=progress)
@@ -99,17 +125,78 @@ def run_demo(
         save_features(table, features_path)
         dim = table.features.shape[1]
         text = f"{len(rows)} x {dim} features from {backbone.source} ({rate:.0f} images/s)"
-        return text, {"feature_dim": dim, "images_per_second": rate}, None
+        return text, {"feature_dim": dim, "images_per_second": rate}, (backbone, table)
+
+    def router_step(backbone: Backbone, table: FeatureTable) -> tuple[str, dict, None]:
+        result = train_router(
+            config, rows, data_dir, models / "router", features=table, backbone=backbone
+        )
+        m = result.metrics
+        text = (
+            f"crop accuracy {m.get('test_crop_accuracy', float('nan')):.3f}, "
+            f"part accuracy {m.get('test_part_accuracy', float('nan')):.3f} (test)"
+        )
+        return text, m, None
+
+    def adapter_step(crop: str, phase: str, previous: Path | None) -> tuple[str, dict, Path]:
+        out = models / crop / f"phase{phase}"
+        with progress_bar(f"{crop}: phase {phase}") as progress:
+            if phase == "1":
+                pkg = train_phase1(
+                    config, crop, rows, data_dir, out, manifest_sha256=digest, progress=progress
+                )
+            elif phase == "2":
+                pkg = train_phase2(
+                    config,
+                    crop,
+                    rows,
+                    data_dir,
+                    previous,
+                    out,
+                    manifest_sha256=digest,
+                    progress=progress,
+                )
+            else:
+                pkg = train_phase3(
+                    config,
+                    crop,
+                    rows,
+                    data_dir,
+                    previous,
+                    out,
+                    manifest_sha256=digest,
+                    progress=progress,
+                )
+        metrics = read_meta(pkg).metrics
+        return _phase_line(phase, metrics), metrics, pkg
 
     steps.run("synthesise data", synth)
     rows = steps.run("ingest + split", ingest_step)
-    steps.run("router features", lambda: features_step(rows))
+    digest = steps.steps[-1]["manifest_sha256"]
+    backbone, table = steps.run("router features", lambda: features_step(rows))
+    steps.run("train router", lambda: router_step(backbone, table))
+    packages: dict[str, str] = {}
+    for spec in config.crops:
+        pkg = steps.run(
+            f"{spec.name}: phase 1 DoRA", lambda c=spec.name: adapter_step(c, "1", None)
+        )
+        if spec.phase2_batches:
+            pkg = steps.run(
+                f"{spec.name}: phase 2 SD-LoRA", lambda c=spec.name, p=pkg: adapter_step(c, "2", p)
+            )
+        if spec.phase3_domains:
+            pkg = steps.run(
+                f"{spec.name}: phase 3 CONEC", lambda c=spec.name, p=pkg: adapter_step(c, "3", p)
+            )
+        packages[spec.name] = str(pkg)
 
     summary = {
         "config": config.name,
         "workdir": str(workdir.resolve()),
         "manifest": str(manifest_dir / "manifest.csv"),
         "features": str(features_path),
+        "router": str(models / "router"),
+        "adapters": packages,
         "steps": steps.steps,
     }
     summary_path = workdir / "demo-summary.json"

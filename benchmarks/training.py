@@ -27,7 +27,8 @@ appending to `SECTIONS`):
 - ``adapter_package_size``: bytes of the adapter factors for the real ViT-L/16 and ViT-H+/16
   shapes at rank 32, from the shapes and verified by saving them with the project's own
   writers (models built on the ``meta`` device, then given uninitialised CPU storage with only
-  the attention projections zeroed: nothing is randomly initialised).
+  the attention projections zeroed: nothing is randomly initialised). The float64 statistics
+  files (CONEC's domain selector, phase 1-2's per-class statistics) are counted too.
 - ``cuda_train_step_vitl16``: on a GPU, one step per phase on ``random:vitl16`` with bf16
   weights and bf16 autocast at batch 32, with peak memory; skipped without CUDA.
 """
@@ -73,7 +74,12 @@ from aads.adapters.conec import (
 )
 from aads.adapters.conec import trainable_parameters as conec_trainable
 from aads.adapters.dora import apply_dora, dora_config, merge_dora, save_dora
-from aads.adapters.sd_lora import apply_sd_lora, sd_lora_state_dict, start_task
+from aads.adapters.sd_lora import (
+    apply_sd_lora,
+    finish_task,
+    sd_lora_state_dict,
+    start_task,
+)
 from aads.adapters.sd_lora import trainable_parameters as sd_lora_trainable
 from aads.atomic import atomic_write_text
 from aads.backbone import (
@@ -90,6 +96,7 @@ from aads.config import (
     SDLoRASettings,
     resolve_blocks,
 )
+from aads.gaussians import SharedCovarianceGaussians
 from aads.router import RouterHeads
 from aads.training import MAX_GRAD_NORM, Precision, resolve_precision
 
@@ -557,6 +564,9 @@ def analytic_parameters(key: str) -> dict[str, Any]:
         # pooled scatter (F x F) and the scalar fourth-power sum.
         "conec_selector_elements": domains + domains * feature + feature * feature + 1,
         "head": feature * CLASSES + CLASSES,
+        # Per-class statistics for classifier alignment (class_stats.safetensors), float64 as
+        # the selector's: count and sum per class, pooled scatter, fourth-power sum.
+        "class_stats_elements": CLASSES + CLASSES * feature + feature * feature + 1,
         "backbone": v.num_parameters,
     }
 
@@ -586,6 +596,7 @@ def package_for(key: str, directory: Path) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(0)
     for task in range(PACKAGE_SD_PAIRS):
         start_task(model, SD_PACKAGE, task, generator)
+    finish_task(model, SD_PACKAGE)  # a package holds closed pairs only
     state = sd_lora_state_dict(model)
     parts["sd_lora"] = _part(
         n["sd_lora"] * 4,
@@ -644,11 +655,23 @@ def package_for(key: str, directory: Path) -> dict[str, Any]:
         saved(to_bf16(heads, lambda _: False), directory / "heads3_bf16.safetensors"),
     )
 
+    # Class statistics (written from phase 1 on, for classifier alignment): float64, like the
+    # selector, in both variants.
+    stats = SharedCovarianceGaussians()
+    for _ in range(CLASSES):
+        stats.add(torch.randn(16, feature, generator=generator, dtype=torch.float64))
+    class_state = stats.state_dict()
+    class_bytes = n["class_stats_elements"] * 8
+    parts["class_stats"] = _part(
+        class_bytes,
+        class_bytes,
+        saved(class_state, directory / "class_stats.safetensors"),
+        saved(to_bf16(class_state, lambda _: True), directory / "class_stats_kept.safetensors"),
+    )
+
+    in_package = ("dora", "sd_lora", "conec", "heads_3", "class_stats")
     total = {
-        precision: sum(
-            parts[p][f"saved_file_bytes_{precision}"] for p in ("dora", "sd_lora", "conec")
-        )
-        + parts["heads_3"][f"saved_file_bytes_{precision}"]
+        precision: sum(parts[p][f"saved_file_bytes_{precision}"] for p in in_package)
         for precision in ("fp32", "bf16")
     }
     backbone_fp32, backbone_bf16 = n["backbone"] * 4, n["backbone"] * 2
@@ -661,6 +684,7 @@ def package_for(key: str, directory: Path) -> dict[str, Any]:
         "backbone_mb_fp32": _mb(backbone_fp32),
         "backbone_mb_bf16": _mb(backbone_bf16),
         "parts": parts,
+        "phase3_package_parts": list(in_package),
         "phase3_package_tensor_files_mb_fp32": _mb(total["fp32"]),
         "phase3_package_tensor_files_mb_bf16": _mb(total["bf16"]),
         "phase3_package_pct_of_backbone_fp32": round(100 * total["fp32"] / backbone_fp32, 2),
@@ -702,7 +726,7 @@ def adapter_package_size(_: argparse.Namespace) -> dict[str, Any]:
             "meta-device model given uninitialised CPU storage (attention projections zeroed) "
             "and saving with the project's writers (PEFT save_pretrained for DoRA, "
             "safetensors for SD-LoRA / CONEC / heads); bf16 = floating adapter tensors cast "
-            "to bf16, the CONEC selector statistics kept float64; MB = 1e6 bytes"
+            "to bf16, the CONEC selector and class statistics kept float64; MB = 1e6 bytes"
         ),
         "rank": PACKAGE_RANK,
         "dora_modules": DORA_PACKAGE.modules,

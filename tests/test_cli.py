@@ -18,6 +18,9 @@ runner = CliRunner()
 def small_config(tmp_path: Path, demo_config_path: Path) -> Path:
     """The demo spec with fewer, smaller images so CLI tests run in seconds."""
     spec = yaml.safe_load(demo_config_path.read_text())
+    # random:tiny instead of the demo's synthetic:mini: no pretraining minute in unit tests.
+    spec["router"] = {"source": "random:tiny", "image_size": 32}
+    spec["adapter"]["backbone"] = {"source": "random:tiny", "image_size": 32}
     spec["data"]["synth"] = {
         "images_per_class": 3,
         "images_per_domain_class": 1,
@@ -147,12 +150,12 @@ def test_demo_runs_end_to_end_and_writes_a_summary(tmp_path, small_config):
     result = invoke("demo", "--config", small_config, "--workdir", tmp_path / "demo")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "demo" / "demo-summary.json").read_text())
-    assert [s["name"] for s in summary["steps"]] == [
-        "synthesise data",
-        "ingest + split",
-        "router features",
-    ]
-    assert summary["steps"][2]["feature_dim"] == 128
+    names = [s["name"] for s in summary["steps"]]
+    assert names[:4] == ["synthesise data", "ingest + split", "router features", "train router"]
+    assert "tomato: phase 3 CONEC" in names and "corn: phase 2 SD-LoRA" in names
+    assert set(summary["adapters"]) == {"tomato", "pepper", "corn"}
+    for pkg in summary["adapters"].values():
+        assert (Path(pkg) / "SHA256SUMS").is_file()
 
 
 def test_error_text_with_brackets_is_printed_verbatim(tmp_path):

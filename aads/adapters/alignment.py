@@ -82,4 +82,4 @@ def align_head(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-    return float(loss)
+    return float(loss.detach())

@@ -17,6 +17,7 @@ import torch
 
 from aads.atomic import atomic_write_text
 from aads.config import BackboneSettings, StorageSettings
+from aads.progress import Progress
 
 from .base import Backbone
 from .device import resolve_device, resolve_dtype
@@ -57,7 +58,12 @@ def source_kind(source: str) -> SourceKind:
     raise BackboneError(f"'{source}' is neither a Hugging Face id nor an existing directory")
 
 
-def load_backbone(settings: BackboneSettings, storage: StorageSettings | None = None) -> Backbone:
+def load_backbone(
+    settings: BackboneSettings,
+    storage: StorageSettings | None = None,
+    *,
+    progress: Progress | None = None,
+) -> Backbone:
     """Load the backbone `settings` describe, on its device and dtype, in eval mode.
 
     Raises `BackboneNotAvailable` for Hub weights that cannot be read here (with mirroring
@@ -82,7 +88,7 @@ def load_backbone(settings: BackboneSettings, storage: StorageSettings | None = 
         preset = settings.source.removeprefix("synthetic:")
         cache_root = (storage or StorageSettings()).cache_dir
         model_dir = ensure_synthetic_backbone(
-            preset, settings.seed, settings.image_size, cache_root
+            preset, settings.seed, settings.image_size, cache_root, progress=progress
         )
         model = load_local_dir(model_dir, dtype)
         canonical = f"synthetic:{preset}@seed={settings.seed}"

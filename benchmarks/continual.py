@@ -1,0 +1,714 @@
+"""Continual learning, honestly compared: SD-LoRA vs naive sequential LoRA (class-incremental),
+CONEC-LoRA vs sequential fine-tuning (domain-incremental), on the demo's synthetic crops.
+
+Reproduce with ``.venv/bin/python benchmarks/continual.py [--quick] [--seeds N]``; the full run
+writes ``benchmarks/results/continual.json`` and ``continual.md`` (tables) and prints the tables
+(``--quick``: one seed, fewer epochs and images, printed only unless ``--out`` is given).
+
+Setup. The demo config (``config/demo.yaml``) with three changes, made in code: both backbones
+are ``synthetic:mini`` (a 4-block DINOv3 pretrained in code on synthetic crops disjoint from
+the demo's, cached under ``.aads/cache``: the first run pretrains it once), the synthetic
+dataset is larger (`SYNTH`), and training runs longer (`TRAINING`). Everything else (ranks,
+LoRA targets, batch size, weight decay, splits) is the demo's. The data is drawn once; a seed
+changes the training seeds only (phase 1 included), not the data or its split.
+
+Class-incremental (each crop with phase-2 batches: tomato 2 tasks, pepper 1, corn 1). Phase 1
+(product code, DoRA) gives one package per crop and seed; from it:
+
+- ``sd_lora``: `train_phase2`, the product: SD-LoRA (new pair per task, old pairs frozen as
+  unit directions, magnitudes trainable) + classifier alignment from class statistics.
+- ``seq_lora``: the naive baseline. The phase-1 package merged (`load_adapter(merge=True)`),
+  ONE plain PEFT LoRA (``use_dora=False``) on the same q/v projections of every block with
+  SD-LoRA's rank and initial scale (``lora_alpha = alpha_init * rank``, so its first step is
+  SD-LoRA's open pair), trained through the tasks in order with the same head growth
+  (`grow_head`), loss (`incremental_cross_entropy`), epochs, lr, data (task images only) and
+  model selection (new task's validation images); no decoupling, no alignment.
+- ``seq_lora+align``: ``seq_lora`` plus the product's classifier alignment after each task
+  (`add_class_statistics` + `align_head`, phase-1 class statistics from the phase-1 package),
+  which isolates what the SD-LoRA parametrisation adds beyond alignment.
+
+Measured on base-domain test images of the classes seen so far: pooled accuracy over the seen
+classes; old (phase-1) classes' mean per-class accuracy before (the phase-1 package) and after,
+retention (after / before) and average forgetting (Chaudhry et al.; SD-LoRA's value is the one
+`train_phase2` records); new classes' accuracy; old-class accuracy with the argmax restricted
+to the old classes' logits (what drift of the features does to the old head rows, without the
+new rows' bias); the share of old-class images predicted as a new class (classifier bias); and
+the relative feature drift ||f_after - f_phase1|| / ||f_phase1|| on old-class test images.
+
+Domain-incremental (each crop with phase-3 domains), from each crop's final SD-LoRA package:
+
+- ``conec``: `train_phase3`, the product (shared LoRAs in blocks 0-1 under distillation,
+  per-domain LoRA sets and heads in blocks 2-3, Mahalanobis domain selector). Its metrics are
+  the ones it records in the package.
+- ``seq_ft``: sequential fine-tuning: ONE plain LoRA on q/v of ALL blocks (CONEC's rank and
+  alpha) and one shared head, trained on each domain in order with cross-entropy (same epochs,
+  lr, model selection), no distillation, no per-domain sets, no selector.
+
+Measured on each domain's test images after the last domain: per-domain accuracy (CONEC as
+served, i.e. selector-routed), their mean, protected retention (base accuracy after / before),
+forgetting over the domains learned before the last (per-domain accuracy history; CONEC's is
+its recorded oracle-routed one), and for CONEC the selector's routing accuracy and the
+oracle-routed (true domain) accuracies.
+
+Results are mean and (sample) standard deviation over seeds, per crop, and an ``all`` row
+averaging crops within each seed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from aads.adapters.alignment import add_class_statistics, align_head
+from aads.adapters.classifier import AdapterClassifier, grow_head
+from aads.adapters.loading import LoadedAdapter, load_adapter
+from aads.adapters.package import CLASS_STATS_FILE, read_meta, read_tensors
+from aads.adapters.phases.common import (
+    accuracy,
+    image_loader,
+    incremental_cross_entropy,
+    phase_rows,
+    predict,
+)
+from aads.adapters.phases.phase1 import train_phase1
+from aads.adapters.phases.phase2 import train_phase2
+from aads.adapters.phases.phase3 import train_phase3
+from aads.atomic import atomic_write_text
+from aads.backbone import Backbone, lora_target_regex
+from aads.config import BASE_DOMAIN, PlatformConfig, TrainingSettings, parse_config
+from aads.data.ingest import ingest
+from aads.data.manifest import ManifestRow, select
+from aads.data.synth import synthesize
+from aads.gaussians import SharedCovarianceGaussians
+from aads.metrics import average_forgetting
+from aads.training import fit
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "config" / "demo.yaml"
+RESULTS = REPO / "benchmarks" / "results"
+CACHE = REPO / ".aads" / "cache"
+BACKBONE = {"source": "synthetic:mini", "seed": 0, "image_size": 64, "pooling": "cls_mean"}
+LR = 3e-3
+PATIENCE = 4
+SYNTH = {
+    "full": {"images_per_class": 60, "images_per_domain_class": 30, "image_size": 64, "seed": 0},
+    "quick": {"images_per_class": 40, "images_per_domain_class": 20, "image_size": 64, "seed": 0},
+}
+TRAINING = {
+    "full": {"phase1": 15, "phase2": 10, "phase3": 10},
+    "quick": {"phase1": 8, "phase2": 5, "phase3": 5},
+}
+CI_ARMS = ("sd_lora", "seq_lora", "seq_lora+align")
+DI_ARMS = ("conec", "seq_ft")
+
+Metrics = dict[str, float]
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def bench_config(mode: str, seed: int) -> PlatformConfig:
+    """The demo config on `synthetic:mini`, with the benchmark's data size, epochs and seed."""
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw["router"] = dict(BACKBONE)
+    raw["adapter"]["backbone"] = dict(BACKBONE)
+    for phase, epochs in TRAINING[mode].items():
+        raw["training"][phase] = {
+            **raw["training"][phase],
+            "epochs": epochs,
+            "lr": LR,
+            "early_stopping_patience": PATIENCE,
+            "seed": seed,
+        }
+    raw["data"]["synth"] = dict(SYNTH[mode])
+    raw["storage"] = {**raw.get("storage", {}), "cache_dir": str(CACHE)}
+    return parse_config(raw, f"{DEMO_CONFIG} (continual benchmark)")
+
+
+def make_data(config: PlatformConfig, root: Path) -> list[ManifestRow]:
+    synthesize(config, root)
+    return ingest(root, config=config).rows
+
+
+def log(message: str, start: float = time.perf_counter()) -> None:
+    print(f"[{time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class Outputs:
+    """A network's view of some images: labels (N,), logits (N, C), pooled features (N, D)."""
+
+    labels: torch.Tensor
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+@torch.no_grad()
+def run_network(
+    network: AdapterClassifier,
+    rows: list[ManifestRow],
+    root: Path,
+    classes: list[str],
+    backbone: Backbone,
+    settings: TrainingSettings,
+) -> Outputs:
+    was_training = network.training
+    network.eval()
+    labels, logits, features = [], [], []
+    for pixels, target, _ in image_loader(rows, root, classes, backbone, settings, train=False):
+        feats = network.features(pixels.to(backbone.device))
+        features.append(feats.float().cpu())
+        logits.append(network.head(feats).float().cpu())
+        labels.append(target)
+    network.train(was_training)
+    return Outputs(torch.cat(labels), torch.cat(logits), torch.cat(features))
+
+
+def per_class(labels: torch.Tensor, predicted: torch.Tensor, classes: Sequence[str]) -> Metrics:
+    """Accuracy of each class (by index into `classes`) that has images."""
+    out = {}
+    for i, name in enumerate(classes):
+        mask = labels == i
+        if mask.any():
+            out[name] = float((predicted[mask] == i).float().mean())
+    return out
+
+
+def mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def accuracy_of(
+    network: nn.Module,
+    rows: list[ManifestRow],
+    root: Path,
+    classes: list[str],
+    backbone: Backbone,
+    settings: TrainingSettings,
+) -> float:
+    if not rows:
+        return float("nan")
+    loader = image_loader(rows, root, classes, backbone, settings, train=False)
+    return accuracy(*predict(network, loader, backbone.device))
+
+
+def seen_test_rows(rows: list[ManifestRow], crop: str, classes: list[str]) -> list[ManifestRow]:
+    return select(rows, crop=crop, split="test", domain=BASE_DOMAIN, labels=classes)
+
+
+def class_incremental_metrics(
+    before: Outputs, after: Outputs, classes: list[str], n_old: int, forgetting: float
+) -> Metrics:
+    """Every class-incremental number of one arm, from the phase-1 and final networks' outputs
+    on the same test images (all seen classes; the phase-1 logits cover the old ones only)."""
+    old, new = classes[:n_old], classes[n_old:]
+    is_old = after.labels < n_old
+    old_before = per_class(before.labels, before.logits.argmax(-1), old)
+    old_after = per_class(after.labels, after.logits.argmax(-1), classes)
+    restricted = per_class(after.labels, after.logits[:, :n_old].argmax(-1), old)
+    f_before, f_after = before.features[is_old], after.features[is_old]
+    drift = (f_after - f_before).norm(dim=1) / f_before.norm(dim=1).clamp_min(1e-12)
+    before_acc = mean([old_before[c] for c in old])
+    after_acc = mean([old_after[c] for c in old])
+    return {
+        "seen_accuracy": float((after.logits.argmax(-1) == after.labels).float().mean()),
+        "old_accuracy_before": before_acc,
+        "old_accuracy_after": after_acc,
+        "retention": after_acc / before_acc if before_acc > 0 else float("nan"),
+        "forgetting": forgetting,
+        "new_accuracy": mean([old_after[c] for c in new if c in old_after]),
+        "old_accuracy_old_logits": mean([restricted[c] for c in old]),
+        "old_predicted_as_new": float((after.logits[is_old].argmax(-1) >= n_old).float().mean()),
+        "old_feature_drift": float(drift.mean()),
+    }
+
+
+# --------------------------------------------------------------------------- class-incremental
+
+
+@dataclass
+class CropRun:
+    """What every arm of one crop and seed shares."""
+
+    config: PlatformConfig
+    crop: str
+    rows: list[ManifestRow]
+    root: Path
+    phase1: Path
+
+    @property
+    def settings(self) -> TrainingSettings:
+        return self.config.training.phase2
+
+    def load(self, pkg: Path, *, merge: bool = True) -> LoadedAdapter:
+        return load_adapter(pkg, self.config.storage, merge=merge)
+
+    def outputs(
+        self, loaded: LoadedAdapter, network: AdapterClassifier, classes: list[str]
+    ) -> Outputs:
+        """`network` on the base-domain test images of every known class of the crop."""
+        rows = seen_test_rows(self.rows, self.crop, self.config.crop(self.crop).known_classes)
+        return run_network(network, rows, self.root, classes, loaded.backbone, self.settings)
+
+
+def phase1_outputs(run: CropRun) -> Outputs:
+    """The phase-1 package on every known class's test images (logits: old classes only)."""
+    loaded = run.load(run.phase1)
+    known = run.config.crop(run.crop).known_classes
+    return run.outputs(loaded, loaded.network, known)
+
+
+def sd_lora_arm(run: CropRun, before: Outputs, work: Path) -> tuple[Metrics, Path]:
+    """The product's phase 2; returns its metrics and package (phase 3 starts from it)."""
+    pkg = train_phase2(run.config, run.crop, run.rows, run.root, run.phase1, work / "sd_lora")
+    loaded = run.load(pkg)
+    classes = loaded.meta.classes
+    after = run.outputs(loaded, loaded.network, classes)
+    recorded = loaded.meta.metrics
+    n_old = len(run.config.crop(run.crop).phase1_classes)
+    metrics = class_incremental_metrics(
+        before, after, classes, n_old, recorded["phase2_forgetting"]
+    )
+    # Consistency with what train_phase2 recorded (its network unmerged, this one merged).
+    metrics["recorded_old_accuracy_after"] = recorded["phase2_old_accuracy_after"]
+    metrics["recorded_seen_accuracy"] = recorded["phase2_test_accuracy"]
+    return metrics, pkg
+
+
+def plain_lora(
+    model: nn.Module, depth: int, modules: Sequence[str], rank: int, alpha: float
+) -> nn.Module:
+    """One plain PEFT LoRA (no DoRA, no dropout) on `modules` of every block of `model`."""
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=lora_target_regex(list(range(depth)), list(modules)),
+        use_dora=False,
+        bias="none",
+    )
+    return get_peft_model(model, config)
+
+
+def seq_lora_arm(run: CropRun, before: Outputs, *, align: bool) -> Metrics:
+    """Naive sequential LoRA through the phase-2 tasks (optionally + classifier alignment)."""
+    spec, sd, settings = run.config.crop(run.crop), run.config.adapter.sd_lora, run.settings
+    loaded = run.load(run.phase1)
+    backbone, head = loaded.backbone, loaded.network.head
+    classes = list(loaded.meta.classes)
+    n_old = len(classes)
+    torch.manual_seed(settings.seed)  # the LoRA's A matrices are drawn here
+    model = plain_lora(backbone.model, backbone.depth, sd.modules, sd.rank, sd.alpha_init * sd.rank)
+    lora_params = [p for p in model.parameters() if p.requires_grad]
+    stats = (
+        SharedCovarianceGaussians.from_state_dict(read_tensors(run.phase1, CLASS_STATS_FILE))
+        if align
+        else None
+    )
+    known = spec.known_classes
+    history = [per_class(before.labels, before.logits.argmax(-1), classes)]
+    for task, batch in enumerate(spec.phase2_batches):
+        torch.manual_seed(settings.seed + task)
+        head = grow_head(head, len(batch)).requires_grad_(True)
+        task_old = len(classes)
+        classes = [*classes, *batch]
+        network = AdapterClassifier(model, head, backbone.pooling, backbone.prefix_tokens)
+        params = [*lora_params, *head.parameters()]
+        train_task(run, network, backbone, classes, task_old, str(task), params)
+        if stats is not None:
+            data = phase_rows(run.rows, run.crop, "2", str(task))
+            loader = image_loader(data.train, run.root, classes, backbone, settings, train=False)
+            indices = list(range(task_old, len(classes)))
+            add_class_statistics(stats, network, loader, indices, backbone.device)
+            align_head(head, stats, seed=settings.seed + task)
+        now = run.outputs(loaded, network, known)
+        history.append(per_class(now.labels, now.logits.argmax(-1), classes))
+    forgetting = average_forgetting(history, classes[:n_old])
+    return class_incremental_metrics(before, now, classes, n_old, forgetting)
+
+
+def train_task(
+    run: CropRun,
+    network: AdapterClassifier,
+    backbone: Backbone,
+    classes: list[str],
+    n_old: int,
+    task: str,
+    params: list[nn.Parameter],
+) -> None:
+    """One phase-2 task exactly as `train_phase2` trains it (loss, loaders, model selection)."""
+    settings = run.settings
+    data = phase_rows(run.rows, run.crop, "2", task)
+    train_loader = image_loader(data.train, run.root, classes, backbone, settings, train=True)
+    val_rows = data.val or data.train
+    val_loader = image_loader(val_rows, run.root, classes, backbone, settings, train=False)
+
+    def loss_fn(m: nn.Module, b: tuple) -> torch.Tensor:
+        pixels, labels, _ = b
+        return incremental_cross_entropy(m(pixels), labels, n_old)
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        # Rehearsal-free, as in train_phase2: the new task's validation images only.
+        return {"val_accuracy": accuracy(*predict(m, val_loader, backbone.device))}
+
+    fit(
+        network,
+        params,
+        train_loader,
+        settings=settings,
+        loss_fn=loss_fn,
+        eval_fn=eval_fn,
+        device=backbone.device,
+    )
+
+
+def class_incremental(run: CropRun, work: Path) -> tuple[dict[str, Metrics], Path]:
+    before = phase1_outputs(run)
+    results: dict[str, Metrics] = {}
+    results["sd_lora"], sd_pkg = sd_lora_arm(run, before, work)
+    log(f"  {run.crop}: sd_lora done")
+    results["seq_lora"] = seq_lora_arm(run, before, align=False)
+    log(f"  {run.crop}: seq_lora done")
+    results["seq_lora+align"] = seq_lora_arm(run, before, align=True)
+    log(f"  {run.crop}: seq_lora+align done")
+    return results, sd_pkg
+
+
+# --------------------------------------------------------------------------- domain-incremental
+
+
+def domain_test_rows(run: CropRun, classes: list[str]) -> dict[str, list[ManifestRow]]:
+    """Test images per domain, base first: base-domain images of the known classes, then each
+    phase-3 domain's images (as `train_phase3` evaluates them)."""
+    spec = run.config.crop(run.crop)
+    tests = {BASE_DOMAIN: seen_test_rows(run.rows, run.crop, classes)}
+    for domain in spec.phase3_domains:
+        tests[domain] = select(run.rows, crop=run.crop, split="test", phase="3", task=domain)
+    return tests
+
+
+def conec_arm(run: CropRun, sd_pkg: Path, work: Path) -> Metrics:
+    pkg = train_phase3(run.config, run.crop, run.rows, run.root, sd_pkg, work / "conec")
+    recorded = read_meta(pkg).metrics
+    domains = [BASE_DOMAIN, *run.config.crop(run.crop).phase3_domains]
+    metrics = {f"{d}_accuracy": recorded[f"phase3_{d}_accuracy"] for d in domains}
+    metrics |= {f"{d}_accuracy_before": recorded[f"phase3_{d}_accuracy_before"] for d in domains}
+    metrics |= {f"{d}_oracle_accuracy": recorded[f"phase3_{d}_oracle_accuracy"] for d in domains}
+    metrics |= {
+        f"{d}_selector_accuracy": recorded[f"phase3_{d}_selector_accuracy"] for d in domains
+    }
+    return metrics | {
+        "mean_accuracy": recorded["phase3_mean_accuracy"],
+        "mean_oracle_accuracy": recorded["phase3_mean_oracle_accuracy"],
+        "selector_accuracy": recorded["phase3_selector_accuracy"],
+        "protected_retention": recorded["phase3_protected_retention"],
+        "forgetting": recorded["phase3_forgetting"],
+    }
+
+
+def seq_ft_arm(run: CropRun, sd_pkg: Path) -> Metrics:
+    """One plain LoRA on q/v of all blocks + one shared head, fine-tuned domain after domain."""
+    config, settings = run.config, run.config.training.phase3
+    loaded = run.load(sd_pkg)
+    backbone, classes = loaded.backbone, loaded.meta.classes
+    tests = domain_test_rows(run, classes)
+
+    def evaluate(network: nn.Module, domains: Sequence[str]) -> Metrics:
+        return {
+            d: accuracy_of(network, tests[d], run.root, classes, backbone, settings)
+            for d in domains
+        }
+
+    domains = list(tests)
+    before = evaluate(loaded.network, domains)
+    torch.manual_seed(settings.seed)
+    conec = config.adapter.conec
+    model = plain_lora(backbone.model, backbone.depth, conec.modules, conec.rank, conec.alpha)
+    head = loaded.network.head.requires_grad_(True)
+    network = AdapterClassifier(model, head, backbone.pooling, backbone.prefix_tokens)
+    params = [p for p in network.parameters() if p.requires_grad]
+    history = [{BASE_DOMAIN: before[BASE_DOMAIN]}]
+    for i, domain in enumerate(domains[1:], 1):
+        torch.manual_seed(settings.seed + i)
+        data = phase_rows(run.rows, run.crop, "3", domain)
+        train_loader = image_loader(data.train, run.root, classes, backbone, settings, train=True)
+        val_rows = data.val or data.train
+        val_loader = image_loader(val_rows, run.root, classes, backbone, settings, train=False)
+
+        def loss_fn(m: nn.Module, b: tuple) -> torch.Tensor:
+            pixels, labels, _ = b
+            return nn.functional.cross_entropy(m(pixels), labels)
+
+        def eval_fn(m: nn.Module, loader: Any = val_loader) -> dict[str, float]:
+            return {"val_accuracy": accuracy(*predict(m, loader, backbone.device))}
+
+        fit(
+            network,
+            params,
+            train_loader,
+            settings=settings,
+            loss_fn=loss_fn,
+            eval_fn=eval_fn,
+            device=backbone.device,
+        )
+        history.append(evaluate(network, domains[: i + 1]))
+    final = history[-1]
+    base_before = before[BASE_DOMAIN]
+    metrics = {f"{d}_accuracy": final[d] for d in domains}
+    metrics |= {f"{d}_accuracy_before": before[d] for d in domains}
+    return metrics | {
+        "mean_accuracy": mean(list(final.values())),
+        "protected_retention": final[BASE_DOMAIN] / base_before if base_before > 0 else math.nan,
+        "forgetting": average_forgetting(history, domains[:-1]),
+    }
+
+
+def domain_incremental(run: CropRun, sd_pkg: Path, work: Path) -> dict[str, Metrics]:
+    results = {"conec": conec_arm(run, sd_pkg, work)}
+    log(f"  {run.crop}: conec done")
+    results["seq_ft"] = seq_ft_arm(run, sd_pkg)
+    log(f"  {run.crop}: seq_ft done")
+    return results
+
+
+# --------------------------------------------------------------------------- one seed
+
+
+def run_seed(mode: str, seed: int, root: Path, rows: list[ManifestRow], work: Path) -> dict:
+    """Every crop, both settings, one training seed: {"class_incremental": {crop: {arm: m}},
+    "domain_incremental": {crop: {arm: m}}}."""
+    config = bench_config(mode, seed)
+    out: dict[str, dict] = {"class_incremental": {}, "domain_incremental": {}}
+    for spec in config.crops:
+        if not spec.phase2_batches:
+            continue
+        crop_work = work / f"seed{seed}" / spec.name
+        phase1 = train_phase1(config, spec.name, rows, root, crop_work / "phase1")
+        log(f"seed {seed} {spec.name}: phase 1 done")
+        run = CropRun(config, spec.name, rows, root, phase1)
+        out["class_incremental"][spec.name], sd_pkg = class_incremental(run, crop_work)
+        if spec.phase3_domains:
+            out["domain_incremental"][spec.name] = domain_incremental(run, sd_pkg, crop_work)
+    return out
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    std = statistics.stdev(finite) if len(finite) > 1 else 0.0
+    return {"mean": statistics.fmean(finite), "std": std, "n": len(finite)}
+
+
+def summarise(per_seed: list[dict], setting: str, arms: Sequence[str]) -> dict:
+    """{crop or "all": {arm: {metric: mean/std over seeds}}}; "all" averages the crops of a
+    seed first (metrics every crop has), then takes mean/std over seeds."""
+    crops = list(per_seed[0][setting])
+    out: dict[str, dict] = {}
+    for crop in crops:
+        out[crop] = {}
+        for arm in arms:
+            names = per_seed[0][setting][crop][arm]
+            out[crop][arm] = {
+                k: mean_std([s[setting][crop][arm][k] for s in per_seed]) for k in names
+            }
+    out["all"] = {}
+    for arm in arms:
+        common = set.intersection(*(set(per_seed[0][setting][c][arm]) for c in crops))
+        out["all"][arm] = {
+            k: mean_std([mean([s[setting][c][arm][k] for c in crops]) for s in per_seed])
+            for k in sorted(common)
+        }
+    return out
+
+
+CI_COLUMNS = (
+    ("seen_accuracy", "seen acc"),
+    ("old_accuracy_before", "old before"),
+    ("old_accuracy_after", "old after"),
+    ("retention", "retention"),
+    ("forgetting", "forgetting"),
+    ("new_accuracy", "new acc"),
+    ("old_accuracy_old_logits", "old (old logits)"),
+    ("old_predicted_as_new", "old->new"),
+    ("old_feature_drift", "feat drift"),
+)
+DI_COLUMNS = (
+    ("base_accuracy_before", "base before"),
+    ("base_accuracy", "base after"),
+    ("protected_retention", "retention"),
+    ("mean_accuracy", "mean acc"),
+    ("forgetting", "forgetting"),
+    ("selector_accuracy", "selector"),
+    ("mean_oracle_accuracy", "mean acc (oracle)"),
+)
+
+
+def cell(stats: dict[str, float] | None) -> str:
+    if stats is None or not math.isfinite(stats["mean"]):
+        return "-"
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
+def table(summary: dict, arms: Sequence[str], columns: Sequence[tuple[str, str]]) -> str:
+    """A markdown table: one row per (crop, arm), mean ± std over seeds."""
+    head = ["crop", "arm", *(title for _, title in columns)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for crop, arms_stats in summary.items():
+        for arm in arms:
+            cells = [cell(arms_stats[arm].get(key)) for key, _ in columns]
+            lines.append("| " + " | ".join([crop, arm, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def domain_table(summary: dict) -> str:
+    """Per-domain accuracy after the last domain (CONEC selector-routed and oracle-routed)."""
+    lines = [
+        "| crop | domain | before | conec | conec (oracle) | conec selector | seq_ft |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for crop, arms_stats in summary.items():
+        if crop == "all":
+            continue
+        conec, seq = arms_stats["conec"], arms_stats["seq_ft"]
+        for key in conec:
+            if not key.endswith("_accuracy_before"):
+                continue
+            d = key.removesuffix("_accuracy_before")
+            lines.append(
+                f"| {crop} | {d} | {cell(conec[key])} | {cell(conec[f'{d}_accuracy'])} | "
+                f"{cell(conec[f'{d}_oracle_accuracy'])} | "
+                f"{cell(conec[f'{d}_selector_accuracy'])} | {cell(seq[f'{d}_accuracy'])} |"
+            )
+    return "\n".join(lines)
+
+
+def report(result: dict) -> str:
+    ci, di = result["class_incremental"]["summary"], result["domain_incremental"]["summary"]
+    return "\n\n".join(
+        [
+            f"# Continual-learning benchmark ({result['mode']}, seeds {result['seeds']}, "
+            f"{result['runtime_s']:.0f} s)",
+            "Generated by `benchmarks/continual.py`; mean ± std over seeds. Test split, base "
+            "domain for the class-incremental table.",
+            "## Class-incremental: SD-LoRA vs sequential LoRA",
+            table(ci, CI_ARMS, CI_COLUMNS),
+            "## Domain-incremental: CONEC-LoRA vs sequential fine-tuning",
+            table(di, DI_ARMS, DI_COLUMNS),
+            "### Per-domain accuracy after the last domain",
+            domain_table(di),
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
+def run(mode: str, seeds: list[int], progress: Callable[[str], None] = log) -> dict:
+    start = time.perf_counter()
+    config = bench_config(mode, seeds[0])
+    per_seed = []
+    with tempfile.TemporaryDirectory(prefix="aads-continual-") as tmp:
+        root = Path(tmp) / "data"
+        rows = make_data(config, root)
+        progress(f"{len(rows)} images synthesised and ingested")
+        for seed in seeds:
+            per_seed.append(run_seed(mode, seed, root, rows, Path(tmp) / "work"))
+    return {
+        "benchmark": "continual",
+        "mode": mode,
+        "seeds": seeds,
+        "runtime_s": time.perf_counter() - start,
+        "environment": environment(),
+        "setup": {
+            "backbone": BACKBONE,
+            "synth": SYNTH[mode],
+            "split": config.data.split.model_dump(),
+            "training": {k: v.model_dump() for k, v in config.training if k != "router"},
+            "sd_lora": config.adapter.sd_lora.model_dump(),
+            "dora": config.adapter.dora.model_dump(),
+            "conec": config.adapter.conec.model_dump(mode="json"),
+            "images": len(rows),
+            "test_images_per_class": _test_counts(rows),
+        },
+        "class_incremental": {
+            "summary": summarise(per_seed, "class_incremental", CI_ARMS),
+            "per_seed": [s["class_incremental"] for s in per_seed],
+        },
+        "domain_incremental": {
+            "summary": summarise(per_seed, "domain_incremental", DI_ARMS),
+            "per_seed": [s["domain_incremental"] for s in per_seed],
+        },
+    }
+
+
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def _test_counts(rows: list[ManifestRow]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in select(rows, split="test"):
+        if r.phase in ("1", "2", "3"):
+            key = f"{r.crop}/{r.domain}/{r.label}"
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="one seed, fewer epochs/images")
+    parser.add_argument("--seeds", type=int, default=None, help="training seeds (0..N-1)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results)")
+    args = parser.parse_args(argv)
+    mode = "quick" if args.quick else "full"
+    seeds = list(range(args.seeds or (1 if args.quick else 2)))
+    result = run(mode, seeds)
+    text = report(result)
+    print(text)
+    out = args.out or (None if args.quick else RESULTS / "continual.json")
+    if out is not None:
+        atomic_write_text(out, json.dumps(finite(result), indent=2, allow_nan=False) + "\n")
+        atomic_write_text(out.with_suffix(".md"), text + "\n")
+        print(f"\nwrote {out} and {out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
