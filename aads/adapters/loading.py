@@ -65,7 +65,8 @@ def load_adapter(
 ) -> LoadedAdapter:
     """The package at `pkg_dir` as a network in eval mode on `device`.
 
-    ``merge=False`` keeps SD-LoRA as layers (phase 2 continues training them); serving merges.
+    ``merge=False`` keeps SD-LoRA as layers (phase 2 continues training them); serving merges,
+    and so does a phase-3 package, whose CONEC layers wrap the merged projections.
     """
     pkg_dir = Path(pkg_dir)
     if verify:
@@ -78,16 +79,16 @@ def load_adapter(
     if (pkg_dir / ADAPTER_DIR).is_dir():
         model = merge_dora(load_dora(model, pkg_dir))
     sd_lora = read_tensors(pkg_dir, SD_LORA_FILE)
+    conec_tensors = read_tensors(pkg_dir, CONEC_FILE)
     if sd_lora is not None:
         targets = sorted({k.split(SD_LORA_SUFFIX)[0] for k in sd_lora})
         apply_sd_lora(model, targets)
         load_sd_lora_state_dict(model, sd_lora)
-        if merge:
+        if merge or conec_tensors is not None:  # CONEC wraps the same projections: merge first
             merge_sd_lora(model)
     model.requires_grad_(False)
     heads = read_tensors(pkg_dir, HEADS_FILE) or {}
     head = _linear(heads, "head.0", len(meta.classes), backbone)
-    conec_tensors = read_tensors(pkg_dir, CONEC_FILE)
     state: ConecState | None = None
     if conec_tensors is not None:
         settings = CONECSettings(**meta.adapter_settings["conec"])

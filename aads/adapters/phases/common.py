@@ -6,6 +6,7 @@ a class with no images or a domain with no data fails in a second, not after an 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -14,11 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from aads.adapters.package import METRICS_DIR
 from aads.backbone import Backbone, preprocess_image
-from aads.config import TrainingSettings
+from aads.config import BASE_DOMAIN, TrainingSettings
 from aads.data.dataset import ManifestDataset, make_loader
 from aads.data.manifest import ManifestRow, select
-from aads.training import make_train_loader
+from aads.metrics import save_confusion_matrix
+from aads.training import FitResult, make_train_loader
 
 
 class AdapterTrainingError(ValueError):
@@ -113,3 +116,32 @@ def incremental_cross_entropy(
         return nn.functional.cross_entropy(logits, targets)
     joined = torch.cat([logits[:, :n_old].detach(), logits[:, n_old:]], dim=1)
     return nn.functional.cross_entropy(joined, targets)
+
+
+def mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def best_metric(result: FitResult) -> float:
+    """The monitored value at the best epoch (NaN when nothing was monitored)."""
+    return float("nan") if result.best_metric is None else float(result.best_metric)
+
+
+def domain_rows(
+    rows: Sequence[ManifestRow], crop: str, domain: str, classes: Sequence[str], split: str
+) -> list[ManifestRow]:
+    """`split` images of `domain`: base-domain images of the given classes (phases 1 and 2),
+    or a phase-3 domain's images."""
+    if domain == BASE_DOMAIN:
+        return select(rows, crop=crop, split=split, domain=BASE_DOMAIN, labels=classes)
+    return select(rows, crop=crop, split=split, phase="3", task=domain)
+
+
+def write_phase_metrics(
+    from_pkg: Path, pkg_dir: Path, summary: dict, name: str, title: str
+) -> None:
+    """Carry the earlier phases' figures into the new package and add this phase's."""
+    src = Path(from_pkg) / METRICS_DIR
+    if src.is_dir():
+        shutil.copytree(src, pkg_dir / METRICS_DIR, dirs_exist_ok=True)
+    save_confusion_matrix(summary, pkg_dir / METRICS_DIR, name, title)

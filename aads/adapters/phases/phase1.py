@@ -28,6 +28,7 @@ from aads.adapters.package import (
 )
 from aads.adapters.phases.common import (
     accuracy,
+    best_metric,
     image_loader,
     phase_rows,
     predict,
@@ -40,7 +41,7 @@ from aads.features import backbone_signature
 from aads.gaussians import SharedCovarianceGaussians
 from aads.metrics import classification_summary, save_confusion_matrix
 from aads.progress import Progress
-from aads.training import FitResult, fit
+from aads.training import fit
 
 
 def train_phase1(
@@ -133,7 +134,7 @@ def train_phase1(
     summary = classification_summary(y_true, y_pred, classes)
     metrics = {
         "phase1_test_accuracy": summary["accuracy"],
-        "phase1_val_accuracy": _best(result),
+        "phase1_val_accuracy": best_metric(result),
     }
     meta = AdapterMeta(
         crop=crop,
@@ -165,7 +166,3 @@ def train_phase1(
         ),
         out_dir,
     )
-
-
-def _best(result: FitResult) -> float:
-    return float("nan") if result.best_metric is None else float(result.best_metric)

@@ -23,7 +23,6 @@ from aads.adapters.classifier import AdapterClassifier, grow_head
 from aads.adapters.loading import load_adapter
 from aads.adapters.package import (
     CLASS_STATS_FILE,
-    METRICS_DIR,
     PackageContents,
     PhaseRecord,
     read_meta,
@@ -33,11 +32,15 @@ from aads.adapters.package import (
 from aads.adapters.phases.common import (
     AdapterTrainingError,
     accuracy,
+    best_metric,
+    domain_rows,
     image_loader,
     incremental_cross_entropy,
+    mean,
     phase_rows,
     predict,
     require_images,
+    write_phase_metrics,
 )
 from aads.adapters.sd_lora import (
     apply_sd_lora,
@@ -48,13 +51,13 @@ from aads.adapters.sd_lora import (
     trainable_parameters,
 )
 from aads.backbone import resolve_lora_targets
-from aads.config import CropSpec, PlatformConfig
-from aads.data.manifest import ManifestRow, select
+from aads.config import BASE_DOMAIN, CropSpec, PlatformConfig
+from aads.data.manifest import ManifestRow
 from aads.features import backbone_signature
 from aads.gaussians import SharedCovarianceGaussians
-from aads.metrics import average_forgetting, classification_summary, save_confusion_matrix
+from aads.metrics import average_forgetting, classification_summary
 from aads.progress import Progress
-from aads.training import FitResult, fit
+from aads.training import fit
 
 
 def pending_tasks(spec: CropSpec, known: list[str], done_tasks: set[str]) -> list[int]:
@@ -133,7 +136,7 @@ def train_phase2(
         )
     stats = _class_statistics(from_pkg, len(classes))
     old_classes = list(spec.phase1_classes)
-    test_rows = _seen_test_rows(rows, crop, classes)
+    test_rows = domain_rows(rows, crop, BASE_DOMAIN, classes, "test")
     before = _per_class(prev.network, test_rows, data_root, classes, backbone, settings)
     history = [before]
 
@@ -190,16 +193,16 @@ def train_phase2(
             backbone.device,
         )
         align_head(head, stats, seed=settings.seed + task)
-        test_rows = _seen_test_rows(rows, crop, classes)
+        test_rows = domain_rows(rows, crop, BASE_DOMAIN, classes, "test")
         after = _per_class(network, test_rows, data_root, classes, backbone, settings)
         history.append(after)
         task_metrics = {
             "rank": float(rank),
             "folded_layers": float(fold["folded"]),
-            "new_classes_accuracy": _mean([after[c] for c in batch if c in after]),
-            "old_classes_accuracy": _mean([after[c] for c in old_classes if c in after]),
-            "seen_classes_accuracy": _mean(list(after.values())),
-            "val_accuracy": _best(result),
+            "new_classes_accuracy": mean([after[c] for c in batch if c in after]),
+            "old_classes_accuracy": mean([after[c] for c in old_classes if c in after]),
+            "seen_classes_accuracy": mean(list(after.values())),
+            "val_accuracy": best_metric(result),
         }
         meta.phases.append(
             PhaseRecord(
@@ -219,8 +222,8 @@ def train_phase2(
         backbone.device,
     )
     summary = classification_summary(y_true, y_pred, classes)
-    old_before = _mean([before[c] for c in old_classes if c in before])
-    old_after = _mean([history[-1][c] for c in old_classes if c in history[-1]])
+    old_before = mean([before[c] for c in old_classes if c in before])
+    old_after = mean([history[-1][c] for c in old_classes if c in history[-1]])
     meta.classes = classes
     meta.metrics = {
         **meta.metrics,
@@ -240,7 +243,9 @@ def train_phase2(
             dora_from=from_pkg,
             sd_lora=sd_lora_state_dict(model),
             class_stats=stats.state_dict(),
-            extra=lambda d: _copy_metrics(from_pkg, d, summary, crop),
+            extra=lambda d: write_phase_metrics(
+                from_pkg, d, summary, "phase2_test", f"{crop}: phase 2 (test)"
+            ),
         ),
         out_dir,
     )
@@ -260,11 +265,6 @@ def _class_statistics(pkg: Path, classes: int) -> SharedCovarianceGaussians:
     return stats
 
 
-def _seen_test_rows(rows: list[ManifestRow], crop: str, classes: list[str]) -> list[ManifestRow]:
-    """Base-domain test images of the classes learned so far (evaluation only)."""
-    return select(rows, crop=crop, split="test", domain="base", labels=classes)
-
-
 def _per_class(
     network: nn.Module,
     rows: list[ManifestRow],
@@ -280,20 +280,3 @@ def _per_class(
     y_true, y_pred = predict(network, loader, backbone.device)
     summary = classification_summary(y_true, y_pred, classes)
     return summary["per_class_accuracy"]
-
-
-def _mean(values: list[float]) -> float:
-    return float(sum(values) / len(values)) if values else float("nan")
-
-
-def _copy_metrics(from_pkg: Path, d: Path, summary: dict, crop: str) -> None:
-    import shutil
-
-    src = Path(from_pkg) / METRICS_DIR
-    if src.is_dir():
-        shutil.copytree(src, d / METRICS_DIR, dirs_exist_ok=True)
-    save_confusion_matrix(summary, d / METRICS_DIR, "phase2_test", f"{crop}: phase 2 (test)")
-
-
-def _best(result: FitResult) -> float:
-    return float("nan") if result.best_metric is None else float(result.best_metric)

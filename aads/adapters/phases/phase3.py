@@ -16,7 +16,6 @@ report protected retention.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -39,7 +38,6 @@ from aads.adapters.conec import (
 from aads.adapters.loading import LoadedAdapter, load_adapter
 from aads.adapters.package import (
     CONEC_FILE,
-    METRICS_DIR,
     SD_LORA_FILE,
     AdapterMeta,
     PackageContents,
@@ -52,16 +50,19 @@ from aads.adapters.phases.common import (
     AdapterTrainingError,
     PhaseData,
     accuracy,
+    best_metric,
+    domain_rows,
     image_loader,
+    mean,
     phase_rows,
     predict,
+    write_phase_metrics,
 )
-from aads.adapters.phases.phase2 import _best, _mean
 from aads.backbone import Backbone
 from aads.config import BASE_DOMAIN, CONECSettings, PlatformConfig, TrainingSettings
-from aads.data.manifest import ManifestRow, select
+from aads.data.manifest import ManifestRow
 from aads.features import backbone_signature
-from aads.metrics import average_forgetting, classification_summary, save_confusion_matrix
+from aads.metrics import average_forgetting, classification_summary
 from aads.progress import Progress
 from aads.storage import CHECKSUM_FILE, sha256_file
 from aads.training import FitResult, fit
@@ -94,8 +95,8 @@ def check_phase3_inputs(
             f"{spec.phase3_domains}, {from_pkg} has {meta.domains}"
         )
     for domain in pending:
-        _check_domain_rows(phase_rows(rows, crop, "3", domain), domain, crop, meta.classes)
-    if meta.last_phase != "3" and not _domain_rows(rows, crop, BASE_DOMAIN, meta.classes, "train"):
+        _checkdomain_rows(phase_rows(rows, crop, "3", domain), domain, crop, meta.classes)
+    if meta.last_phase != "3" and not domain_rows(rows, crop, BASE_DOMAIN, meta.classes, "train"):
         raise AdapterTrainingError(
             f"crop '{crop}' has no base-domain train images of {meta.classes}: the domain "
             "selector needs them for its base-domain statistics"
@@ -129,7 +130,7 @@ def train_phase3(
     backbone, meta = prev.backbone, prev.meta.model_copy(deep=True)
     classes = meta.classes
     domains = [*meta.domains, *pending]
-    tests = {d: _domain_rows(rows, crop, d, classes, "test") for d in domains}
+    tests = {d: domain_rows(rows, crop, d, classes, "test") for d in domains}
     evaluate = _Evaluator(data_root, classes, backbone, settings)
     before = {d: evaluate.accuracy(prev.network, r) for d, r in tests.items()}
 
@@ -138,7 +139,7 @@ def train_phase3(
     state, heads = network.state, network.heads
     if prev.conec is None:
         meta.adapter_settings = {**meta.adapter_settings, "conec": conec.model_dump(mode="json")}
-        base_train = _domain_rows(rows, crop, BASE_DOMAIN, classes, "train")
+        base_train = domain_rows(rows, crop, BASE_DOMAIN, classes, "train")
         state.selector.add_domain(evaluate.boundary(network, state, base_train))
     history = [evaluate.oracle(network, state, {d: tests[d] for d in meta.domains})]
     fingerprint = {
@@ -172,7 +173,7 @@ def train_phase3(
                 epochs=len(result.history),
                 seconds=time.perf_counter() - start,
                 metrics={  # <domain>_accuracy: test images routed to their true domain
-                    "val_accuracy": _best(result),
+                    "val_accuracy": best_metric(result),
                     "rank": float(conec.rank),
                     **{f"{d}_accuracy": v for d, v in history[-1].items()},
                 },
@@ -190,7 +191,9 @@ def train_phase3(
             dora_from=from_pkg,
             sd_lora=read_tensors(from_pkg, SD_LORA_FILE),
             conec=conec_state_dict(state, heads),
-            extra=lambda d: _write_metrics(from_pkg, d, summary, crop),
+            extra=lambda d: write_phase_metrics(
+                from_pkg, d, summary, "phase3_test", f"{crop}: phase 3, all domains (test)"
+            ),
         ),
         out_dir,
     )
@@ -282,7 +285,7 @@ def _check_package_phase(meta: AdapterMeta, from_pkg: Path, conec: CONECSettings
             )
 
 
-def _check_domain_rows(data: PhaseData, domain: str, crop: str, classes: list[str]) -> None:
+def _checkdomain_rows(data: PhaseData, domain: str, crop: str, classes: list[str]) -> None:
     """A domain needs training images; a known class it lacks is fine (same label set)."""
     if not data.train:
         raise AdapterTrainingError(
@@ -417,37 +420,18 @@ def _final_metrics(
             f"phase3_{name}_accuracy_before": before[name],
             f"phase3_{name}_accuracy": selected[name],
             f"phase3_{name}_oracle_accuracy": oracle[name],
-            f"phase3_{name}_selector_accuracy": _mean([float(h) for h in routed_right]),
+            f"phase3_{name}_selector_accuracy": mean([float(h) for h in routed_right]),
         }
         y_true, y_pred, hits = y_true + truth, y_pred + pred, hits + routed_right
     summary = classification_summary(y_true, y_pred, evaluate.classes)
     base_before, base_after = before[BASE_DOMAIN], selected[BASE_DOMAIN]
     metrics |= {
         "phase3_test_accuracy": summary["accuracy"],
-        "phase3_mean_accuracy": _mean(list(selected.values())),
-        "phase3_mean_oracle_accuracy": _mean(list(oracle.values())),
-        "phase3_selector_accuracy": _mean([float(h) for h in hits]),
+        "phase3_mean_accuracy": mean(list(selected.values())),
+        "phase3_mean_oracle_accuracy": mean(list(oracle.values())),
+        "phase3_selector_accuracy": mean([float(h) for h in hits]),
         "phase3_base_accuracy_before": base_before,
         "phase3_protected_retention": base_after / base_before if base_before > 0 else float("nan"),
         "phase3_forgetting": average_forgetting(history, list(tests)[:-1]),
     }
     return summary, metrics
-
-
-def _domain_rows(
-    rows: list[ManifestRow], crop: str, domain: str, classes: list[str], split: str
-) -> list[ManifestRow]:
-    """`split` images of `domain`: base-domain images of the known classes (phases 1 and 2),
-    or a phase-3 domain's images."""
-    if domain == BASE_DOMAIN:
-        return select(rows, crop=crop, split=split, domain=BASE_DOMAIN, labels=classes)
-    return select(rows, crop=crop, split=split, phase="3", task=domain)
-
-
-def _write_metrics(from_pkg: Path, d: Path, summary: dict, crop: str) -> None:
-    src = Path(from_pkg) / METRICS_DIR
-    if src.is_dir():
-        shutil.copytree(src, d / METRICS_DIR, dirs_exist_ok=True)
-    save_confusion_matrix(
-        summary, d / METRICS_DIR, "phase3_test", f"{crop}: phase 3, all domains (test)"
-    )
