@@ -28,6 +28,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/backbone.py
+	$(BIN)/python benchmarks/sd_lora_forward.py
+	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/continual.py
 
 lint: setup
 	$(BIN)/ruff check .
