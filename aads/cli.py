@@ -390,6 +390,33 @@ def train_router_cmd(
     console.print(table)
 
 
+def _train_phase(
+    phase: str,
+    crop: str,
+    from_pkg: Path | None,
+    out: Path,
+    config: Path,
+    manifest: Path,
+    data_root: Path | None,
+    checkpoint_dir: Path | None,
+) -> None:
+    from aads.adapters.phases.phase1 import train_phase1
+    from aads.adapters.phases.phase2 import train_phase2
+    from aads.adapters.phases.phase3 import train_phase3
+
+    cfg = _config(config)
+    rows, root, digest = _training_inputs(manifest, data_root)
+    method = {"1": "DoRA", "2": "SD-LoRA", "3": "CONEC-LoRA"}[phase]
+    common = {"checkpoint_dir": checkpoint_dir, "manifest_sha256": digest}
+    with progress_bar(f"{crop}: phase {phase} ({method})") as progress:
+        if phase == "1":
+            pkg = train_phase1(cfg, crop, rows, root, out, progress=progress, **common)
+        else:
+            train = train_phase2 if phase == "2" else train_phase3
+            pkg = train(cfg, crop, rows, root, from_pkg, out, progress=progress, **common)
+    _report_package(pkg)
+
+
 @train_app.command("phase1")
 @reports_errors
 def train_phase1_cmd(
@@ -401,21 +428,7 @@ def train_phase1_cmd(
     checkpoint_dir: CheckpointOpt = None,
 ) -> None:
     """Phase 1: DoRA on the crop's base disease classes."""
-    from aads.adapters.phases.phase1 import train_phase1
-
-    rows, root, digest = _training_inputs(manifest, data_root)
-    with progress_bar(f"{crop}: phase 1 (DoRA)") as progress:
-        pkg = train_phase1(
-            _config(config),
-            crop,
-            rows,
-            root,
-            out,
-            checkpoint_dir=checkpoint_dir,
-            manifest_sha256=digest,
-            progress=progress,
-        )
-    _report_package(pkg)
+    _train_phase("1", crop, None, out, config, manifest, data_root, checkpoint_dir)
 
 
 @train_app.command("phase2")
@@ -430,22 +443,7 @@ def train_phase2_cmd(
     checkpoint_dir: CheckpointOpt = None,
 ) -> None:
     """Phase 2: SD-LoRA, one task per pending phase-2 class batch (rehearsal-free)."""
-    from aads.adapters.phases.phase2 import train_phase2
-
-    rows, root, digest = _training_inputs(manifest, data_root)
-    with progress_bar(f"{crop}: phase 2 (SD-LoRA)") as progress:
-        pkg = train_phase2(
-            _config(config),
-            crop,
-            rows,
-            root,
-            from_pkg,
-            out,
-            checkpoint_dir=checkpoint_dir,
-            manifest_sha256=digest,
-            progress=progress,
-        )
-    _report_package(pkg)
+    _train_phase("2", crop, from_pkg, out, config, manifest, data_root, checkpoint_dir)
 
 
 @train_app.command("phase3")
@@ -460,22 +458,7 @@ def train_phase3_cmd(
     checkpoint_dir: CheckpointOpt = None,
 ) -> None:
     """Phase 3: CONEC-LoRA, one pending domain shift at a time."""
-    from aads.adapters.phases.phase3 import train_phase3
-
-    rows, root, digest = _training_inputs(manifest, data_root)
-    with progress_bar(f"{crop}: phase 3 (CONEC-LoRA)") as progress:
-        pkg = train_phase3(
-            _config(config),
-            crop,
-            rows,
-            root,
-            from_pkg,
-            out,
-            checkpoint_dir=checkpoint_dir,
-            manifest_sha256=digest,
-            progress=progress,
-        )
-    _report_package(pkg)
+    _train_phase("3", crop, from_pkg, out, config, manifest, data_root, checkpoint_dir)
 
 
 # --------------------------------------------------------------------------- demo

@@ -145,19 +145,9 @@ def run_demo(
                 pkg = train_phase1(
                     config, crop, rows, data_dir, out, manifest_sha256=digest, progress=progress
                 )
-            elif phase == "2":
-                pkg = train_phase2(
-                    config,
-                    crop,
-                    rows,
-                    data_dir,
-                    previous,
-                    out,
-                    manifest_sha256=digest,
-                    progress=progress,
-                )
             else:
-                pkg = train_phase3(
+                train = train_phase2 if phase == "2" else train_phase3
+                pkg = train(
                     config,
                     crop,
                     rows,

@@ -172,3 +172,39 @@ def test_error_text_with_brackets_is_printed_verbatim(tmp_path):
     )
     result = invoke("config", "validate", bad)
     assert result.exit_code == 2 and "repeated: ['tomato']" in result.output
+
+
+def test_train_commands_chain_router_and_the_three_phases(tmp_path, small_config):
+    data, manifest = tmp_path / "data", tmp_path / "manifest"
+    invoke("data", "synth", "--config", small_config, "--out", data)
+    invoke("data", "ingest", data, "--config", small_config, "--out", manifest)
+    common = ["--config", small_config, "--manifest", manifest / "manifest.csv"]
+    models = tmp_path / "models"
+    assert invoke("train", "router", *common, "--out", models / "router").exit_code == 0
+    steps = [
+        ["phase1", "--crop", "pepper", "--out", models / "p1"],
+        ["phase2", "--crop", "pepper", "--from", models / "p1", "--out", models / "p2"],
+        ["phase3", "--crop", "pepper", "--from", models / "p2", "--out", models / "p3"],
+    ]
+    for step in steps:
+        result = invoke("train", *step, *common)
+        assert result.exit_code == 0, result.output
+    assert "phase3_protected_retention" in result.output
+
+
+def test_training_from_a_missing_package_exits_2(tmp_path, small_config):
+    result = invoke(
+        "train",
+        "phase2",
+        "--crop",
+        "tomato",
+        "--from",
+        tmp_path / "nope",
+        "--out",
+        tmp_path / "out",
+        "--config",
+        small_config,
+        "--manifest",
+        tmp_path / "m.csv",
+    )
+    assert result.exit_code == 2 and "error:" in result.output
