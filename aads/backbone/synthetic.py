@@ -6,8 +6,8 @@ probe on `random:tiny` features is near chance on the demo's diseases), so adapt
 continual-learning comparisons and OOD calibration measured on it would mean nothing.
 
 So, like a foundation model, this backbone is pretrained once on *other* data: a fixed set of
-synthetic crops and diseases that never appear in a platform config (potato, grape, apple,
-cucumber), supervised on (crop, disease), then frozen. What transfers is generic plant-image
+synthetic crops and diseases that never appear in a platform config (strawberry, grape,
+apple, cucumber), supervised on (crop, disease), then frozen. What transfers is generic plant-image
 structure (leaf shapes, lesion textures, colours), not the target classes, so downstream
 phases still have to learn their own classes and can still forget them.
 
@@ -36,10 +36,10 @@ from .features import pool_tokens
 from .normalization import LVD1689M, PREPROCESSOR_CONFIG, preprocessor_config
 from .presets import build_random_model, preset_config
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 PRETRAIN_CROPS = [
-    {"name": "potato", "parts": ["leaf", "stem"],
-     "phase1_classes": ["healthy", "early_blight", "late_blight", "scab"]},
+    {"name": "strawberry", "parts": ["leaf", "stem"],
+     "phase1_classes": ["healthy", "leaf_scorch", "late_blight", "scab"]},
     {"name": "grape", "parts": ["leaf", "fruit"],
      "phase1_classes": ["healthy", "black_rot", "leaf_spot", "powdery_mildew"]},
     {"name": "apple", "parts": ["leaf", "fruit"],
