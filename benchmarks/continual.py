@@ -697,7 +697,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="one seed, fewer epochs/images")
     parser.add_argument("--seeds", type=int, default=None, help="training seeds (0..N-1)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
+    # One thread: the models are tiny (batches of 32 at 64 px), so a second thread gains ~25%
+    # on an idle machine, while on a shared one OpenMP's spinning barriers made the same run
+    # 15x slower (6 min instead of 25 s for --quick).
+    torch.set_num_threads(args.threads)
     mode = "quick" if args.quick else "full"
     seeds = list(range(args.seeds or (1 if args.quick else 2)))
     result = run(mode, seeds)

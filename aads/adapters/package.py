@@ -20,7 +20,6 @@ different one. A package is written to a temporary sibling and renamed into plac
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import tempfile
@@ -224,11 +223,3 @@ def package_backbone(
 def backbone_settings_record(settings: BackboneSettings) -> dict:
     """What a package stores to rebuild its backbone; device and dtype belong to the host."""
     return settings.model_dump(mode="json", exclude={"device", "dtype", "gradient_checkpointing"})
-
-
-def metrics_dir(pkg_dir: Path) -> Path:
-    return Path(pkg_dir) / METRICS_DIR
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
