@@ -1,16 +1,18 @@
 """Continual learning, honestly compared: SD-LoRA vs naive sequential LoRA (class-incremental),
 CONEC-LoRA vs sequential fine-tuning (domain-incremental), on the demo's synthetic crops.
 
-Reproduce with ``.venv/bin/python benchmarks/continual.py [--quick] [--seeds N]``; the full run
-writes ``benchmarks/results/continual.json`` and ``continual.md`` (tables) and prints the tables
-(``--quick``: one seed, fewer epochs and images, printed only unless ``--out`` is given).
+Reproduce with ``.venv/bin/python benchmarks/continual.py [--quick] [--seeds N]``. The full run
+(about 5 minutes on 2 idle CPU cores, plus a one-off ~5 minutes to pretrain the backbone on
+first use) writes ``benchmarks/results/continual.json`` and ``continual.md`` (tables) and prints
+the tables; ``--quick`` runs the main setting only, one seed, fewer epochs and images, and
+prints without writing unless ``--out`` is given. ``--variants`` picks the settings to run.
 
-Setup. The demo config (``config/demo.yaml``) with three changes, made in code: both backbones
-are ``synthetic:mini`` (a 4-block DINOv3 pretrained in code on synthetic crops disjoint from
-the demo's, cached under ``.aads/cache``: the first run pretrains it once), the synthetic
-dataset is larger (`SYNTH`), and training runs longer (`TRAINING`). Everything else (ranks,
-LoRA targets, batch size, weight decay, splits) is the demo's. The data is drawn once; a seed
-changes the training seeds only (phase 1 included), not the data or its split.
+Setup (variant ``main``). The demo config (``config/demo.yaml``) with three changes, made in
+code: both backbones are ``synthetic:mini`` (a 4-block DINOv3 pretrained in code on synthetic
+crops disjoint from the demo's, cached under ``.aads/cache``), the synthetic dataset is larger
+(`SYNTH`), and training runs longer (`EPOCHS`, `LR`, early stopping after `PATIENCE` epochs).
+Everything else (ranks, LoRA targets, batch size, weight decay, splits) is the demo's. The
+data is drawn once; a seed changes the training seeds only (phase 1 included), not the data.
 
 Class-incremental (each crop with phase-2 batches: tomato 2 tasks, pepper 1, corn 1). Phase 1
 (product code, DoRA) gives one package per crop and seed; from it:
@@ -19,26 +21,31 @@ Class-incremental (each crop with phase-2 batches: tomato 2 tasks, pepper 1, cor
   unit directions, magnitudes trainable) + classifier alignment from class statistics.
 - ``seq_lora``: the naive baseline. The phase-1 package merged (`load_adapter(merge=True)`),
   ONE plain PEFT LoRA (``use_dora=False``) on the same q/v projections of every block with
-  SD-LoRA's rank and initial scale (``lora_alpha = alpha_init * rank``, so its first step is
+  SD-LoRA's rank and initial scale (``lora_alpha = alpha_init * rank``, so it starts exactly as
   SD-LoRA's open pair), trained through the tasks in order with the same head growth
   (`grow_head`), loss (`incremental_cross_entropy`), epochs, lr, data (task images only) and
-  model selection (new task's validation images); no decoupling, no alignment.
+  model selection (the new task's validation images); no decoupling, no alignment.
 - ``seq_lora+align``: ``seq_lora`` plus the product's classifier alignment after each task
-  (`add_class_statistics` + `align_head`, phase-1 class statistics from the phase-1 package),
-  which isolates what the SD-LoRA parametrisation adds beyond alignment.
+  (`add_class_statistics` + `align_head`, phase-1 class statistics from the phase-1 package):
+  it isolates what the SD-LoRA parametrisation adds beyond alignment.
+- ``joint``: reference, not continual: phase 1 trained on every known class at once.
 
 Measured on base-domain test images of the classes seen so far: pooled accuracy over the seen
 classes; old (phase-1) classes' mean per-class accuracy before (the phase-1 package) and after,
-retention (after / before) and average forgetting (Chaudhry et al.; SD-LoRA's value is the one
+retention (after / before) and average forgetting (Chaudhry et al.; SD-LoRA's is the one
 `train_phase2` records); new classes' accuracy; old-class accuracy with the argmax restricted
-to the old classes' logits (what drift of the features does to the old head rows, without the
-new rows' bias); the share of old-class images predicted as a new class (classifier bias); and
-the relative feature drift ||f_after - f_phase1|| / ||f_phase1|| on old-class test images.
+to the old classes' logits (the old head rows on drifted features, without the new rows'
+bias); the share of old-class images predicted as a new class (classifier bias); the relative
+feature drift ||f_after - f_phase1|| / ||f_phase1|| on old-class test images; epochs run and
+best validation accuracy per task; SD-LoRA's mean magnitude per pair. Diagnostic only (it reads
+old classes' training images, which a rehearsal-free method may not): accuracy after
+re-aligning the final head on class statistics recomputed from the final features
+(``*_fresh_align``), i.e. what alignment would give if old statistics had not gone stale.
 
 Domain-incremental (each crop with phase-3 domains), from each crop's final SD-LoRA package:
 
 - ``conec``: `train_phase3`, the product (shared LoRAs in blocks 0-1 under distillation,
-  per-domain LoRA sets and heads in blocks 2-3, Mahalanobis domain selector). Its metrics are
+  per-domain LoRA sets and heads in blocks 2-3, Mahalanobis domain selector); its metrics are
   the ones it records in the package.
 - ``seq_ft``: sequential fine-tuning: ONE plain LoRA on q/v of ALL blocks (CONEC's rank and
   alpha) and one shared head, trained on each domain in order with cross-entropy (same epochs,
@@ -47,16 +54,24 @@ Domain-incremental (each crop with phase-3 domains), from each crop's final SD-L
 Measured on each domain's test images after the last domain: per-domain accuracy (CONEC as
 served, i.e. selector-routed), their mean, protected retention (base accuracy after / before),
 forgetting over the domains learned before the last (per-domain accuracy history; CONEC's is
-its recorded oracle-routed one), and for CONEC the selector's routing accuracy and the
+its recorded, oracle-routed one), and for CONEC the selector's routing accuracy and the
 oracle-routed (true domain) accuracies.
 
-Results are mean and (sample) standard deviation over seeds, per crop, and an ``all`` row
-averaging crops within each seed first.
+Diagnostic variants (full mode; `VARIANTS`): ``lr_1e-3`` (all phases at lr 1e-3),
+``more_images`` (2x images), ``long_split`` and ``long_split_lr_1e-3`` (every crop re-split into
+2 phase-1 classes + one single-class task per remaining class, held-out classes included:
+tomato 4 tasks, pepper 2, corn 2; class-incremental only): the main split has one crop with a
+second task, and SD-LoRA's decoupling only acts from the second task on.
+
+Results are mean and (sample) standard deviation over seeds, per crop, and an ``all`` row that
+averages the crops within each seed first.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import math
 import os
@@ -64,8 +79,9 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +93,7 @@ from torch import nn
 from aads.adapters.alignment import add_class_statistics, align_head
 from aads.adapters.classifier import AdapterClassifier, grow_head
 from aads.adapters.loading import LoadedAdapter, load_adapter
-from aads.adapters.package import CLASS_STATS_FILE, read_meta, read_tensors
+from aads.adapters.package import CLASS_STATS_FILE, SD_LORA_FILE, read_meta, read_tensors
 from aads.adapters.phases.common import (
     accuracy,
     image_loader,
@@ -96,7 +112,7 @@ from aads.data.manifest import ManifestRow, select
 from aads.data.synth import synthesize
 from aads.gaussians import SharedCovarianceGaussians
 from aads.metrics import average_forgetting
-from aads.training import fit
+from aads.training import FitResult, fit
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "config" / "demo.yaml"
@@ -109,40 +125,99 @@ SYNTH = {
     "full": {"images_per_class": 60, "images_per_domain_class": 30, "image_size": 64, "seed": 0},
     "quick": {"images_per_class": 40, "images_per_domain_class": 20, "image_size": 64, "seed": 0},
 }
-TRAINING = {
+EPOCHS = {
     "full": {"phase1": 15, "phase2": 10, "phase3": 10},
     "quick": {"phase1": 8, "phase2": 5, "phase3": 5},
 }
-CI_ARMS = ("sd_lora", "seq_lora", "seq_lora+align")
+CI_ARMS = ("sd_lora", "seq_lora", "seq_lora+align", "joint")
 DI_ARMS = ("conec", "seq_ft")
 
 Metrics = dict[str, float]
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One setting of the benchmark: `main` is the issue's; the others are diagnostics."""
+
+    name: str
+    description: str
+    lr: float = LR
+    image_scale: int = 1
+    split: str = "demo"  # "demo" or "long" (see `long_split`)
+    domain_incremental: bool = True
+
+
+VARIANTS = (
+    Variant("main", "demo split, lr 3e-3 (the issue's setting)"),
+    Variant("lr_1e-3", "demo split, lr 1e-3 in every phase", lr=1e-3),
+    Variant("more_images", "demo split, lr 3e-3, twice the images", image_scale=2),
+    Variant(
+        "long_split",
+        "2 phase-1 classes + one task per other class, lr 3e-3",
+        split="long",
+        domain_incremental=False,
+    ),
+    Variant(
+        "long_split_lr_1e-3",
+        "2 phase-1 classes + one task per other class, lr 1e-3",
+        lr=1e-3,
+        split="long",
+        domain_incremental=False,
+    ),
+)
+VARIANTS_BY_NAME = {v.name: v for v in VARIANTS}
+
+
 # --------------------------------------------------------------------------- setup
 
 
-def bench_config(mode: str, seed: int) -> PlatformConfig:
-    """The demo config on `synthetic:mini`, with the benchmark's data size, epochs and seed."""
+def synth_settings(mode: str, variant: Variant) -> dict[str, int]:
+    base = SYNTH[mode]
+    return {
+        **base,
+        "images_per_class": base["images_per_class"] * variant.image_scale,
+        "images_per_domain_class": base["images_per_domain_class"] * variant.image_scale,
+    }
+
+
+def long_split(crops: list[dict]) -> list[dict]:
+    """Each crop's classes (held-out ones included) as 2 phase-1 classes + 1-class tasks."""
+    out = []
+    for crop in crops:
+        classes = [
+            *crop["phase1_classes"],
+            *(c for batch in crop.get("phase2_batches", []) for c in batch),
+            *crop.get("ood_holdout", []),
+        ]
+        out.append(
+            {
+                **crop,
+                "phase1_classes": classes[:2],
+                "phase2_batches": [[c] for c in classes[2:]],
+                "ood_holdout": [],
+            }
+        )
+    return out
+
+
+def bench_config(mode: str, seed: int, variant: Variant = VARIANTS[0]) -> PlatformConfig:
+    """The demo config on `synthetic:mini`, with the benchmark's data, epochs, lr and seed."""
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
     raw["router"] = dict(BACKBONE)
     raw["adapter"]["backbone"] = dict(BACKBONE)
-    for phase, epochs in TRAINING[mode].items():
+    for phase, epochs in EPOCHS[mode].items():
         raw["training"][phase] = {
             **raw["training"][phase],
             "epochs": epochs,
-            "lr": LR,
+            "lr": variant.lr,
             "early_stopping_patience": PATIENCE,
             "seed": seed,
         }
-    raw["data"]["synth"] = dict(SYNTH[mode])
+    raw["data"]["synth"] = synth_settings(mode, variant)
     raw["storage"] = {**raw.get("storage", {}), "cache_dir": str(CACHE)}
-    return parse_config(raw, f"{DEMO_CONFIG} (continual benchmark)")
-
-
-def make_data(config: PlatformConfig, root: Path) -> list[ManifestRow]:
-    synthesize(config, root)
-    return ingest(root, config=config).rows
+    if variant.split == "long":
+        raw["crops"] = long_split(raw["crops"])
+    return parse_config(raw, f"{DEMO_CONFIG} (continual benchmark, {variant.name})")
 
 
 def log(message: str, start: float = time.perf_counter()) -> None:
@@ -222,19 +297,19 @@ def class_incremental_metrics(
     old, new = classes[:n_old], classes[n_old:]
     is_old = after.labels < n_old
     old_before = per_class(before.labels, before.logits.argmax(-1), old)
-    old_after = per_class(after.labels, after.logits.argmax(-1), classes)
+    now = per_class(after.labels, after.logits.argmax(-1), classes)
     restricted = per_class(after.labels, after.logits[:, :n_old].argmax(-1), old)
     f_before, f_after = before.features[is_old], after.features[is_old]
     drift = (f_after - f_before).norm(dim=1) / f_before.norm(dim=1).clamp_min(1e-12)
     before_acc = mean([old_before[c] for c in old])
-    after_acc = mean([old_after[c] for c in old])
+    after_acc = mean([now[c] for c in old])
     return {
         "seen_accuracy": float((after.logits.argmax(-1) == after.labels).float().mean()),
         "old_accuracy_before": before_acc,
         "old_accuracy_after": after_acc,
         "retention": after_acc / before_acc if before_acc > 0 else float("nan"),
         "forgetting": forgetting,
-        "new_accuracy": mean([old_after[c] for c in new if c in old_after]),
+        "new_accuracy": mean([now[c] for c in new if c in now]),
         "old_accuracy_old_logits": mean([restricted[c] for c in old]),
         "old_predicted_as_new": float((after.logits[is_old].argmax(-1) >= n_old).float().mean()),
         "old_feature_drift": float(drift.mean()),
@@ -258,22 +333,48 @@ class CropRun:
     def settings(self) -> TrainingSettings:
         return self.config.training.phase2
 
+    @property
+    def known(self) -> list[str]:
+        return self.config.crop(self.crop).known_classes
+
+    @property
+    def n_old(self) -> int:
+        return len(self.config.crop(self.crop).phase1_classes)
+
     def load(self, pkg: Path, *, merge: bool = True) -> LoadedAdapter:
         return load_adapter(pkg, self.config.storage, merge=merge)
 
     def outputs(
-        self, loaded: LoadedAdapter, network: AdapterClassifier, classes: list[str]
+        self, backbone: Backbone, network: AdapterClassifier, classes: list[str]
     ) -> Outputs:
         """`network` on the base-domain test images of every known class of the crop."""
-        rows = seen_test_rows(self.rows, self.crop, self.config.crop(self.crop).known_classes)
-        return run_network(network, rows, self.root, classes, loaded.backbone, self.settings)
+        rows = seen_test_rows(self.rows, self.crop, self.known)
+        return run_network(network, rows, self.root, classes, backbone, self.settings)
 
 
-def phase1_outputs(run: CropRun) -> Outputs:
-    """The phase-1 package on every known class's test images (logits: old classes only)."""
-    loaded = run.load(run.phase1)
-    known = run.config.crop(run.crop).known_classes
-    return run.outputs(loaded, loaded.network, known)
+def fresh_alignment(
+    run: CropRun, network: AdapterClassifier, backbone: Backbone, after: Outputs
+) -> Metrics:
+    """Diagnostic (reads old classes' train images): re-align a copy of the final head on
+    class statistics recomputed from the final features, and score it on `after`."""
+    classes = run.known
+    train = select(run.rows, crop=run.crop, split="train", domain=BASE_DOMAIN, labels=classes)
+    loader = image_loader(train, run.root, classes, backbone, run.settings, train=False)
+    stats = SharedCovarianceGaussians()
+    add_class_statistics(stats, network, loader, list(range(len(classes))), backbone.device)
+    head = copy.deepcopy(network.head)
+    align_head(head, stats, seed=run.settings.seed)
+    with torch.no_grad():
+        logits = head(after.features.to(head.weight.device, head.weight.dtype)).float().cpu()
+    now = per_class(after.labels, logits.argmax(-1), classes)
+    return {
+        "seen_accuracy_fresh_align": float((logits.argmax(-1) == after.labels).float().mean()),
+        "old_accuracy_fresh_align": mean([now[c] for c in classes[: run.n_old]]),
+    }
+
+
+def task_trace(epochs: list[int], val_accuracies: list[float]) -> Metrics:
+    return {"task_epochs": mean(epochs), "task_val_accuracy": mean(val_accuracies)}
 
 
 def sd_lora_arm(run: CropRun, before: Outputs, work: Path) -> tuple[Metrics, Path]:
@@ -281,16 +382,27 @@ def sd_lora_arm(run: CropRun, before: Outputs, work: Path) -> tuple[Metrics, Pat
     pkg = train_phase2(run.config, run.crop, run.rows, run.root, run.phase1, work / "sd_lora")
     loaded = run.load(pkg)
     classes = loaded.meta.classes
-    after = run.outputs(loaded, loaded.network, classes)
+    after = run.outputs(loaded.backbone, loaded.network, classes)
     recorded = loaded.meta.metrics
-    n_old = len(run.config.crop(run.crop).phase1_classes)
-    metrics = class_incremental_metrics(
-        before, after, classes, n_old, recorded["phase2_forgetting"]
+    forgetting = recorded.get("phase2_forgetting", math.nan)
+    metrics = class_incremental_metrics(before, after, classes, run.n_old, forgetting)
+    metrics |= fresh_alignment(run, loaded.network, loaded.backbone, after)
+    tasks = [p for p in loaded.meta.phases if p.phase == "2"]
+    metrics |= task_trace(
+        [p.epochs for p in tasks], [p.metrics.get("val_accuracy", math.nan) for p in tasks]
     )
+    metrics |= pair_magnitudes(pkg)
     # Consistency with what train_phase2 recorded (its network unmerged, this one merged).
     metrics["recorded_old_accuracy_after"] = recorded["phase2_old_accuracy_after"]
     metrics["recorded_seen_accuracy"] = recorded["phase2_test_accuracy"]
     return metrics, pkg
+
+
+def pair_magnitudes(pkg: Path) -> Metrics:
+    """SD-LoRA's magnitude alpha_i per pair i, averaged over the wrapped layers."""
+    tensors = read_tensors(pkg, SD_LORA_FILE) or {}
+    alphas = torch.stack([t for k, t in tensors.items() if k.endswith(".alphas")])
+    return {f"alpha_pair{i}": float(a) for i, a in enumerate(alphas.float().mean(0))}
 
 
 def plain_lora(
@@ -314,7 +426,6 @@ def seq_lora_arm(run: CropRun, before: Outputs, *, align: bool) -> Metrics:
     loaded = run.load(run.phase1)
     backbone, head = loaded.backbone, loaded.network.head
     classes = list(loaded.meta.classes)
-    n_old = len(classes)
     torch.manual_seed(settings.seed)  # the LoRA's A matrices are drawn here
     model = plain_lora(backbone.model, backbone.depth, sd.modules, sd.rank, sd.alpha_init * sd.rank)
     lora_params = [p for p in model.parameters() if p.requires_grad]
@@ -323,8 +434,8 @@ def seq_lora_arm(run: CropRun, before: Outputs, *, align: bool) -> Metrics:
         if align
         else None
     )
-    known = spec.known_classes
     history = [per_class(before.labels, before.logits.argmax(-1), classes)]
+    results: list[FitResult] = []
     for task, batch in enumerate(spec.phase2_batches):
         torch.manual_seed(settings.seed + task)
         head = grow_head(head, len(batch)).requires_grad_(True)
@@ -332,17 +443,22 @@ def seq_lora_arm(run: CropRun, before: Outputs, *, align: bool) -> Metrics:
         classes = [*classes, *batch]
         network = AdapterClassifier(model, head, backbone.pooling, backbone.prefix_tokens)
         params = [*lora_params, *head.parameters()]
-        train_task(run, network, backbone, classes, task_old, str(task), params)
+        results.append(train_task(run, network, backbone, classes, task_old, str(task), params))
         if stats is not None:
             data = phase_rows(run.rows, run.crop, "2", str(task))
             loader = image_loader(data.train, run.root, classes, backbone, settings, train=False)
             indices = list(range(task_old, len(classes)))
             add_class_statistics(stats, network, loader, indices, backbone.device)
             align_head(head, stats, seed=settings.seed + task)
-        now = run.outputs(loaded, network, known)
-        history.append(per_class(now.labels, now.logits.argmax(-1), classes))
-    forgetting = average_forgetting(history, classes[:n_old])
-    return class_incremental_metrics(before, now, classes, n_old, forgetting)
+        after = run.outputs(backbone, network, run.known)
+        history.append(per_class(after.labels, after.logits.argmax(-1), classes))
+    forgetting = average_forgetting(history, classes[: run.n_old])
+    metrics = class_incremental_metrics(before, after, classes, run.n_old, forgetting)
+    metrics |= fresh_alignment(run, network, backbone, after)
+    return metrics | task_trace(
+        [len(r.history) for r in results],
+        [math.nan if r.best_metric is None else r.best_metric for r in results],
+    )
 
 
 def train_task(
@@ -353,7 +469,7 @@ def train_task(
     n_old: int,
     task: str,
     params: list[nn.Parameter],
-) -> None:
+) -> FitResult:
     """One phase-2 task exactly as `train_phase2` trains it (loss, loaders, model selection)."""
     settings = run.settings
     data = phase_rows(run.rows, run.crop, "2", task)
@@ -369,7 +485,7 @@ def train_task(
         # Rehearsal-free, as in train_phase2: the new task's validation images only.
         return {"val_accuracy": accuracy(*predict(m, val_loader, backbone.device))}
 
-    fit(
+    return fit(
         network,
         params,
         train_loader,
@@ -380,15 +496,38 @@ def train_task(
     )
 
 
+def joint_arm(run: CropRun, work: Path) -> Metrics:
+    """Reference: phase 1 (DoRA, same settings) on every known class at once."""
+    spec = run.config.crop(run.crop)
+    known = run.known
+    joint = spec.model_copy(update={"phase1_classes": known, "phase2_batches": []})
+    crops = [joint if c.name == run.crop else c for c in run.config.crops]
+    config = run.config.model_copy(update={"crops": crops})
+    rows = [
+        dataclasses.replace(r, phase="1", task="")
+        if r.crop == run.crop and r.domain == BASE_DOMAIN and r.label in known
+        else r
+        for r in run.rows
+    ]
+    pkg = train_phase1(config, run.crop, rows, run.root, work / "joint")
+    loaded = run.load(pkg)
+    out = run.outputs(loaded.backbone, loaded.network, known)
+    now = per_class(out.labels, out.logits.argmax(-1), known)
+    return {
+        "seen_accuracy": float((out.logits.argmax(-1) == out.labels).float().mean()),
+        "old_accuracy_after": mean([now[c] for c in known[: run.n_old]]),
+        "new_accuracy": mean([now[c] for c in known[run.n_old :]]),
+    }
+
+
 def class_incremental(run: CropRun, work: Path) -> tuple[dict[str, Metrics], Path]:
-    before = phase1_outputs(run)
+    loaded = run.load(run.phase1)
+    before = run.outputs(loaded.backbone, loaded.network, run.known)
     results: dict[str, Metrics] = {}
     results["sd_lora"], sd_pkg = sd_lora_arm(run, before, work)
-    log(f"  {run.crop}: sd_lora done")
     results["seq_lora"] = seq_lora_arm(run, before, align=False)
-    log(f"  {run.crop}: seq_lora done")
     results["seq_lora+align"] = seq_lora_arm(run, before, align=True)
-    log(f"  {run.crop}: seq_lora+align done")
+    results["joint"] = joint_arm(run, work)
     return results, sd_pkg
 
 
@@ -409,24 +548,20 @@ def conec_arm(run: CropRun, sd_pkg: Path, work: Path) -> Metrics:
     pkg = train_phase3(run.config, run.crop, run.rows, run.root, sd_pkg, work / "conec")
     recorded = read_meta(pkg).metrics
     domains = [BASE_DOMAIN, *run.config.crop(run.crop).phase3_domains]
-    metrics = {f"{d}_accuracy": recorded[f"phase3_{d}_accuracy"] for d in domains}
-    metrics |= {f"{d}_accuracy_before": recorded[f"phase3_{d}_accuracy_before"] for d in domains}
-    metrics |= {f"{d}_oracle_accuracy": recorded[f"phase3_{d}_oracle_accuracy"] for d in domains}
-    metrics |= {
-        f"{d}_selector_accuracy": recorded[f"phase3_{d}_selector_accuracy"] for d in domains
-    }
-    return metrics | {
-        "mean_accuracy": recorded["phase3_mean_accuracy"],
-        "mean_oracle_accuracy": recorded["phase3_mean_oracle_accuracy"],
-        "selector_accuracy": recorded["phase3_selector_accuracy"],
-        "protected_retention": recorded["phase3_protected_retention"],
-        "forgetting": recorded["phase3_forgetting"],
-    }
+    metrics: Metrics = {}
+    for d in domains:
+        for suffix in ("accuracy", "accuracy_before", "oracle_accuracy", "selector_accuracy"):
+            metrics[f"{d}_{suffix}"] = recorded.get(f"phase3_{d}_{suffix}", math.nan)
+    for name in ("mean_accuracy", "mean_oracle_accuracy", "selector_accuracy"):
+        metrics[name] = recorded.get(f"phase3_{name}", math.nan)
+    metrics["protected_retention"] = recorded.get("phase3_protected_retention", math.nan)
+    metrics["forgetting"] = recorded.get("phase3_forgetting", math.nan)
+    return metrics
 
 
 def seq_ft_arm(run: CropRun, sd_pkg: Path) -> Metrics:
     """One plain LoRA on q/v of all blocks + one shared head, fine-tuned domain after domain."""
-    config, settings = run.config, run.config.training.phase3
+    settings, conec = run.config.training.phase3, run.config.adapter.conec
     loaded = run.load(sd_pkg)
     backbone, classes = loaded.backbone, loaded.meta.classes
     tests = domain_test_rows(run, classes)
@@ -440,7 +575,6 @@ def seq_ft_arm(run: CropRun, sd_pkg: Path) -> Metrics:
     domains = list(tests)
     before = evaluate(loaded.network, domains)
     torch.manual_seed(settings.seed)
-    conec = config.adapter.conec
     model = plain_lora(backbone.model, backbone.depth, conec.modules, conec.rank, conec.alpha)
     head = loaded.network.head.requires_grad_(True)
     network = AdapterClassifier(model, head, backbone.pooling, backbone.prefix_tokens)
@@ -448,27 +582,7 @@ def seq_ft_arm(run: CropRun, sd_pkg: Path) -> Metrics:
     history = [{BASE_DOMAIN: before[BASE_DOMAIN]}]
     for i, domain in enumerate(domains[1:], 1):
         torch.manual_seed(settings.seed + i)
-        data = phase_rows(run.rows, run.crop, "3", domain)
-        train_loader = image_loader(data.train, run.root, classes, backbone, settings, train=True)
-        val_rows = data.val or data.train
-        val_loader = image_loader(val_rows, run.root, classes, backbone, settings, train=False)
-
-        def loss_fn(m: nn.Module, b: tuple) -> torch.Tensor:
-            pixels, labels, _ = b
-            return nn.functional.cross_entropy(m(pixels), labels)
-
-        def eval_fn(m: nn.Module, loader: Any = val_loader) -> dict[str, float]:
-            return {"val_accuracy": accuracy(*predict(m, loader, backbone.device))}
-
-        fit(
-            network,
-            params,
-            train_loader,
-            settings=settings,
-            loss_fn=loss_fn,
-            eval_fn=eval_fn,
-            device=backbone.device,
-        )
+        train_domain(run, network, backbone, classes, domain, params)
         history.append(evaluate(network, domains[: i + 1]))
     final = history[-1]
     base_before = before[BASE_DOMAIN]
@@ -481,31 +595,60 @@ def seq_ft_arm(run: CropRun, sd_pkg: Path) -> Metrics:
     }
 
 
+def train_domain(
+    run: CropRun,
+    network: AdapterClassifier,
+    backbone: Backbone,
+    classes: list[str],
+    domain: str,
+    params: list[nn.Parameter],
+) -> FitResult:
+    """One domain: cross-entropy on its images, selection on its validation images."""
+    settings = run.config.training.phase3
+    data = phase_rows(run.rows, run.crop, "3", domain)
+    train_loader = image_loader(data.train, run.root, classes, backbone, settings, train=True)
+    val_rows = data.val or data.train
+    val_loader = image_loader(val_rows, run.root, classes, backbone, settings, train=False)
+
+    def loss_fn(m: nn.Module, b: tuple) -> torch.Tensor:
+        pixels, labels, _ = b
+        return nn.functional.cross_entropy(m(pixels), labels)
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        return {"val_accuracy": accuracy(*predict(m, val_loader, backbone.device))}
+
+    return fit(
+        network,
+        params,
+        train_loader,
+        settings=settings,
+        loss_fn=loss_fn,
+        eval_fn=eval_fn,
+        device=backbone.device,
+    )
+
+
 def domain_incremental(run: CropRun, sd_pkg: Path, work: Path) -> dict[str, Metrics]:
-    results = {"conec": conec_arm(run, sd_pkg, work)}
-    log(f"  {run.crop}: conec done")
-    results["seq_ft"] = seq_ft_arm(run, sd_pkg)
-    log(f"  {run.crop}: seq_ft done")
-    return results
+    return {"conec": conec_arm(run, sd_pkg, work), "seq_ft": seq_ft_arm(run, sd_pkg)}
 
 
 # --------------------------------------------------------------------------- one seed
 
 
-def run_seed(mode: str, seed: int, root: Path, rows: list[ManifestRow], work: Path) -> dict:
+def run_seed(
+    config: PlatformConfig, variant: Variant, root: Path, rows: list[ManifestRow], work: Path
+) -> dict:
     """Every crop, both settings, one training seed: {"class_incremental": {crop: {arm: m}},
     "domain_incremental": {crop: {arm: m}}}."""
-    config = bench_config(mode, seed)
     out: dict[str, dict] = {"class_incremental": {}, "domain_incremental": {}}
     for spec in config.crops:
         if not spec.phase2_batches:
             continue
-        crop_work = work / f"seed{seed}" / spec.name
+        crop_work = work / spec.name
         phase1 = train_phase1(config, spec.name, rows, root, crop_work / "phase1")
-        log(f"seed {seed} {spec.name}: phase 1 done")
         run = CropRun(config, spec.name, rows, root, phase1)
         out["class_incremental"][spec.name], sd_pkg = class_incremental(run, crop_work)
-        if spec.phase3_domains:
+        if variant.domain_incremental and spec.phase3_domains:
             out["domain_incremental"][spec.name] = domain_incremental(run, sd_pkg, crop_work)
     return out
 
@@ -514,17 +657,19 @@ def run_seed(mode: str, seed: int, root: Path, rows: list[ManifestRow], work: Pa
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
+    finite_values = [v for v in values if math.isfinite(v)]
+    if not finite_values:
         return {"mean": math.nan, "std": math.nan, "n": 0}
-    std = statistics.stdev(finite) if len(finite) > 1 else 0.0
-    return {"mean": statistics.fmean(finite), "std": std, "n": len(finite)}
+    std = statistics.stdev(finite_values) if len(finite_values) > 1 else 0.0
+    return {"mean": statistics.fmean(finite_values), "std": std, "n": len(finite_values)}
 
 
 def summarise(per_seed: list[dict], setting: str, arms: Sequence[str]) -> dict:
     """{crop or "all": {arm: {metric: mean/std over seeds}}}; "all" averages the crops of a
     seed first (metrics every crop has), then takes mean/std over seeds."""
     crops = list(per_seed[0][setting])
+    if not crops:
+        return {}
     out: dict[str, dict] = {}
     for crop in crops:
         out[crop] = {}
@@ -553,6 +698,14 @@ CI_COLUMNS = (
     ("old_accuracy_old_logits", "old (old logits)"),
     ("old_predicted_as_new", "old->new"),
     ("old_feature_drift", "feat drift"),
+    ("old_accuracy_fresh_align", "old (fresh align)*"),
+)
+CI_TRACE_COLUMNS = (
+    ("task_epochs", "epochs/task"),
+    ("task_val_accuracy", "best val acc/task"),
+    ("alpha_pair0", "alpha pair 0"),
+    ("alpha_pair1", "alpha pair 1"),
+    ("seen_accuracy_fresh_align", "seen (fresh align)*"),
 )
 DI_COLUMNS = (
     ("base_accuracy_before", "base before"),
@@ -562,6 +715,17 @@ DI_COLUMNS = (
     ("forgetting", "forgetting"),
     ("selector_accuracy", "selector"),
     ("mean_oracle_accuracy", "mean acc (oracle)"),
+)
+DIAGNOSTIC_COLUMNS = (
+    ("seen_accuracy", "seen acc"),
+    ("old_accuracy_before", "old before"),
+    ("old_accuracy_after", "old after"),
+    ("retention", "retention"),
+    ("new_accuracy", "new acc"),
+    ("old_accuracy_old_logits", "old (old logits)"),
+    ("old_predicted_as_new", "old->new"),
+    ("old_feature_drift", "feat drift"),
+    ("old_accuracy_fresh_align", "old (fresh align)*"),
 )
 
 
@@ -604,22 +768,46 @@ def domain_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def report(result: dict) -> str:
-    ci, di = result["class_incremental"]["summary"], result["domain_incremental"]["summary"]
-    return "\n\n".join(
-        [
-            f"# Continual-learning benchmark ({result['mode']}, seeds {result['seeds']}, "
-            f"{result['runtime_s']:.0f} s)",
-            "Generated by `benchmarks/continual.py`; mean ± std over seeds. Test split, base "
-            "domain for the class-incremental table.",
-            "## Class-incremental: SD-LoRA vs sequential LoRA",
-            table(ci, CI_ARMS, CI_COLUMNS),
-            "## Domain-incremental: CONEC-LoRA vs sequential fine-tuning",
-            table(di, DI_ARMS, DI_COLUMNS),
-            "### Per-domain accuracy after the last domain",
-            domain_table(di),
+def variant_report(result: dict, *, main: bool) -> list[str]:
+    ci = result["class_incremental"]["summary"]
+    di = result["domain_incremental"]["summary"]
+    if not main:
+        parts = [
+            f"### {result['variant']}: {result['description']} ({result['runtime_s']:.0f} s)",
+            table(ci, CI_ARMS, DIAGNOSTIC_COLUMNS),
         ]
-    )
+        if di:
+            parts.append(table(di, DI_ARMS, DI_COLUMNS))
+        return parts
+    return [
+        "## Class-incremental: SD-LoRA vs sequential LoRA",
+        table(ci, CI_ARMS, CI_COLUMNS),
+        "Training trace and diagnostics:",
+        table(ci, CI_ARMS, CI_TRACE_COLUMNS),
+        "## Domain-incremental: CONEC-LoRA vs sequential fine-tuning",
+        table(di, DI_ARMS, DI_COLUMNS),
+        "### Per-domain accuracy after the last domain",
+        domain_table(di),
+    ]
+
+
+def report(result: dict) -> str:
+    main = result["variants"]["main"]
+    parts = [
+        f"# Continual-learning benchmark ({result['mode']}, seeds {result['seeds']}, "
+        f"{result['runtime_s']:.0f} s)",
+        "Generated by `benchmarks/continual.py` (see its docstring for every definition); "
+        "mean ± std over seeds. Class-incremental numbers are on base-domain test images. "
+        "`*` = diagnostic that reads old classes' training images (not rehearsal-free). "
+        "`joint` = phase 1 on all known classes at once (reference, not continual).",
+        *variant_report(main, main=True),
+    ]
+    others = [v for name, v in result["variants"].items() if name != "main"]
+    if others:
+        parts.append("## Diagnostic variants")
+        for other in others:
+            parts += variant_report(other, main=False)
+    return "\n\n".join(parts)
 
 
 # --------------------------------------------------------------------------- main
@@ -634,32 +822,43 @@ def environment() -> dict[str, Any]:
     }
 
 
-def run(mode: str, seeds: list[int], progress: Callable[[str], None] = log) -> dict:
+@dataclass
+class DataCache:
+    """Synthesised images per synth setting, in one temporary folder (variants share them)."""
+
+    tmp: Path
+    roots: dict[str, Path] = field(default_factory=dict)
+
+    def rows(self, config: PlatformConfig) -> tuple[Path, list[ManifestRow]]:
+        key = config.data.synth.model_dump_json()
+        if key not in self.roots:
+            self.roots[key] = self.tmp / f"data{len(self.roots)}"
+            synthesize(config, self.roots[key])
+        root = self.roots[key]
+        return root, ingest(root, config=config).rows
+
+
+def run_variant(
+    mode: str, seeds: list[int], variant: Variant, data: DataCache, progress: Callable[[str], None]
+) -> dict:
     start = time.perf_counter()
-    config = bench_config(mode, seeds[0])
+    config = bench_config(mode, seeds[0], variant)
+    root, rows = data.rows(config)
     per_seed = []
-    with tempfile.TemporaryDirectory(prefix="aads-continual-") as tmp:
-        root = Path(tmp) / "data"
-        rows = make_data(config, root)
-        progress(f"{len(rows)} images synthesised and ingested")
-        for seed in seeds:
-            per_seed.append(run_seed(mode, seed, root, rows, Path(tmp) / "work"))
+    for seed in seeds:
+        work = Path(tempfile.mkdtemp(dir=data.tmp, prefix=f"{variant.name}-s{seed}-"))
+        per_seed.append(run_seed(bench_config(mode, seed, variant), variant, root, rows, work))
+        progress(f"{variant.name}: seed {seed} done")
     return {
-        "benchmark": "continual",
-        "mode": mode,
-        "seeds": seeds,
+        "variant": variant.name,
+        "description": variant.description,
         "runtime_s": time.perf_counter() - start,
-        "environment": environment(),
         "setup": {
-            "backbone": BACKBONE,
-            "synth": SYNTH[mode],
-            "split": config.data.split.model_dump(),
-            "training": {k: v.model_dump() for k, v in config.training if k != "router"},
-            "sd_lora": config.adapter.sd_lora.model_dump(),
-            "dora": config.adapter.dora.model_dump(),
-            "conec": config.adapter.conec.model_dump(mode="json"),
+            "synth": config.data.synth.model_dump(),
             "images": len(rows),
             "test_images_per_class": _test_counts(rows),
+            "crops": [c.model_dump() for c in config.crops],
+            "training": {k: v.model_dump() for k, v in config.training if k != "router"},
         },
         "class_incremental": {
             "summary": summarise(per_seed, "class_incremental", CI_ARMS),
@@ -669,6 +868,36 @@ def run(mode: str, seeds: list[int], progress: Callable[[str], None] = log) -> d
             "summary": summarise(per_seed, "domain_incremental", DI_ARMS),
             "per_seed": [s["domain_incremental"] for s in per_seed],
         },
+    }
+
+
+def run(
+    mode: str,
+    seeds: list[int],
+    variants: Sequence[Variant] = VARIANTS[:1],
+    progress: Callable[[str], None] = log,
+) -> dict:
+    start = time.perf_counter()
+    config = bench_config(mode, seeds[0])
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="aads-continual-") as tmp:
+        data = DataCache(Path(tmp))
+        for variant in variants:
+            results[variant.name] = run_variant(mode, seeds, variant, data, progress)
+    return {
+        "benchmark": "continual",
+        "mode": mode,
+        "seeds": seeds,
+        "runtime_s": time.perf_counter() - start,
+        "environment": environment(),
+        "setup": {
+            "backbone": BACKBONE,
+            "split": config.data.split.model_dump(),
+            "sd_lora": config.adapter.sd_lora.model_dump(),
+            "dora": config.adapter.dora.model_dump(),
+            "conec": config.adapter.conec.model_dump(mode="json"),
+        },
+        "variants": results,
     }
 
 
@@ -694,8 +923,13 @@ def _test_counts(rows: list[ManifestRow]) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, fewer epochs/images")
-    parser.add_argument("--seeds", type=int, default=None, help="training seeds (0..N-1)")
+    parser.add_argument("--quick", action="store_true", help="main only, one seed, fewer epochs")
+    parser.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help=f"comma-separated, from {', '.join(VARIANTS_BY_NAME)} (full default: all)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default: results)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
@@ -703,9 +937,14 @@ def main(argv: list[str] | None = None) -> None:
     # on an idle machine, while on a shared one OpenMP's spinning barriers made the same run
     # 15x slower (6 min instead of 25 s for --quick).
     torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     mode = "quick" if args.quick else "full"
     seeds = list(range(args.seeds or (1 if args.quick else 2)))
-    result = run(mode, seeds)
+    names = args.variants.split(",") if args.variants else (["main"] if args.quick else None)
+    variants = [VARIANTS_BY_NAME[n] for n in names] if names else list(VARIANTS)
+    if "main" not in {v.name for v in variants}:
+        variants.insert(0, VARIANTS_BY_NAME["main"])
+    result = run(mode, seeds, variants)
     text = report(result)
     print(text)
     out = args.out or (None if args.quick else RESULTS / "continual.json")

@@ -24,7 +24,13 @@ import torch
 import transformers
 from torch import nn
 
-from aads.adapters.sd_lora import apply_sd_lora, merge_sd_lora, start_task
+from aads.adapters.sd_lora import (
+    apply_sd_lora,
+    finish_task,
+    merge_sd_lora,
+    sd_lora_layers,
+    start_task,
+)
 from aads.atomic import atomic_write_text
 from aads.backbone import load_backbone, resolve_lora_targets
 from aads.config import BackboneSettings, SDLoRASettings
@@ -69,6 +75,14 @@ def paired_medians(
     }
 
 
+def trained_like(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Non-zero B for every open pair, as training leaves it, so merging has work to check."""
+    with torch.no_grad():
+        for layer in sd_lora_layers(model).values():
+            if layer.open:
+                layer.B[-1].copy_(0.02 * torch.randn(layer.B[-1].shape, generator=generator))
+
+
 def run(warmup: int, repeats: int) -> dict[str, Any]:
     settings = BackboneSettings(
         source="random:small", image_size=224, device="cpu", dtype="float32"
@@ -82,6 +96,8 @@ def run(warmup: int, repeats: int) -> dict[str, Any]:
     unmerged = []
     for task in range(MAX_TASKS):
         start_task(model, SETTINGS, task, generator)
+        trained_like(model, generator)  # a task's pair opens at B = 0; give it a real direction
+        finish_task(model, SETTINGS)
         unmerged.append({"pairs": task + 1, **paired_medians(plain, model, x, warmup, repeats)})
     with torch.inference_mode():
         reference = model(pixel_values=x).pooler_output
