@@ -28,7 +28,8 @@ Class-incremental (each crop with phase-2 batches: tomato 2 tasks, pepper 1, cor
 - ``seq_lora+align``: ``seq_lora`` plus the product's classifier alignment after each task
   (`add_class_statistics` + `align_head`, phase-1 class statistics from the phase-1 package):
   it isolates what the SD-LoRA parametrisation adds beyond alignment.
-- ``joint``: reference, not continual: phase 1 trained on every known class at once.
+- ``joint`` (variant ``main`` only): reference, not continual: phase 1 trained on every known
+  class at once, the accuracy a continual method would ideally approach.
 
 Measured on base-domain test images of the classes seen so far: pooled accuracy over the seen
 classes; old (phase-1) classes' mean per-class accuracy before (the phase-1 package) and after,
@@ -58,10 +59,11 @@ its recorded, oracle-routed one), and for CONEC the selector's routing accuracy 
 oracle-routed (true domain) accuracies.
 
 Diagnostic variants (full mode; `VARIANTS`): ``lr_1e-3`` (all phases at lr 1e-3),
-``more_images`` (2x images), ``long_split`` and ``long_split_lr_1e-3`` (every crop re-split into
-2 phase-1 classes + one single-class task per remaining class, held-out classes included:
-tomato 4 tasks, pepper 2, corn 2; class-incremental only): the main split has one crop with a
-second task, and SD-LoRA's decoupling only acts from the second task on.
+``more_images`` (2x images, class-incremental only), ``long_split`` and ``long_split_lr_1e-3``
+(every crop re-split into 2 phase-1 classes + one single-class task per remaining class,
+held-out classes included: tomato 4 tasks, pepper 2, corn 2; class-incremental only): the main
+split has one crop with a second task, and SD-LoRA's decoupling only acts from the second task
+on (for a first task, SD-LoRA's open pair is a plain LoRA with a trainable scale).
 
 Results are mean and (sample) standard deviation over seeds, per crop, and an ``all`` row that
 averages the crops within each seed first.
@@ -76,6 +78,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -106,6 +109,7 @@ from aads.adapters.phases.phase2 import train_phase2
 from aads.adapters.phases.phase3 import train_phase3
 from aads.atomic import atomic_write_text
 from aads.backbone import Backbone, lora_target_regex
+from aads.backbone.synthetic import RECIPE_VERSION, synthetic_cache_dir
 from aads.config import BASE_DOMAIN, PlatformConfig, TrainingSettings, parse_config
 from aads.data.ingest import ingest
 from aads.data.manifest import ManifestRow, select
@@ -145,12 +149,18 @@ class Variant:
     image_scale: int = 1
     split: str = "demo"  # "demo" or "long" (see `long_split`)
     domain_incremental: bool = True
+    joint: bool = False  # the joint-training reference arm
 
 
 VARIANTS = (
-    Variant("main", "demo split, lr 3e-3 (the issue's setting)"),
+    Variant("main", "demo split, lr 3e-3 (the issue's setting)", joint=True),
     Variant("lr_1e-3", "demo split, lr 1e-3 in every phase", lr=1e-3),
-    Variant("more_images", "demo split, lr 3e-3, twice the images", image_scale=2),
+    Variant(
+        "more_images",
+        "demo split, lr 3e-3, twice the images",
+        image_scale=2,
+        domain_incremental=False,
+    ),
     Variant(
         "long_split",
         "2 phase-1 classes + one task per other class, lr 3e-3",
@@ -520,14 +530,15 @@ def joint_arm(run: CropRun, work: Path) -> Metrics:
     }
 
 
-def class_incremental(run: CropRun, work: Path) -> tuple[dict[str, Metrics], Path]:
+def class_incremental(run: CropRun, work: Path, *, joint: bool) -> tuple[dict[str, Metrics], Path]:
     loaded = run.load(run.phase1)
     before = run.outputs(loaded.backbone, loaded.network, run.known)
     results: dict[str, Metrics] = {}
     results["sd_lora"], sd_pkg = sd_lora_arm(run, before, work)
     results["seq_lora"] = seq_lora_arm(run, before, align=False)
     results["seq_lora+align"] = seq_lora_arm(run, before, align=True)
-    results["joint"] = joint_arm(run, work)
+    if joint:
+        results["joint"] = joint_arm(run, work)
     return results, sd_pkg
 
 
@@ -647,7 +658,9 @@ def run_seed(
         crop_work = work / spec.name
         phase1 = train_phase1(config, spec.name, rows, root, crop_work / "phase1")
         run = CropRun(config, spec.name, rows, root, phase1)
-        out["class_incremental"][spec.name], sd_pkg = class_incremental(run, crop_work)
+        out["class_incremental"][spec.name], sd_pkg = class_incremental(
+            run, crop_work, joint=variant.joint
+        )
         if variant.domain_incremental and spec.phase3_domains:
             out["domain_incremental"][spec.name] = domain_incremental(run, sd_pkg, crop_work)
     return out
@@ -670,6 +683,7 @@ def summarise(per_seed: list[dict], setting: str, arms: Sequence[str]) -> dict:
     crops = list(per_seed[0][setting])
     if not crops:
         return {}
+    arms = [a for a in arms if a in per_seed[0][setting][crops[0]]]
     out: dict[str, dict] = {}
     for crop in crops:
         out[crop] = {}
@@ -686,6 +700,53 @@ def summarise(per_seed: list[dict], setting: str, arms: Sequence[str]) -> dict:
             for k in sorted(common)
         }
     return out
+
+
+PAIRS = {
+    "class_incremental": (
+        ("sd_lora", "seq_lora"),
+        ("sd_lora", "seq_lora+align"),
+        ("seq_lora+align", "seq_lora"),
+    ),
+    "domain_incremental": (("conec", "seq_ft"),),
+}
+PAIRED_METRICS = {
+    "class_incremental": (
+        "seen_accuracy",
+        "old_accuracy_after",
+        "retention",
+        "new_accuracy",
+        "old_accuracy_old_logits",
+        "old_feature_drift",
+    ),
+    "domain_incremental": ("base_accuracy", "protected_retention", "mean_accuracy", "forgetting"),
+}
+
+
+def paired(per_seed: list[dict], setting: str) -> dict:
+    """{"a - b": {metric: mean/std over seeds}} of arm differences; within a seed the arms
+    share data and phase-1 package, so differences are less noisy than the arms' spreads."""
+    crops = list(per_seed[0][setting])
+    out: dict[str, dict] = {}
+    for a, b in PAIRS[setting]:
+        out[f"{a} - {b}"] = {
+            k: mean_std(
+                [mean([s[setting][c][a][k] - s[setting][c][b][k] for c in crops]) for s in per_seed]
+            )
+            for k in PAIRED_METRICS[setting]
+        }
+    return out if crops else {}
+
+
+def paired_table(diffs: dict, setting: str) -> str:
+    head = ["difference (crops averaged)", *PAIRED_METRICS[setting]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, stats in diffs.items():
+        cells = [
+            f"{stats[k]['mean']:+.3f} ± {stats[k]['std']:.3f}" for k in PAIRED_METRICS[setting]
+        ]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return "\n".join(lines)
 
 
 CI_COLUMNS = (
@@ -740,7 +801,7 @@ def table(summary: dict, arms: Sequence[str], columns: Sequence[tuple[str, str]]
     head = ["crop", "arm", *(title for _, title in columns)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for crop, arms_stats in summary.items():
-        for arm in arms:
+        for arm in (a for a in arms if a in arms_stats):
             cells = [cell(arms_stats[arm].get(key)) for key, _ in columns]
             lines.append("| " + " | ".join([crop, arm, *cells]) + " |")
     return "\n".join(lines)
@@ -771,21 +832,28 @@ def domain_table(summary: dict) -> str:
 def variant_report(result: dict, *, main: bool) -> list[str]:
     ci = result["class_incremental"]["summary"]
     di = result["domain_incremental"]["summary"]
+    ci_pairs = paired_table(result["class_incremental"]["paired"], "class_incremental")
     if not main:
         parts = [
             f"### {result['variant']}: {result['description']} ({result['runtime_s']:.0f} s)",
             table(ci, CI_ARMS, DIAGNOSTIC_COLUMNS),
+            ci_pairs,
         ]
         if di:
             parts.append(table(di, DI_ARMS, DI_COLUMNS))
+            parts.append(paired_table(result["domain_incremental"]["paired"], "domain_incremental"))
         return parts
     return [
         "## Class-incremental: SD-LoRA vs sequential LoRA",
         table(ci, CI_ARMS, CI_COLUMNS),
+        "Paired differences (per seed, crops averaged):",
+        ci_pairs,
         "Training trace and diagnostics:",
         table(ci, CI_ARMS, CI_TRACE_COLUMNS),
         "## Domain-incremental: CONEC-LoRA vs sequential fine-tuning",
         table(di, DI_ARMS, DI_COLUMNS),
+        "Paired differences (per seed, crops averaged):",
+        paired_table(result["domain_incremental"]["paired"], "domain_incremental"),
         "### Per-domain accuracy after the last domain",
         domain_table(di),
     ]
@@ -814,11 +882,29 @@ def report(result: dict) -> str:
 
 
 def environment() -> dict[str, Any]:
+    """Versions, threads, load, and which code and pretrained backbone produced the numbers."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "aads", "config"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    backbone = synthetic_cache_dir(CACHE, "mini", BACKBONE["seed"], BACKBONE["image_size"])
+    record = backbone / "pretraining.json"
+    pretraining = json.loads(record.read_text()) if record.is_file() else {}
     return {
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_average_1m": os.getloadavg()[0],
+        "git_commit": commit,
+        "product_code_modified": bool(dirty),
+        "backbone_recipe_version": RECIPE_VERSION,
+        "backbone_pretraining_val_accuracy": pretraining.get("val_accuracy"),
     }
 
 
@@ -862,10 +948,12 @@ def run_variant(
         },
         "class_incremental": {
             "summary": summarise(per_seed, "class_incremental", CI_ARMS),
+            "paired": paired(per_seed, "class_incremental"),
             "per_seed": [s["class_incremental"] for s in per_seed],
         },
         "domain_incremental": {
             "summary": summarise(per_seed, "domain_incremental", DI_ARMS),
+            "paired": paired(per_seed, "domain_incremental"),
             "per_seed": [s["domain_incremental"] for s in per_seed],
         },
     }
@@ -877,7 +965,7 @@ def run(
     variants: Sequence[Variant] = VARIANTS[:1],
     progress: Callable[[str], None] = log,
 ) -> dict:
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
     config = bench_config(mode, seeds[0])
     results = {}
     with tempfile.TemporaryDirectory(prefix="aads-continual-") as tmp:
@@ -889,7 +977,7 @@ def run(
         "mode": mode,
         "seeds": seeds,
         "runtime_s": time.perf_counter() - start,
-        "environment": environment(),
+        "environment": {**environment(), "load_average_1m_start": load_start},
         "setup": {
             "backbone": BACKBONE,
             "split": config.data.split.model_dump(),
