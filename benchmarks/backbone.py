@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -21,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
+from machine import load_average, machine
 
 from aads.atomic import atomic_write_text
 from aads.backbone import Backbone, extract_features, load_backbone, preprocess_image
@@ -31,31 +29,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "backbone.json"
 Section = Callable[[argparse.Namespace], dict[str, Any]]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment(_: argparse.Namespace) -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "cuda": torch.cuda.is_available(),
-        # Other busy processes skew CPU numbers badly (2 threads on 2 busy cores): check this.
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-    return env
+    return machine()
 
 
 def time_extraction(backbone: Backbone, batch: int, warmup: int, repeats: int) -> dict[str, Any]:
@@ -177,7 +152,7 @@ def main() -> None:
         t0 = time.perf_counter()
         report[name] = section(args)
         print(f"{name} ({time.perf_counter() - t0:.1f}s): {json.dumps(report[name])}")
-    report["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+    report["load_average_1m_after"] = load_average()
     atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
 

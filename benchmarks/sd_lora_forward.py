@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
+from machine import load_average, machine
 from torch import nn
 
 from aads.adapters.sd_lora import (
@@ -42,16 +40,7 @@ SETTINGS = SDLoRASettings(rank=10, modules=["q_proj", "v_proj"])
 
 
 def environment() -> dict[str, Any]:
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        # Other busy processes skew CPU numbers badly: check this before trusting a run.
-        "load_average_1m": round(os.getloadavg()[0], 2),
-    }
+    return machine()
 
 
 def paired_medians(
@@ -134,7 +123,7 @@ def main() -> None:
     }
     t0 = time.perf_counter()
     report["cpu_random_small"] = run(warmup, repeats)
-    report["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+    report["load_average_1m_after"] = load_average()
     print(f"cpu_random_small ({time.perf_counter() - t0:.1f}s):")
     print(json.dumps(report["cpu_random_small"], indent=2))
     atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")

@@ -40,8 +40,6 @@ import gc
 import importlib
 import json
 import math
-import os
-import platform
 import resource
 import statistics
 import sys
@@ -52,9 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import peft
 import torch
-import transformers
+from machine import load_average, machine
 from peft import get_peft_model
 from peft.optimizers import create_loraplus_optimizer
 from safetensors import safe_open
@@ -112,35 +109,8 @@ SD_LORA = SDLoRASettings(rank=10, modules=["q_proj", "v_proj"])
 CONEC = CONECSettings(rank=8, modules=["q_proj", "v_proj"], shared_blocks="first_half")
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
 def environment(_: argparse.Namespace) -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "cuda": torch.cuda.is_available(),
-        "load_average_1m": load_average(),
-    }
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-    return env
+    return machine()
 
 
 # --------------------------------------------------------------------------- training steps
