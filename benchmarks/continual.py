@@ -103,6 +103,7 @@ from aads.adapters.phases.common import (
     incremental_cross_entropy,
     phase_rows,
     predict,
+    val_accuracy,
 )
 from aads.adapters.phases.phase1 import train_phase1
 from aads.adapters.phases.phase2 import train_phase2
@@ -491,17 +492,13 @@ def train_task(
         pixels, labels, _ = b
         return incremental_cross_entropy(m(pixels), labels, n_old)
 
-    def eval_fn(m: nn.Module) -> dict[str, float]:
-        # Rehearsal-free, as in train_phase2: the new task's validation images only.
-        return {"val_accuracy": accuracy(*predict(m, val_loader, backbone.device))}
-
     return fit(
         network,
         params,
         train_loader,
         settings=settings,
         loss_fn=loss_fn,
-        eval_fn=eval_fn,
+        eval_fn=val_accuracy(val_loader, backbone.device),
         device=backbone.device,
     )
 
@@ -625,16 +622,13 @@ def train_domain(
         pixels, labels, _ = b
         return nn.functional.cross_entropy(m(pixels), labels)
 
-    def eval_fn(m: nn.Module) -> dict[str, float]:
-        return {"val_accuracy": accuracy(*predict(m, val_loader, backbone.device))}
-
     return fit(
         network,
         params,
         train_loader,
         settings=settings,
         loss_fn=loss_fn,
-        eval_fn=eval_fn,
+        eval_fn=val_accuracy(val_loader, backbone.device),
         device=backbone.device,
     )
 

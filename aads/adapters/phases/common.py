@@ -7,7 +7,7 @@ a class with no images or a domain with no data fails in a second, not after an 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -92,6 +92,13 @@ def predict(
     finally:
         model.train(was_training)
     return y_true, y_pred
+
+
+def val_accuracy(
+    loader: torch.utils.data.DataLoader, device: torch.device
+) -> Callable[[nn.Module], dict[str, float]]:
+    """The loop's `eval_fn` for early stopping: accuracy on `loader`, as ``val_accuracy``."""
+    return lambda model: {"val_accuracy": accuracy(*predict(model, loader, device))}
 
 
 def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:

@@ -27,12 +27,12 @@ from aads.adapters.package import (
     write_package,
 )
 from aads.adapters.phases.common import (
-    accuracy,
     best_metric,
     image_loader,
     phase_rows,
     predict,
     require_images,
+    val_accuracy,
 )
 from aads.backbone import load_backbone
 from aads.config import PlatformConfig
@@ -90,9 +90,6 @@ def train_phase1(
             m(pixels.to(backbone.device)), labels.to(backbone.device)
         )
 
-    def eval_fn(m: nn.Module) -> dict[str, float]:
-        return {"val_accuracy": accuracy(*predict(m, val_loader, backbone.device))}
-
     fingerprint = {
         "phase": "1",
         "crop": crop,
@@ -108,7 +105,7 @@ def train_phase1(
         train_loader,
         settings=settings,
         loss_fn=loss_fn,
-        eval_fn=eval_fn,
+        eval_fn=val_accuracy(val_loader, backbone.device),
         monitor="val_accuracy",
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,

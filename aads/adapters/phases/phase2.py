@@ -31,7 +31,6 @@ from aads.adapters.package import (
 )
 from aads.adapters.phases.common import (
     AdapterTrainingError,
-    accuracy,
     best_metric,
     domain_rows,
     image_loader,
@@ -40,6 +39,7 @@ from aads.adapters.phases.common import (
     phase_rows,
     predict,
     require_images,
+    val_accuracy,
     write_phase_metrics,
 )
 from aads.adapters.sd_lora import (
@@ -158,10 +158,6 @@ def train_phase2(
             pixels, labels, _ = b
             return incremental_cross_entropy(m(pixels), labels, n_old)
 
-        def eval_fn(m: nn.Module, loader: torch.utils.data.DataLoader = val_loader) -> dict:
-            # Rehearsal-free: model selection sees the new task's validation images only.
-            return {"val_accuracy": accuracy(*predict(m, loader, backbone.device))}
-
         params = [*trainable_parameters(model), *head.parameters()]
         start = time.perf_counter()
         result = fit(
@@ -170,7 +166,8 @@ def train_phase2(
             train_loader,
             settings=settings,
             loss_fn=loss_fn,
-            eval_fn=eval_fn,
+            # Rehearsal-free: model selection sees the new task's validation images only.
+            eval_fn=val_accuracy(val_loader, backbone.device),
             checkpoint_dir=checkpoint_dir / f"task{task}" if checkpoint_dir else None,
             fingerprint={
                 "phase": "2",

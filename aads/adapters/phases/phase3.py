@@ -56,6 +56,7 @@ from aads.adapters.phases.common import (
     mean,
     phase_rows,
     predict,
+    val_accuracy,
     write_phase_metrics,
 )
 from aads.backbone import Backbone
@@ -238,17 +239,14 @@ def _learn_domain(
         )
         return loss + conec.distill_weight * distill
 
-    def eval_fn(m: nn.Module) -> dict[str, float]:
-        # Routed to the domain being learned (start_domain set it); its images only.
-        return {"val_accuracy": accuracy(*predict(m, val_loader, device))}
-
     result = fit(
         network,
         [*trainable_parameters(state), *heads.heads[domain].parameters()],
         evaluate.loader(data.train, train=True),
         settings=settings,
         loss_fn=loss_fn,
-        eval_fn=eval_fn,
+        # Routed to the domain being learned (start_domain set it); its images only.
+        eval_fn=val_accuracy(val_loader, device),
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
         progress=progress,
