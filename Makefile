@@ -31,6 +31,7 @@ bench: setup
 	$(BIN)/python benchmarks/sd_lora_forward.py
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/continual.py
+	$(BIN)/python benchmarks/ood.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -50,7 +50,11 @@ train_app = typer.Typer(
 app.add_typer(data_app, name="data")
 app.add_typer(backbone_app, name="backbone")
 app.add_typer(config_app, name="config")
+ood_app = typer.Typer(
+    help="Calibrate and evaluate adapters' out-of-distribution check.", no_args_is_help=True
+)
 app.add_typer(train_app, name="train")
+app.add_typer(ood_app, name="ood")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -71,6 +75,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from aads.data.manifest import ManifestError
     from aads.data.synth import SynthError
     from aads.features import FeatureCacheError
+    from aads.ood import OODError
     from aads.router import RouterError
     from aads.storage import StorageError
     from aads.training import CheckpointMismatch
@@ -89,6 +94,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         FeatureCacheError,
         RouterError,
         CheckpointMismatch,
+        OODError,
         FileNotFoundError,
     )
 
@@ -459,6 +465,93 @@ def train_phase3_cmd(
 ) -> None:
     """Phase 3: CONEC-LoRA, one pending domain shift at a time."""
     _train_phase("3", crop, from_pkg, out, config, manifest, data_root, checkpoint_dir)
+
+
+# --------------------------------------------------------------------------- ood
+
+PackageOpt = Annotated[Path, typer.Option("--package", help="adapter package folder")]
+LocoOpt = Annotated[
+    bool, typer.Option("--loco/--no-loco", help="also leave each class out in turn (near-OOD)")
+]
+
+
+def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
+    table = Table("metric", "value", title=title)
+    for k, v in sorted(metrics.items()):
+        table.add_row(k, f"{v:.4f}")
+    return table
+
+
+@ood_app.command("calibrate")
+@reports_errors
+def ood_calibrate(
+    package: PackageOpt,
+    config: ConfigOpt = Path("config/demo.yaml"),
+    manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
+    data_root: DataRootOpt = None,
+    loco: LocoOpt = True,
+) -> None:
+    """Fit the package's OOD check (train split), thresholds (val), evaluate (test); store it."""
+    from aads.ood.calibrate import calibrate_package
+
+    rows, root, digest = _training_inputs(manifest, data_root)
+    with progress_bar("OOD features") as progress:
+        result = calibrate_package(
+            _config(config),
+            package,
+            rows,
+            root,
+            manifest_sha256=digest,
+            loco=loco,
+            progress=progress,
+        )
+    console.print(_metrics_table(f"OOD calibration -> {package}/ood", result.metrics))
+
+
+@ood_app.command("evaluate")
+@reports_errors
+def ood_evaluate(
+    package: PackageOpt,
+    out: Annotated[Path, typer.Option(help="report folder")] = Path(".aads/ood-eval"),
+    config: ConfigOpt = Path("config/demo.yaml"),
+    manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
+    data_root: DataRootOpt = None,
+    loco: LocoOpt = True,
+    compare: Annotated[
+        bool, typer.Option("--compare", help="also score every method (method table)")
+    ] = False,
+) -> None:
+    """AUROC, FPR@95 (both conventions), AUPR-In/Out and ROC curves; the package is unchanged."""
+    from aads.ood.report import evaluate_package
+
+    rows, root, digest = _training_inputs(manifest, data_root)
+    with progress_bar("OOD features") as progress:
+        report = evaluate_package(
+            _config(config),
+            package,
+            rows,
+            root,
+            out,
+            manifest_sha256=digest,
+            loco=loco,
+            compare=compare,
+            progress=progress,
+        )
+    console.print(_metrics_table(f"OOD evaluation of {package}", report.metrics))
+    if report.methods:
+        table = Table("method", "threshold", "mean AUROC", "balanced acc", title="methods")
+        for row in report.methods:
+            name = f"{row['covariance']}/{row['feature_space']}" + (
+                "/relative" if row["relative"] else ""
+            )
+            table.add_row(
+                name,
+                str(row["threshold"]),
+                f"{row['mean_auroc']:.4f}",
+                f"{row['balanced_operating_accuracy']:.4f}",
+            )
+        console.print(table)
+    console.print(f"report: {out}")
 
 
 # --------------------------------------------------------------------------- demo

@@ -8,6 +8,7 @@ summary so the run can be checked by a machine as well as read by a person.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -27,6 +28,7 @@ from aads.data.ingest import ingest, write_ingest_outputs
 from aads.data.manifest import ManifestRow
 from aads.data.synth import synthesize
 from aads.features import FeatureTable, extract_manifest_features, save_features
+from aads.ood.calibrate import calibrate_package
 from aads.progress import Progress
 from aads.router import train_router
 
@@ -160,6 +162,20 @@ def run_demo(
         metrics = read_meta(pkg).metrics
         return _phase_line(phase, metrics), metrics, pkg
 
+    def ood_step(pkg: Path) -> tuple[str, dict, None]:
+        nan = float("nan")
+        with progress_bar(f"{read_meta(pkg).crop}: OOD calibration") as progress:
+            result = calibrate_package(
+                config, pkg, rows, data_dir, manifest_sha256=digest, progress=progress
+            )
+        m = {f"ood_{k}": v for k, v in result.metrics.items() if math.isfinite(v)}
+        line = (
+            f"AUROC near {m.get('ood_near_auroc', nan):.3f} / leave-one-out "
+            f"{m.get('ood_loco_auroc', nan):.3f} / far {m.get('ood_far_auroc', nan):.3f}; "
+            f"in-distribution rejected {m.get('ood_id_rejected', nan):.2f}"
+        )
+        return line, m, None
+
     steps.run("synthesise data", synth)
     rows = steps.run("ingest + split", ingest_step)
     digest = steps.steps[-1]["manifest_sha256"]
@@ -178,6 +194,7 @@ def run_demo(
             pkg = steps.run(
                 f"{spec.name}: phase 3 CONEC", lambda c=spec.name, p=pkg: adapter_step(c, "3", p)
             )
+        steps.run(f"{spec.name}: OOD calibration", lambda p=pkg: ood_step(p))
         packages[spec.name] = str(pkg)
 
     summary = {

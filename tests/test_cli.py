@@ -46,6 +46,8 @@ def test_every_command_has_help():
         ["backbone", "info"],
         ["backbone", "features"],
         ["config", "validate"],
+        ["ood", "calibrate"],
+        ["ood", "evaluate"],
         ["demo"],
     ):
         result = invoke(*cmd, "--help")
@@ -153,9 +155,11 @@ def test_demo_runs_end_to_end_and_writes_a_summary(tmp_path, small_config):
     names = [s["name"] for s in summary["steps"]]
     assert names[:4] == ["synthesise data", "ingest + split", "router features", "train router"]
     assert "tomato: phase 3 CONEC" in names and "corn: phase 2 SD-LoRA" in names
+    assert "tomato: OOD calibration" in names
     assert set(summary["adapters"]) == {"tomato", "pepper", "corn"}
     for pkg in summary["adapters"].values():
         assert (Path(pkg) / "SHA256SUMS").is_file()
+        assert (Path(pkg) / "ood" / "calibration.json").is_file()
 
 
 def test_error_text_with_brackets_is_printed_verbatim(tmp_path):

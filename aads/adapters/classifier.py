@@ -35,6 +35,11 @@ class AdapterClassifier(nn.Module):
         out = self.backbone(pixel_values=pixel_values)
         return pool_tokens(out.last_hidden_state, self.pooling, self.prefix_tokens)
 
+    def features_and_logits(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both from one forward: serving needs the logits and the OOD check the features."""
+        features = self.features(pixel_values)
+        return features, self.head(features)
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(pixel_values))
 
@@ -76,6 +81,11 @@ class ConecClassifier(nn.Module):
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.backbone(pixel_values=pixel_values)
         return pool_tokens(out.last_hidden_state, self.state.pooling, self.state.prefix_tokens)
+
+    def features_and_logits(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One routed forward: pooled features and each sample's domain-head logits."""
+        features = self.features(pixel_values)
+        return features, self.heads(features, self.state.routing.domain_ids)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return conec_logits(self.backbone, self.state, self.heads, pixel_values)

@@ -20,6 +20,7 @@ from aads.adapters.dora import ADAPTER_DIR, load_dora, merge_dora
 from aads.adapters.package import (
     CONEC_FILE,
     HEADS_FILE,
+    OOD_DIR,
     SD_LORA_FILE,
     AdapterMeta,
     PackageError,
@@ -31,6 +32,7 @@ from aads.adapters.package import (
 from aads.adapters.sd_lora import apply_sd_lora, load_sd_lora_state_dict, merge_sd_lora
 from aads.backbone import Backbone
 from aads.config import CONECSettings, StorageSettings
+from aads.ood.detector import OODDetector, Verdict, load_detector
 
 SD_LORA_SUFFIX = ".sd_lora."
 
@@ -43,6 +45,7 @@ class LoadedAdapter:
     backbone: Backbone
     network: nn.Module  # pixels -> logits over meta.classes
     conec: ConecState | None = None
+    ood: OODDetector | None = None  # the package's OOD calibration, when it has one
 
     @property
     def classes(self) -> list[str]:
@@ -51,6 +54,22 @@ class LoadedAdapter:
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.network(pixel_values.to(self.backbone.device, self.backbone.dtype)).float()
+
+    def features_and_logits(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features (what OOD calibration scores) and logits, float32 on the CPU."""
+        with torch.inference_mode():
+            pixels = pixel_values.to(self.backbone.device, self.backbone.dtype)
+            features, logits = self.network.features_and_logits(pixels)
+            return features.float().cpu(), logits.float().cpu()
+
+    def verdicts(self, pixel_values: torch.Tensor) -> list[Verdict]:
+        """Class or ``unknown`` per image, with distance and threshold (needs a calibration)."""
+        if self.ood is None:
+            raise PackageError(
+                f"the '{self.meta.crop}' adapter has no OOD calibration: run `aads ood calibrate`"
+            )
+        features, logits = self.features_and_logits(pixel_values)
+        return self.ood.verdicts(features.double().numpy(), logits.double().numpy())
 
 
 def load_adapter(
@@ -101,7 +120,13 @@ def load_adapter(
         network = AdapterClassifier(model, head, backbone.pooling, backbone.prefix_tokens)
     network = network.to(device=backbone.device, dtype=backbone.dtype).eval()
     backbone.model = model
-    return LoadedAdapter(meta, backbone, network, state)
+    ood = load_detector(pkg_dir / OOD_DIR)
+    if ood is not None and ood.classes != meta.classes:
+        raise PackageError(
+            f"{pkg_dir}: OOD calibration is for classes {ood.classes}, the head has "
+            f"{meta.classes}: recalibrate after training"
+        )
+    return LoadedAdapter(meta, backbone, network, state, ood)
 
 
 def _linear(

@@ -117,13 +117,7 @@ def write_package(contents: PackageContents, out_dir: Path) -> Path:
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         _write_contents(contents, staging)
-        sums = {
-            p.relative_to(staging).as_posix(): sha256_file(p)
-            for p in sorted(staging.rglob("*"))
-            if p.is_file()
-        }
-        atomic_write_text(staging / CHECKSUM_FILE, format_checksums(sums))
-        staging.chmod(0o755)
+        _seal(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
@@ -131,6 +125,46 @@ def write_package(contents: PackageContents, out_dir: Path) -> Path:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def update_package(pkg_dir: Path, change: Callable[[Path, AdapterMeta], AdapterMeta]) -> Path:
+    """Apply `change(staging_dir, meta) -> new meta` to a verified copy, re-checksum, swap in.
+
+    Used by steps that add to a finished package (OOD calibration): readers see the old
+    package or the new one, never a mix, and a failed change leaves the old one untouched.
+    """
+    pkg_dir = Path(pkg_dir)
+    verify_package(pkg_dir)
+    staging = Path(tempfile.mkdtemp(dir=pkg_dir.parent, prefix=f".{pkg_dir.name}."))
+    retired = staging.with_name(staging.name + ".old")
+    try:
+        shutil.copytree(pkg_dir, staging, dirs_exist_ok=True)
+        (staging / CHECKSUM_FILE).unlink()
+        meta = change(staging, read_meta(staging))
+        atomic_write_text(staging / META_FILE, meta.model_dump_json(indent=2) + "\n")
+        _seal(staging)
+        pkg_dir.rename(retired)
+        try:
+            staging.rename(pkg_dir)
+        except OSError:
+            retired.rename(pkg_dir)
+            raise
+    finally:
+        for leftover in (staging, retired):
+            if leftover.exists() and pkg_dir.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+    return pkg_dir
+
+
+def _seal(staging: Path) -> None:
+    """Write SHA256SUMS over every file, last: its presence marks a complete package."""
+    sums = {
+        p.relative_to(staging).as_posix(): sha256_file(p)
+        for p in sorted(staging.rglob("*"))
+        if p.is_file()
+    }
+    atomic_write_text(staging / CHECKSUM_FILE, format_checksums(sums))
+    staging.chmod(0o755)
 
 
 def _write_contents(c: PackageContents, d: Path) -> None:
