@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: setup
-	$(BIN)/aads demo --config $(CONFIG) --workdir $(WORKDIR)
+	$(BIN)/aads pipeline demo
 
 test: setup
 	$(BIN)/python -m pytest
@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/continual.py
 	$(BIN)/python benchmarks/ood.py
+	$(BIN)/python benchmarks/pipeline.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -76,7 +76,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from aads.data.synth import SynthError
     from aads.features import FeatureCacheError
     from aads.ood import OODError
+    from aads.registry import RegistryError
     from aads.router import RouterError
+    from aads.steps import StepError
     from aads.storage import StorageError
     from aads.training import CheckpointMismatch
 
@@ -95,6 +97,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         RouterError,
         CheckpointMismatch,
         OODError,
+        RegistryError,
+        StepError,
         FileNotFoundError,
     )
 
@@ -110,11 +114,12 @@ def reports_errors(fn: F) -> F:
 
     @wraps(fn)
     def wrapper(*args: object, **kwargs: object) -> object:
+        from aads.registry import RegistryUnavailable
         from aads.storage import StoreUnavailable
 
         try:
             return fn(*args, **kwargs)
-        except StoreUnavailable as err:
+        except (StoreUnavailable, RegistryUnavailable) as err:
             _fail(err, 3)
         except _user_errors() as err:
             _fail(err, 2)
@@ -572,6 +577,18 @@ def demo(
         table.add_row(step["name"], step["result"], f"{step['seconds']:.1f}")
     console.print(table)
     console.print(f"summary: {summary['summary_path']}")
+
+
+def _add_plugins() -> None:
+    """Sub-commands other packages register under the ``aads.cli`` entry point (the pipeline
+    commands live in ``pipelines/``, which imports `aads`, never the other way round)."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="aads.cli"):
+        app.add_typer(ep.load(), name=ep.name)
+
+
+_add_plugins()
 
 
 def main() -> None:  # pragma: no cover - console script entry

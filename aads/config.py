@@ -318,6 +318,24 @@ class RegistrySettings(_Model):
     router_model_name: str = "aads-router"
 
 
+class GateSettings(_Model):
+    """What a trained adapter must reach to be registered as a ``candidate``.
+
+    A check whose metric the run did not produce (no near-OOD images for the crop) is reported
+    as skipped, not failed; accuracy is the exception: without it nothing shows the model works.
+    """
+
+    min_accuracy: float = Field(
+        0.5, ge=0, le=1, description="test accuracy of the last phase (mean over domains)"
+    )
+    min_retention: float = Field(
+        0.0, ge=0, le=2, description="old-class retention (phase 2), protected retention (3)"
+    )
+    min_far_ood_auroc: float = Field(0.0, ge=0, le=1, description="AUROC vs other crops")
+    min_near_ood_auroc: float = Field(0.0, ge=0, le=1, description="AUROC vs unknown diseases")
+    min_router_crop_accuracy: float = Field(0.5, ge=0, le=1)
+
+
 class PlatformConfig(_Model):
     """The whole platform spec file."""
 
@@ -329,6 +347,7 @@ class PlatformConfig(_Model):
     data: DataSettings = DataSettings()
     storage: StorageSettings = StorageSettings()
     registry: RegistrySettings = RegistrySettings()
+    gate: GateSettings = GateSettings()
 
     @field_validator("crops")
     @classmethod
@@ -384,13 +403,18 @@ def load_config(path: str | os.PathLike[str]) -> PlatformConfig:
         text = p.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{p}: cannot read config ({err.strerror or err})") from None
+    return parse_config_text(text, str(p))
+
+
+def parse_config_text(text: str, source: str = "<config>") -> PlatformConfig:
+    """A spec from YAML text (pipeline parameters carry the spec itself, not a path)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+        raise ConfigError(f"{source}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
-    return parse_config(data, str(p))
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+    return parse_config(data, source)
 
 
 def resolve_blocks(selection: BlockSelection, depth: int) -> list[int]:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from aads.config import StorageSettings
+from aads.mlflow_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["free_port"]  # tests import it from here
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -67,3 +62,16 @@ def s3_settings(
 @pytest.fixture
 def demo_config_path() -> Path:
     return ROOT / "config" / "demo.yaml"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server on loopback (sqlite + proxied artifacts), per session.
+
+    ``--serve-artifacts`` makes run artifact URIs ``mlflow-artifacts:/...``: clients upload
+    and download through the server over HTTP, as pods do in the cluster.
+    """
+    from aads.mlflow_server import local_mlflow_server
+
+    with local_mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
+        yield uri

@@ -1,0 +1,107 @@
+"""Crop-adapter components: one phase of training, OOD calibration, evaluation."""
+
+from typing import NamedTuple
+
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.image import aads_component
+
+
+@aads_component
+def train_adapter_phase(
+    config: str,
+    manifest: Input[Dataset],
+    crop: str,
+    phase: str,
+    phases: list,
+    adapter: Output[Model],
+    metrics: Output[Metrics],
+    previous: Input[Model] = None,
+):
+    """Phase 1 (DoRA), 2 (SD-LoRA) or 3 (CONEC-LoRA) of `crop`; a phase not in `phases` or
+    not configured for the crop passes `previous` through unchanged."""
+    from pathlib import Path
+
+    from aads.config import parse_config_text
+    from aads.steps import train_phase_step
+
+    numbers = train_phase_step(
+        parse_config_text(config, "config parameter"),
+        Path(manifest.path),
+        crop,
+        phase,
+        Path(previous.path) if previous is not None else None,
+        Path(adapter.path),
+        phases=[str(p) for p in phases],
+    )
+    adapter.metadata.update({"crop": crop, "phase": phase})
+    for name, value in numbers.items():
+        metrics.log_metric(name, value)
+
+
+@aads_component
+def calibrate_ood(
+    config: str,
+    manifest: Input[Dataset],
+    adapter: Input[Model],
+    calibrated: Output[Model],
+    metrics: Output[Metrics],
+    roc: Output[ClassificationMetrics],
+):
+    """Mahalanobis statistics (train split), per-class thresholds (val), AUROC (test)."""
+    from pathlib import Path
+
+    from aads.config import parse_config_text
+    from aads.reporting import roc_curves
+    from aads.steps import calibrate_step
+
+    numbers = calibrate_step(
+        parse_config_text(config, "config parameter"),
+        Path(manifest.path),
+        Path(adapter.path),
+        Path(calibrated.path),
+    )
+    for name, value in numbers.items():
+        if value == value:  # KFP metrics must be numbers, NaN is not
+            metrics.log_metric(name, value)
+    curves = roc_curves(Path(calibrated.path))
+    if curves:  # the near-OOD curve when the crop has hold-out diseases, else far-OOD
+        curve = next(iter(curves.values()))
+        roc.log_roc_curve(curve["fpr"], curve["tpr"], curve["thresholds"])
+
+
+@aads_component
+def evaluate_adapter(
+    config: str,
+    adapter: Input[Model],
+    kfp_run_id: str,
+    git_sha: str,
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    model_card: Output[Markdown],
+    report: Output[HTML],
+) -> NamedTuple("EvaluationOutputs", [("passed", bool), ("gate", str)]):
+    """Gate the package against the configured minimums; model card and report for the UI."""
+    from collections import namedtuple
+    from pathlib import Path
+
+    from aads.config import parse_config_text
+    from aads.reporting import last_confusion
+    from aads.steps import evaluate_step
+
+    result = evaluate_step(
+        parse_config_text(config, "config parameter"),
+        Path(adapter.path),
+        kfp_run_id=kfp_run_id,
+        git_sha=git_sha,
+    )
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    matrix = last_confusion(Path(adapter.path), result.meta)
+    if matrix is not None:
+        confusion.log_confusion_matrix(*matrix)
+    Path(model_card.path).write_text(result.model_card, encoding="utf-8")
+    Path(report.path).write_text(result.html, encoding="utf-8")
+    return namedtuple("EvaluationOutputs", ["passed", "gate"])(
+        result.gate.passed, result.gate.summary()
+    )

@@ -1,0 +1,66 @@
+"""Registration components (MLflow) and the report a failed gate leaves instead."""
+
+from kfp.dsl import Input, Markdown, Model, Output
+
+from components.image import aads_component
+
+
+@aads_component
+def register_adapter(
+    config: str, adapter: Input[Model], tracking_uri: str, kfp_run_id: str, git_sha: str
+) -> str:
+    """New version of ``aads-adapter-<crop>`` with alias ``candidate``; returns its number.
+
+    `tracking_uri` empty: ``MLFLOW_TRACKING_URI`` from the environment (a Kubernetes Secret),
+    then the config's. Credentials for MLflow and its S3 artifact store come only from env.
+    """
+    import os
+    from pathlib import Path
+
+    from aads.config import parse_config_text
+    from aads.steps import register_adapter_step
+
+    cfg = parse_config_text(config, "config parameter")
+    version = register_adapter_step(
+        cfg,
+        Path(adapter.path),
+        tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None,
+        kfp_run_id=kfp_run_id,
+        git_sha=git_sha,
+    )
+    return f"{version.name}/{version.version}"
+
+
+@aads_component
+def register_router(
+    config: str, router: Input[Model], tracking_uri: str, kfp_run_id: str, git_sha: str
+) -> str:
+    """New version of the router model with alias ``candidate``; returns its number."""
+    import os
+    from pathlib import Path
+
+    from aads.config import parse_config_text
+    from aads.steps import register_router_step
+
+    cfg = parse_config_text(config, "config parameter")
+    version = register_router_step(
+        cfg,
+        Path(router.path),
+        tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None,
+        kfp_run_id=kfp_run_id,
+        git_sha=git_sha,
+    )
+    return f"{version.name}/{version.version}"
+
+
+@aads_component
+def gate_failure_report(subject: str, gate: str, report: Output[Markdown]):
+    """What fell short, for the KFP UI; nothing is registered for `subject`."""
+    from pathlib import Path
+
+    Path(report.path).write_text(
+        f"# Not registered: {subject}\n\nThe promotion gate {gate}.\n\n"
+        "Nothing was registered for it in this run. Adjust the data or training settings, or "
+        "the minimums under `gate:` in the platform spec, and run the pipeline again.\n",
+        encoding="utf-8",
+    )

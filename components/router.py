@@ -1,0 +1,28 @@
+"""Crop-router training component."""
+
+from typing import NamedTuple
+
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.image import aads_component
+
+
+@aads_component
+def train_router(
+    config: str, manifest: Input[Dataset], router: Output[Model], metrics: Output[Metrics]
+) -> NamedTuple("RouterOutputs", [("passed", bool), ("gate", str)]):
+    """Crop and plant-part heads on frozen router-backbone features; gate on crop accuracy."""
+    from collections import namedtuple
+    from pathlib import Path
+
+    from aads.config import parse_config_text
+    from aads.steps import train_router_step
+
+    cfg = parse_config_text(config, "config parameter")
+    outcome = train_router_step(cfg, Path(manifest.path), Path(router.path))
+    for name, value in outcome.metrics.items():
+        metrics.log_metric(name, value)
+    router.metadata["gate"] = outcome.gate.summary()
+    return namedtuple("RouterOutputs", ["passed", "gate"])(
+        outcome.gate.passed, outcome.gate.summary()
+    )

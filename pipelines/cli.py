@@ -1,0 +1,209 @@
+"""`aads pipeline ...`: compile, run locally, submit to a KFP cluster.
+
+Plugged into the `aads` command through the ``aads.cli`` entry point (pyproject), so the core
+package never imports the pipeline code.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from aads.cli import ConfigOpt, _fail, reports_errors
+
+app = typer.Typer(help="Compile, run locally, or submit the KFP training pipeline.")
+console = Console()
+
+
+def git_sha(repo: Path = Path(".")) -> str:
+    """The checkout's commit, or "" outside a git checkout (recorded on every version)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+@app.command("compile")
+@reports_errors
+def compile_cmd(
+    namespace: Annotated[str, typer.Option(help="namespace of the Pipeline objects")] = "kubeflow",
+) -> None:
+    """Write pipelines/training.yaml and the Pipeline/PipelineVersion manifests."""
+    from pipelines.compile import compile_all
+
+    for path in compile_all(namespace):
+        console.print(f"wrote {path}")
+
+
+CropsOpt = Annotated[
+    list[str] | None, typer.Option("--crop", help="crop to train (repeat; default: all)")
+]
+PhasesOpt = Annotated[
+    list[str] | None, typer.Option("--phase", help="phase to run: 1, 2, 3 (repeat; default all)")
+]
+
+
+@app.command("run")
+@reports_errors
+def run_cmd(
+    data: Annotated[str, typer.Option(help="image folder or s3://bucket/prefix")],
+    config: ConfigOpt = Path("config/demo.yaml"),
+    local: Annotated[bool, typer.Option("--local", help="run here with kfp.local")] = True,
+    crop: CropsOpt = None,
+    phase: PhasesOpt = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow; default: start one on sqlite under --workdir")
+    ] = None,
+    workdir: Annotated[Path, typer.Option(help="run outputs, local MLflow")] = Path(
+        ".aads/pipeline"
+    ),
+) -> None:
+    """Run the whole training pipeline on this machine (kfp.local SubprocessRunner)."""
+    if not local:
+        raise typer.BadParameter("only --local runs here; use `aads pipeline submit` for KFP")
+    run = _run_quietly(
+        workdir,
+        config.read_text(encoding="utf-8"),
+        data,
+        crops=crop,
+        phases=phase,
+        tracking_uri=tracking_uri,
+    )
+    print_summary(run)
+
+
+def _run_quietly(workdir: Path, config_text: str, data: str, **options):  # noqa: ANN003, ANN202
+    """Run with task logs in ``<workdir>/pipeline.log`` and one line per task on screen."""
+    from pipelines.local import PipelineFailed, last_error, output_to, run_local
+
+    log_path = workdir / "pipeline.log"
+    console.print(f"running the pipeline locally (task logs: {log_path})")
+    try:
+        with output_to(log_path) as echo:
+            return run_local(config_text, data, workdir, git_sha=git_sha(), echo=echo, **options)
+    except PipelineFailed as err:
+        reason = last_error(log_path)
+        _fail(RuntimeError(f"{err}\n  cause: {reason}" if reason else str(err)), 1)
+
+
+def print_summary(run) -> None:  # noqa: ANN001 - pipelines.local.LocalRun
+    table = Table(
+        "model",
+        "accuracy",
+        "retention",
+        "OOD AUROC (near/far)",
+        "gate",
+        "registered",
+        title=f"pipeline run ({run.seconds:.0f} s): {run.run_dir}",
+    )
+    r = run.router
+    table.add_row(
+        "router",
+        _fmt(r.metrics.get("test_crop_accuracy")),
+        "-",
+        "-",
+        _gate(r.passed),
+        _version(r.version),
+    )
+    for c in run.crops.values():
+        m = c.metrics
+        accuracy = next(
+            (
+                m[k]
+                for k in ("phase3_mean_accuracy", "phase2_test_accuracy", "phase1_test_accuracy")
+                if k in m
+            ),
+            None,
+        )
+        retention = m.get("phase3_protected_retention", m.get("phase2_retention"))
+        table.add_row(
+            c.crop,
+            _fmt(accuracy),
+            _fmt(retention),
+            f"{_fmt(m.get('ood_near_auroc'))} / {_fmt(m.get('ood_far_auroc'))}",
+            _gate(c.passed) + ("" if c.passed or not c.gate else f" ({c.gate})"),
+            _version(c.version),
+        )
+    console.print(table)
+    console.print(f"MLflow used by the run: {run.tracking_uri}")
+
+
+def _version(name_and_version: str) -> str:
+    """``aads-adapter-corn/3`` -> ``v3`` (the model column already names the model)."""
+    return f"v{name_and_version.rsplit('/', 1)[-1]}" if name_and_version else "-"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _gate(passed: bool | None) -> str:
+    return {True: "passed", False: "failed", None: "-"}[passed]
+
+
+@app.command("demo")
+@reports_errors
+def demo_cmd(
+    config: ConfigOpt = Path("config/demo.yaml"),
+    workdir: Annotated[Path, typer.Option(help="data, run outputs, MLflow")] = Path(
+        ".aads/pipeline-demo"
+    ),
+) -> None:
+    """What `make demo` runs: synthesise data, run the pipeline locally, register in MLflow."""
+    from aads.config import load_config
+    from aads.data.synth import synthesize
+    from aads.mlflow_server import server_command
+
+    cfg = load_config(config)
+    data = workdir / "data"
+    console.print(f"synthesising {cfg.data.synth.images_per_class} images per class -> {data}")
+    synthesize(cfg, data, settings=cfg.data.synth)
+    run = _run_quietly(workdir, config.read_text(encoding="utf-8"), str(data))
+    print_summary(run)
+    browse = " ".join(server_command(workdir / "mlflow", 5000))
+    console.print(f"Browse the registry: {browse}  (then open http://127.0.0.1:5000)")
+    console.print(f"KFP outputs (model cards, reports, ROC curves): {run.run_dir}")
+
+
+@app.command("submit")
+@reports_errors
+def submit_cmd(
+    host: Annotated[
+        str, typer.Option(help="KFP API endpoint, e.g. https://kubeflow.example/pipeline")
+    ],
+    data: Annotated[str, typer.Option(help="s3://bucket/prefix of the images")],
+    config: ConfigOpt = Path("config/production.yaml"),
+    crop: CropsOpt = None,
+    phase: PhasesOpt = None,
+    experiment: Annotated[str, typer.Option(help="KFP experiment")] = "aads",
+    namespace: Annotated[str | None, typer.Option(help="KFP namespace (multi-user)")] = None,
+) -> None:
+    """Upload a pipeline version (named after the git commit) and start a run; print its URL."""
+    from pipelines.submit import SubmitError, submit
+
+    text = config.read_text(encoding="utf-8")
+    try:
+        url = submit(
+            host,
+            text,
+            data,
+            crops=crop,
+            phases=phase,
+            experiment=experiment,
+            namespace=namespace,
+            git_sha=git_sha(),
+        )
+    except SubmitError as err:
+        _fail(err, 3)
+    console.print(f"run: {url}")

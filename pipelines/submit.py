@@ -1,0 +1,63 @@
+"""Submit the training pipeline to a Kubeflow Pipelines cluster with `kfp.Client`."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from aads.config import parse_config_text
+from pipelines.training import PIPELINE_NAME, training_pipeline
+
+
+class SubmitError(RuntimeError):
+    """KFP could not be reached or refused the upload; the message names the host."""
+
+
+def submit(
+    host: str,
+    config_text: str,
+    data_uri: str,
+    *,
+    crops: list[str] | None = None,
+    phases: list[str] | None = None,
+    experiment: str = "aads",
+    namespace: str | None = None,
+    git_sha: str = "",
+) -> str:
+    """Upload a new version of the ``aads-training`` pipeline, create a run, return its URL."""
+    import kfp
+    from kfp import compiler
+
+    config = parse_config_text(config_text, "config")
+    crops = crops or config.crop_names
+    try:
+        client = kfp.Client(host=host, namespace=namespace)
+        pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
+        with tempfile.TemporaryDirectory() as tmp:
+            package = str(Path(tmp) / "pipeline.yaml")
+            compiler.Compiler().compile(training_pipeline, package)
+            version_name = f"{PIPELINE_NAME}-{(git_sha or 'dev')[:12]}-{int(time.time())}"
+            if pipeline_id is None:
+                pipeline = client.upload_pipeline(package, pipeline_name=PIPELINE_NAME)
+                pipeline_id = pipeline.pipeline_id
+            version = client.upload_pipeline_version(
+                package, pipeline_version_name=version_name, pipeline_id=pipeline_id
+            )
+        exp = client.create_experiment(experiment, namespace=namespace)
+        run = client.run_pipeline(
+            experiment_id=exp.experiment_id,
+            job_name=version_name,
+            pipeline_id=pipeline_id,
+            version_id=version.pipeline_version_id,
+            params={
+                "config": config_text,
+                "data_uri": data_uri,
+                "crops": crops,
+                "phases": phases or ["1", "2", "3"],
+                "git_sha": git_sha,
+            },
+        )
+    except Exception as err:  # kfp raises urllib3/ApiException/ValueError; report one line
+        raise SubmitError(f"KFP at {host}: {type(err).__name__}: {str(err)[:300]}") from None
+    return f"{host.rstrip('/')}/#/runs/details/{run.run_id}"

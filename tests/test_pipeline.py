@@ -1,0 +1,176 @@
+"""The KFP training pipeline: compiled YAML matches the code, and whole local runs (kfp.local)
+register gated versions in a real MLflow server, with data and MLflow artifacts in S3 too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from aads.config import SynthSettings, parse_config
+from aads.data.synth import synthesize
+from aads.mlflow_server import local_mlflow_server
+from aads.storage import open_store, put_dir
+from pipelines.compile import MANIFEST_YAML, PIPELINE_YAML, compiled_texts
+from pipelines.local import run_local
+
+TINY = {"source": "random:tiny", "image_size": 32}
+
+
+def spec(cache_dir: Path, **overrides) -> dict:
+    base = {
+        "crops": [
+            {
+                "name": "tomato",
+                "phase1_classes": ["healthy", "early_blight", "leaf_mold"],
+                "phase2_batches": [["septoria"]],
+                "phase3_domains": ["field"],
+                "ood_holdout": ["mosaic_virus"],
+            },
+            {"name": "corn", "phase1_classes": ["healthy", "common_rust"]},
+        ],
+        "router": TINY,
+        "adapter": {"backbone": TINY, "dora": {"r": 2, "alpha": 4}, "sd_lora": {"rank": 2}},
+        "training": {
+            name: {"epochs": 1, "batch_size": 16, "early_stopping_patience": None}
+            for name in ("router", "phase1", "phase2", "phase3")
+        },
+        "storage": {"cache_dir": str(cache_dir)},
+        "gate": {"min_accuracy": 0.0, "min_router_crop_accuracy": 0.0},
+        # Own model names: the session's MLflow server is shared with other test files.
+        "registry": {
+            "experiment": "aads-pipeline-test",
+            "adapter_model_prefix": "pipeline-test-adapter-",
+            "router_model_name": "pipeline-test-router",
+        },
+    }
+    base.update(overrides)
+    return base
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    settings = SynthSettings(images_per_class=6, images_per_domain_class=4, image_size=32)
+    synthesize(parse_config(spec(root)), root, settings=settings)
+    return root
+
+
+# --------------------------------------------------------------------------- compiled YAML
+
+
+def test_committed_pipeline_yaml_and_manifests_match_the_code():
+    """Run `aads pipeline compile` after changing the pipeline or a component."""
+    for path, text in compiled_texts().items():
+        assert path.read_text() == text, f"{path} is stale: run `aads pipeline compile`"
+
+
+def test_compiled_pipeline_loads_with_kfp():
+    from kfp.components import load_component_from_file
+
+    pipeline = load_component_from_file(str(PIPELINE_YAML))
+    assert pipeline.name == "aads-training"
+    assert set(pipeline.component_spec.inputs) == {
+        "config",
+        "data_uri",
+        "crops",
+        "phases",
+        "tracking_uri",
+        "git_sha",
+    }
+
+
+def test_training_steps_request_a_gpu_and_registration_never_uses_the_cache():
+    docs = list(yaml.safe_load_all(PIPELINE_YAML.read_text()))
+    executors = docs[0]["deploymentSpec"]["executors"]
+    train = executors["exec-train-adapter-phase"]["container"]["resources"]
+    assert train["accelerator"]["resourceCount"] == "1"
+    assert "nvidia.com/gpu" in train["accelerator"]["resourceType"]
+    dag = docs[0]["root"]["dag"]["tasks"]
+    assert dag["preprocess"]["cachingOptions"] == {}  # enableCache absent = off
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    secrets = platform["exec-register-adapter"]["secretAsEnv"]
+    assert {s["secretName"] for s in secrets} == {"aads-s3", "aads-mlflow"}
+    assert "nodeSelector" in platform["exec-train-adapter-phase"]
+
+
+def test_gitops_manifests_are_a_pipeline_and_its_version():
+    kinds = [d["kind"] for d in yaml.safe_load_all(MANIFEST_YAML.read_text())]
+    assert kinds == ["Pipeline", "PipelineVersion"]
+
+
+# --------------------------------------------------------------------------- local runs
+
+
+def test_local_run_registers_every_gated_model_with_tags_and_candidate_alias(
+    images, mlflow_server, tmp_path
+):
+    text = yaml.safe_dump(spec(tmp_path / "cache"))
+    run = run_local(
+        text, str(images), tmp_path / "run", crops=["tomato"], tracking_uri=mlflow_server
+    )
+    tomato = run.crops["tomato"]
+    assert tomato.passed and tomato.version == "pipeline-test-adapter-tomato/1"
+    assert run.router.passed and run.router.version == "pipeline-test-router/1"
+    client = MlflowClient(tracking_uri=mlflow_server)
+    version = client.get_model_version_by_alias("pipeline-test-adapter-tomato", "candidate")
+    assert version.version == "1"
+    tags = version.tags
+    assert tags["crop"] == "tomato" and tags["phase"] == "3" and tags["gate"] == "passed"
+    assert tags["kfp_run_id"] and len(tags["manifest_sha256"]) == 64
+    assert tags["backbone"] == "random:tiny" and "metric.ood_far_auroc" in tags
+    assert "# " in version.description  # the model card
+
+
+def test_a_failing_gate_registers_nothing_and_leaves_a_report(images, tmp_path):
+    strict = spec(tmp_path / "cache", gate={"min_accuracy": 1.0, "min_router_crop_accuracy": 1.0})
+    with local_mlflow_server(tmp_path / "mlflow") as uri:
+        run = run_local(
+            yaml.safe_dump(strict),
+            str(images),
+            tmp_path / "run",
+            crops=["corn"],
+            phases=["1"],
+            tracking_uri=uri,
+        )
+        assert MlflowClient(tracking_uri=uri).search_registered_models() == []
+    assert run.crops["corn"].passed is False and "accuracy" in run.crops["corn"].gate
+    assert run.router.passed is False and run.router.version == ""
+    reports = list(run.run_dir.rglob("gate-failure-report*/report"))
+    assert len(reports) == 2 and "Not registered" in reports[0].read_text()
+
+
+def test_local_run_reads_data_from_s3_and_stores_mlflow_artifacts_in_s3(
+    images, moto_endpoint, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    storage = {
+        "endpoint": moto_endpoint,
+        "secure": False,
+        "region": "us-east-1",
+        "bucket": "aads-pipeline",
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    config = parse_config(spec(tmp_path / "cache", storage=storage))
+    store, _ = open_store("s3://aads-pipeline/data", config.storage)
+    put_dir(store, images, "data")
+    s3_env = {"MLFLOW_S3_ENDPOINT_URL": f"http://{moto_endpoint}"}
+    with local_mlflow_server(
+        tmp_path / "mlflow", artifacts="s3://aads-pipeline/mlflow", env=s3_env
+    ) as uri:
+        run = run_local(
+            yaml.safe_dump(spec(tmp_path / "cache", storage=storage)),
+            "s3://aads-pipeline/data",
+            tmp_path / "run",
+            crops=["corn"],
+            phases=["1"],
+            tracking_uri=uri,
+        )
+        assert run.crops["corn"].version == "pipeline-test-adapter-corn/1"
+    stored = [o.key for o in store.list("mlflow/")]
+    assert any(k.endswith("package/adapter.json") for k in stored)
+    assert any(k.endswith("package/ood/calibration.safetensors") for k in stored)
