@@ -28,6 +28,7 @@ from aads.data.manifest import ManifestRow, select
 from aads.features import FeatureTable, backbone_signature, extract_manifest_features
 from aads.metrics import classification_summary, save_confusion_matrix
 from aads.progress import Progress
+from aads.storage import CHECKSUM_FILE, StorageError, verify_checksums, write_checksums
 
 FORMAT = "aads-router/1"
 WEIGHTS_FILE = "router.safetensors"
@@ -193,6 +194,7 @@ def train_router(
     )
     metrics = _evaluate(heads, data, crops, parts, Path(out_dir) / "metrics")
     save_router(heads, backbone, config.router, crops, parts, out_dir, metrics=metrics)
+    write_checksums(Path(out_dir))  # last: registry and serving verify against it
     return RouterTrainingResult(Path(out_dir), metrics, [asdict(e) for e in result.history])
 
 
@@ -255,6 +257,11 @@ def load_router(
     dtype: str = "auto",
 ) -> CropRouter:
     router_dir = Path(router_dir)
+    if (router_dir / CHECKSUM_FILE).is_file():
+        try:
+            verify_checksums(router_dir)
+        except StorageError as err:
+            raise RouterError(str(err)) from None
     try:
         meta = json.loads((router_dir / META_FILE).read_text())
         tensors = load_file(str(router_dir / WEIGHTS_FILE))

@@ -141,6 +141,53 @@ def train_phase_step(
     return {k: v for k, v in read_meta(pkg).metrics.items() if k.startswith(f"phase{phase}_")}
 
 
+def train_phase_trainjob_step(
+    config: PlatformConfig,
+    config_text: str,
+    manifest_dir: Path,
+    crop: str,
+    phase: str,
+    previous: Path | None,
+    out_dir: Path,
+    *,
+    run_id: str,
+    image: str,
+    namespace: str,
+    nodes: int,
+    gpus_per_node: int,
+) -> dict[str, float]:
+    """`train_phase_step` as a Kubeflow Trainer TrainJob (torchrun DDP on `nodes` x
+    `gpus_per_node` GPUs): inputs published to a scratch prefix of the object store, the job
+    created and awaited, its package fetched back into `out_dir`."""
+    from aads.storage import get_dir, open_store, put_dir
+    from aads.trainjob import TrainJobSpec, job_name, render_trainjob, run_trainjob, scratch_uris
+
+    name = job_name(run_id, crop, phase)
+    prefix = "/".join(p for p in (config.storage.prefix.strip("/"), "trainjobs", name) if p)
+    scratch = f"s3://{config.storage.bucket}/{prefix}"
+    uris = scratch_uris(scratch)
+    for key, local in (("manifest", manifest_dir), ("previous", previous)):
+        if local is not None:
+            store, key_prefix = open_store(uris[key], config.storage)
+            put_dir(store, Path(local), key_prefix)
+    spec = TrainJobSpec(
+        name=name,
+        namespace=namespace,
+        image=image,
+        crop=crop,
+        phase=phase,
+        scratch=scratch,
+        has_previous=previous is not None,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+    )
+    run_trainjob(render_trainjob(spec, config_text))
+    store, out_prefix = open_store(uris["output"], config.storage)
+    _staged(Path(out_dir), lambda tmp: get_dir(store, out_prefix, tmp))
+    verify_package(out_dir)
+    return {k: v for k, v in read_meta(out_dir).metrics.items() if k.startswith(f"phase{phase}_")}
+
+
 def calibrate_step(
     config: PlatformConfig,
     manifest_dir: Path,

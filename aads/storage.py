@@ -94,6 +94,35 @@ def parse_checksums(text: str) -> dict[str, str]:
     return out
 
 
+def write_checksums(folder: Path) -> dict[str, str]:
+    """Write ``SHA256SUMS`` over every file in `folder`, last: its presence marks the folder
+    complete, and readers verify against it (`verify_checksums`)."""
+    folder = Path(folder)
+    sums = {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != CHECKSUM_FILE
+    }
+    atomic_write_bytes(folder / CHECKSUM_FILE, format_checksums(sums).encode())
+    return sums
+
+
+def verify_checksums(folder: Path) -> dict[str, str]:
+    """Check every file listed in ``SHA256SUMS``; StorageError names the first bad one."""
+    folder = Path(folder)
+    sums_path = folder / CHECKSUM_FILE
+    if not sums_path.is_file():
+        raise StorageError(f"{folder}: no {CHECKSUM_FILE}: not a complete package")
+    sums = parse_checksums(sums_path.read_text())
+    for rel, digest in sums.items():
+        path = folder / rel
+        if not path.is_file():
+            raise StorageError(f"{folder}: {rel} is listed in {CHECKSUM_FILE} but missing")
+        if sha256_file(path) != digest:
+            raise StorageError(f"{folder}: {rel} does not match its checksum (corrupt)")
+    return sums
+
+
 def _safe_relpath(rel: str) -> str:
     """Reject keys that would escape the destination folder on download."""
     p = PurePosixPath(rel)

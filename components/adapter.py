@@ -17,23 +17,42 @@ def train_adapter_phase(
     adapter: Output[Model],
     metrics: Output[Metrics],
     previous: Input[Model] = None,
+    trainer_nodes: int = 0,
+    trainer_gpus_per_node: int = 8,
+    kfp_run_id: str = "",
 ):
     """Phase 1 (DoRA), 2 (SD-LoRA) or 3 (CONEC-LoRA) of `crop`; a phase not in `phases` or
-    not configured for the crop passes `previous` through unchanged."""
+    not configured for the crop passes `previous` through unchanged. With `trainer_nodes` > 0
+    the phase runs as a Kubeflow Trainer TrainJob (torchrun DDP on that many nodes)."""
+    import os
     from pathlib import Path
 
     from aads.config import parse_config_text
-    from aads.steps import train_phase_step
+    from aads.steps import phase_applies, train_phase_step, train_phase_trainjob_step
 
-    numbers = train_phase_step(
-        parse_config_text(config, "config parameter"),
-        Path(manifest.path),
-        crop,
-        phase,
-        Path(previous.path) if previous is not None else None,
-        Path(adapter.path),
-        phases=[str(p) for p in phases],
-    )
+    cfg = parse_config_text(config, "config parameter")
+    before = Path(previous.path) if previous is not None else None
+    wanted = [str(p) for p in phases]
+    if trainer_nodes > 0 and phase in wanted and phase_applies(cfg, crop, phase):
+        namespace_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        numbers = train_phase_trainjob_step(
+            cfg,
+            config,
+            Path(manifest.path),
+            crop,
+            phase,
+            before,
+            Path(adapter.path),
+            run_id=kfp_run_id,
+            image=os.environ.get("AADS_IMAGE", "ghcr.io/aads-platform/aads-components:0.1.0"),
+            namespace=namespace_file.read_text().strip() if namespace_file.is_file() else "default",
+            nodes=trainer_nodes,
+            gpus_per_node=trainer_gpus_per_node,
+        )
+    else:
+        numbers = train_phase_step(
+            cfg, Path(manifest.path), crop, phase, before, Path(adapter.path), phases=wanted
+        )
     adapter.metadata.update({"crop": crop, "phase": phase})
     for name, value in numbers.items():
         metrics.log_metric(name, value)

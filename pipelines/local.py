@@ -151,7 +151,12 @@ def run_local(
     server = local_mlflow_server(workdir / "mlflow") if not tracking_uri else nullcontext()
     before = set(root.iterdir())
     timer = TaskTimer(echo)
-    logging.getLogger().addFilter(timer)
+    root_logger = logging.getLogger()
+    level = root_logger.level
+    # kfp.local resets the root level to what it found when a ParallelFor iteration ends;
+    # at INFO the later iterations' task lines still reach the timer.
+    root_logger.setLevel(logging.INFO)
+    root_logger.addFilter(timer)
     start = time.perf_counter()
     with server as started:
         uri = tracking_uri or str(started)
@@ -170,7 +175,8 @@ def run_local(
             reason = TaskTimer.ANSI.sub("", str(err))
             raise PipelineFailed(f"{reason} (task outputs and logs under {where})") from None
         finally:
-            logging.getLogger().removeFilter(timer)
+            root_logger.removeFilter(timer)
+            root_logger.setLevel(level)
     seconds = time.perf_counter() - start
     (run_dir,) = sorted(set(root.iterdir()) - before)
     run = summarise(run_dir, config, crops, uri, seconds)

@@ -99,10 +99,14 @@ def training_pipeline(
     phases: list = ["1", "2", "3"],  # noqa: B006
     tracking_uri: str = "",
     git_sha: str = "",
+    trainer_nodes: int = 0,
+    trainer_gpus_per_node: int = 8,
 ):
     """`config`: the platform spec (YAML text); `data_uri`: image folder or s3:// prefix;
     `crops`: which crops' adapters to train; `phases`: which phases to run (others pass the
-    previous package through); `tracking_uri`: MLflow (empty: from the env/Secret)."""
+    previous package through); `tracking_uri`: MLflow (empty: from the env/Secret);
+    `trainer_nodes` > 0: each phase runs as a Kubeflow Trainer TrainJob (torchrun DDP) on that
+    many nodes x `trainer_gpus_per_node` GPUs, for backbones one GPU cannot train."""
     prep = preprocess(config=config, data_uri=data_uri).set_caching_options(False)
     _storage_env(prep)
     manifest = prep.outputs["manifest"]
@@ -121,12 +125,22 @@ def training_pipeline(
     with dsl.Else():
         gate_failure_report(subject="router", gate=router.outputs["gate"])
 
+    trainer = {
+        "trainer_nodes": trainer_nodes,
+        "trainer_gpus_per_node": trainer_gpus_per_node,
+        "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    }
     with dsl.ParallelFor(crops) as crop:
         # After the router: both load the same backbone, and on a first run the router step
         # fills the shared backbone cache instead of every crop downloading it at once.
         p1 = _on_gpu(
             train_adapter_phase(
-                config=config, manifest=manifest, crop=crop, phase="1", phases=phases
+                config=config,
+                manifest=manifest,
+                crop=crop,
+                phase="1",
+                phases=phases,
+                **trainer,
             )
         ).set_display_name("phase 1: DoRA")
         p1.after(router)
@@ -138,6 +152,7 @@ def training_pipeline(
                 phase="2",
                 phases=phases,
                 previous=p1.outputs["adapter"],
+                **trainer,
             )
         ).set_display_name("phase 2: SD-LoRA")
         p3 = _on_gpu(
@@ -148,6 +163,7 @@ def training_pipeline(
                 phase="3",
                 phases=phases,
                 previous=p2.outputs["adapter"],
+                **trainer,
             )
         ).set_display_name("phase 3: CONEC-LoRA")
         calibrated = _on_gpu(

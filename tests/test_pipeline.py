@@ -79,6 +79,8 @@ def test_compiled_pipeline_loads_with_kfp():
         "phases",
         "tracking_uri",
         "git_sha",
+        "trainer_nodes",
+        "trainer_gpus_per_node",
     }
 
 

@@ -38,7 +38,7 @@ from aads.atomic import atomic_write, atomic_write_text
 from aads.backbone import Backbone, load_backbone
 from aads.config import BackboneSettings, StorageSettings
 from aads.features import backbone_signature
-from aads.storage import CHECKSUM_FILE, format_checksums, parse_checksums, sha256_file
+from aads.storage import CHECKSUM_FILE, StorageError, verify_checksums, write_checksums
 
 FORMAT = "aads-adapter/1"
 META_FILE = "adapter.json"
@@ -158,12 +158,7 @@ def update_package(pkg_dir: Path, change: Callable[[Path, AdapterMeta], AdapterM
 
 def _seal(staging: Path) -> None:
     """Write SHA256SUMS over every file, last: its presence marks a complete package."""
-    sums = {
-        p.relative_to(staging).as_posix(): sha256_file(p)
-        for p in sorted(staging.rglob("*"))
-        if p.is_file()
-    }
-    atomic_write_text(staging / CHECKSUM_FILE, format_checksums(sums))
+    write_checksums(staging)
     staging.chmod(0o755)
 
 
@@ -195,18 +190,10 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 def verify_package(pkg_dir: Path) -> dict[str, str]:
     """Check every file against ``SHA256SUMS``; return the checksums (the package digest)."""
-    pkg_dir = Path(pkg_dir)
-    sums_path = pkg_dir / CHECKSUM_FILE
-    if not sums_path.is_file():
-        raise PackageError(f"{pkg_dir}: no {CHECKSUM_FILE}: not a complete adapter package")
-    sums = parse_checksums(sums_path.read_text())
-    for rel, digest in sums.items():
-        path = pkg_dir / rel
-        if not path.is_file():
-            raise PackageError(f"{pkg_dir}: {rel} is listed in {CHECKSUM_FILE} but missing")
-        if sha256_file(path) != digest:
-            raise PackageError(f"{pkg_dir}: {rel} does not match its checksum (corrupt)")
-    return sums
+    try:
+        return verify_checksums(pkg_dir)
+    except StorageError as err:
+        raise PackageError(str(err)) from None
 
 
 def read_meta(pkg_dir: Path) -> AdapterMeta:
