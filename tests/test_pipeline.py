@@ -176,3 +176,37 @@ def test_local_run_reads_data_from_s3_and_stores_mlflow_artifacts_in_s3(
     stored = [o.key for o in store.list("mlflow/")]
     assert any(k.endswith("package/adapter.json") for k in stored)
     assert any(k.endswith("package/ood/calibration.safetensors") for k in stored)
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_preprocess_with_the_object_store_down_fails_clearly_and_writes_nothing(
+    s3_settings, tmp_path
+):
+    from aads.steps import preprocess
+    from aads.storage import StoreUnavailable
+    from tests.conftest import free_port
+
+    dead = s3_settings.model_copy(update={"endpoint": f"127.0.0.1:{free_port()}", "retries": 2})
+    config = parse_config({**spec(tmp_path / "cache"), "storage": dead.model_dump(mode="json")})
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        preprocess(config, "s3://aads-test/data", tmp_path / "manifest")
+    assert not (tmp_path / "manifest").exists()
+
+
+def test_submit_to_an_unreachable_kfp_is_one_clear_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from aads.cli import app
+    from tests.conftest import free_port
+
+    config = tmp_path / "spec.yaml"
+    config.write_text(yaml.safe_dump(spec(tmp_path / "cache")))
+    host = f"http://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(
+        app,
+        ["pipeline", "submit", "--host", host, "--data", "s3://aads/data", "--config", str(config)],
+    )
+    assert result.exit_code == 3
+    assert f"KFP at {host}" in result.output
