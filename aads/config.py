@@ -336,6 +336,27 @@ class GateSettings(_Model):
     min_router_crop_accuracy: float = Field(0.5, ge=0, le=1)
 
 
+class ServingSettings(_Model):
+    """Limits and batching of the KServe router and adapter predictors."""
+
+    max_image_bytes: int = Field(10 * 2**20, ge=1024, description="per encoded image")
+    max_request_bytes: int = Field(64 * 2**20, ge=1024, description="per request body")
+    max_images_per_request: int = Field(64, ge=1, le=4096)
+    max_pixels: int = Field(40_000_000, ge=1024, description="decoded width x height")
+    max_batch_size: int = Field(16, ge=1, le=1024, description="dynamic batching")
+    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="dynamic batching")
+    top_k: int = Field(3, ge=1, le=100)
+    predictor_timeout_s: float = Field(30.0, gt=0, le=600)
+    predictor_retries: int = Field(2, ge=0, le=10)
+    predictor_url_template: str = Field(
+        "http://aads-adapter-{crop}-predictor",
+        description="where the router finds a crop's predictor; {crop} is substituted",
+    )
+    predictor_urls: dict[str, str] = Field(
+        default_factory=dict, description="per-crop overrides of the template"
+    )
+
+
 class PlatformConfig(_Model):
     """The whole platform spec file."""
 
@@ -348,6 +369,7 @@ class PlatformConfig(_Model):
     storage: StorageSettings = StorageSettings()
     registry: RegistrySettings = RegistrySettings()
     gate: GateSettings = GateSettings()
+    serving: ServingSettings = ServingSettings()
 
     @field_validator("crops")
     @classmethod

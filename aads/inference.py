@@ -1,0 +1,218 @@
+"""Serving-side diagnosis, independent of any server framework: image checks, where a model
+comes from, and one answer per image from a loaded adapter.
+
+`serving/` wraps these in KServe models; tests and `aads predict` call them directly, so the
+answer a user gets is computed by the same code everywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from aads.adapters.loading import LoadedAdapter, load_adapter
+from aads.backbone import ImageDecodeError, open_image, preprocess_image
+from aads.config import RegistrySettings, ServingSettings, StorageSettings
+
+KSERVE_MODEL_DIR = Path("/mnt/models")
+SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP"}
+
+
+class InvalidRequest(ValueError):
+    """Input a caller must fix (HTTP 400): the message names the instance and the problem."""
+
+
+# --------------------------------------------------------------------------- images
+
+
+def b64_bytes(value: object, where: str) -> bytes:
+    """Raw bytes of one image given as base64 text ({"b64": ...} or a plain string)."""
+    if isinstance(value, dict):
+        value = value.get("b64")
+    if isinstance(value, bytes):
+        return value
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{where}: expected base64 image bytes (a string or {{'b64': ...}})")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{where}: not valid base64") from None
+
+
+def check_image(data: bytes, where: str, limits: ServingSettings) -> Image.Image:
+    """Decode and check one uploaded image; every failure is an `InvalidRequest`."""
+    if not data:
+        raise InvalidRequest(f"{where}: empty image")
+    if len(data) > limits.max_image_bytes:
+        raise InvalidRequest(
+            f"{where}: image is {len(data)} bytes, over the {limits.max_image_bytes} byte limit"
+        )
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            fmt, (w, h) = probe.format, probe.size
+    except Exception:  # noqa: BLE001 - PIL raises many types for garbage; all mean "not an image"
+        raise InvalidRequest(f"{where}: not an image (JPEG, PNG or WebP expected)") from None
+    if fmt not in SUPPORTED_FORMATS:
+        raise InvalidRequest(f"{where}: {fmt} images are not accepted (JPEG, PNG or WebP)")
+    if w * h > limits.max_pixels:
+        raise InvalidRequest(f"{where}: {w}x{h} pixels is over the {limits.max_pixels} limit")
+    try:
+        return open_image(data)
+    except ImageDecodeError as err:
+        raise InvalidRequest(f"{where}: {str(err).removeprefix('<bytes>: ')}") from None
+
+
+# --------------------------------------------------------------------------- model sources
+
+
+def resolve_model_dir(
+    source: str | Path,
+    storage: StorageSettings,
+    registry: RegistrySettings | None = None,
+    *,
+    tracking_uri: str | None = None,
+) -> Path:
+    """A local folder holding the package `source` names.
+
+    ``/mnt/models`` (what KServe's storage initializer fills) or any local path as is;
+    ``s3://bucket/prefix``: a verified cached copy; ``models:/<name>@<alias>`` or
+    ``models:/<name>/<version>``: the MLflow registry's version, downloaded and verified.
+    """
+    text = str(source)
+    if text.startswith("s3://"):
+        from aads.storage import fetch_dir_cached
+
+        return fetch_dir_cached(text, storage)
+    if text.startswith("models:/"):
+        from aads.registry import Registry
+
+        ref = text.removeprefix("models:/")
+        name, sep, alias = ref.partition("@")
+        if not sep:
+            name, _, alias = ref.rpartition("/")
+        if not name or not alias:
+            raise InvalidRequest(f"{text}: use models:/<name>@<alias> or models:/<name>/<version>")
+        registry_client = Registry(registry or RegistrySettings(), tracking_uri=tracking_uri)
+        version = registry_client.resolve(name, alias)
+        dst = Path(storage.cache_dir) / "registry" / name / version.version
+        if (dst / "SHA256SUMS").is_file():
+            return dst
+        return registry_client.download(name, version.version, dst)
+    path = Path(text)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model source {text}: no such folder")
+    return path
+
+
+# --------------------------------------------------------------------------- diagnosis
+
+
+@dataclass
+class Diagnoser:
+    """A loaded crop adapter that answers images: class or unknown, confidence, top-k, OOD."""
+
+    adapter: LoadedAdapter
+    model_name: str
+    model_version: str = ""
+    top_k: int = 3
+
+    @classmethod
+    def from_dir(
+        cls,
+        package: Path,
+        storage: StorageSettings | None = None,
+        *,
+        model_name: str = "",
+        model_version: str = "",
+        top_k: int = 3,
+        device: str = "auto",
+        dtype: str = "auto",
+    ) -> Diagnoser:
+        adapter = load_adapter(package, storage, device=device, dtype=dtype)
+        if adapter.ood is None:
+            from aads.adapters.package import PackageError
+
+            raise PackageError(
+                f"{package}: the '{adapter.meta.crop}' adapter has no OOD calibration; serving "
+                "it would force every image into a class. Run `aads ood calibrate` first"
+            )
+        return cls(adapter, model_name or f"aads-adapter-{adapter.meta.crop}", model_version, top_k)
+
+    @property
+    def crop(self) -> str:
+        return self.adapter.meta.crop
+
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        bb = self.adapter.backbone
+        return torch.stack([preprocess_image(im, bb.image_size, bb.normalization) for im in images])
+
+    def diagnose(self, images: Sequence[Image.Image]) -> list[dict]:
+        """One JSON-able answer per image (same order)."""
+        if not images:
+            return []
+        features, logits = self.adapter.features_and_logits(self.pixels(images))
+        probs = torch.softmax(logits.double(), dim=1).numpy()
+        assert self.adapter.ood is not None
+        verdicts = self.adapter.ood.verdicts(features.double().numpy(), logits.double().numpy())
+        classes = self.adapter.classes
+        k = min(self.top_k, len(classes))
+        top = np.argsort(-probs, axis=1)[:, :k]
+        return [
+            {
+                "crop": self.crop,
+                "label": v.label,
+                "is_ood": v.is_ood,
+                "predicted_class": v.predicted_class,
+                "confidence": round(v.confidence, 6),
+                "top_k": [
+                    {"class": classes[j], "probability": round(float(probs[i, j]), 6)}
+                    for j in top[i]
+                ],
+                "ood": {
+                    "distance": round(v.distance, 6),
+                    "threshold": round(v.threshold, 6),
+                    "nearest_class": v.nearest_class,
+                },
+                "model": {"name": self.model_name, "version": self.model_version},
+            }
+            for i, v in enumerate(verdicts)
+        ]
+
+
+def share_identical_parameters(networks: Sequence[torch.nn.Module]) -> int:
+    """Make equal parameters and buffers of several networks one tensor in memory.
+
+    Multi-adapter serving: each crop's network is its own merged copy of the backbone, but the
+    weights an adapter did not touch (MLP, norms, embeddings, unadapted projections) are equal
+    across crops; pointing them at the first network's tensor (matched by qualified name)
+    keeps one backbone in memory plus each crop's adapted layers. Returns the bytes freed.
+    """
+    reference: dict[str, torch.Tensor] = {}
+    freed = 0
+    for net in networks:
+        for mod_name, module in net.named_modules():
+            for store in (module._parameters, module._buffers):  # noqa: SLF001 - rebinding
+                for key, tensor in list(store.items()):
+                    if tensor is None:
+                        continue
+                    qual = f"{mod_name}.{key}"
+                    data = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
+                    first = reference.setdefault(qual, data)
+                    if first is data or first.shape != data.shape or first.dtype != data.dtype:
+                        continue
+                    if torch.equal(first, data):
+                        freed += data.numel() * data.element_size()
+                        store[key] = (
+                            torch.nn.Parameter(first, requires_grad=False)
+                            if isinstance(tensor, torch.nn.Parameter)
+                            else first
+                        )
+    return freed

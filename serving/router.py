@@ -1,0 +1,201 @@
+"""The router transformer: the single entry point (``/v1/models/aads:predict``,
+``/v2/models/aads/infer``). It checks and decodes the images, routes each to a crop (or takes
+the caller's ``crop_hint``), sends each crop's images to that crop's predictor over V2,
+concurrently, and answers in input order. A predictor that is down or slow costs only its own
+images an error entry; the others are answered.
+
+    python -m serving.router --router /mnt/models --config config/production.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+from collections import defaultdict
+
+import httpx
+import kserve
+from kserve import InferenceRESTClient, Model, ModelServer
+from kserve.inference_client import RESTConfig
+from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
+from PIL import Image
+
+from aads.config import PlatformConfig, load_config
+from aads.inference import InvalidRequest, check_image, resolve_model_dir
+from aads.router import CropRouter, load_router
+from serving.protocol import (
+    IMAGE_INPUT,
+    Instance,
+    answer_metadata,
+    image_metadata,
+    parse_instances,
+    respond,
+)
+
+log = logging.getLogger("aads.serving.router")
+ROUTER_MODEL_NAME = "aads"
+FORWARDED_HEADERS = ("x-request-id", "x-b3-traceid", "x-b3-spanid", "traceparent", "authorization")
+
+
+class RouterTransformer(Model):
+    """Crop router in front of the per-crop predictors."""
+
+    def __init__(
+        self,
+        router_source: str,
+        config: PlatformConfig,
+        *,
+        name: str = ROUTER_MODEL_NAME,
+        tracking_uri: str | None = None,
+    ):
+        super().__init__(name)
+        self.router_source, self.config, self.tracking_uri = router_source, config, tracking_uri
+        self.router: CropRouter | None = None
+        serving = config.serving
+        self.client = InferenceRESTClient(
+            RESTConfig(
+                protocol="v2",
+                retries=serving.predictor_retries,
+                timeout=serving.predictor_timeout_s,
+            )
+        )
+
+    def load(self) -> bool:
+        folder = resolve_model_dir(
+            self.router_source,
+            self.config.storage,
+            self.config.registry,
+            tracking_uri=self.tracking_uri,
+        )
+        self.router = load_router(
+            folder,
+            self.config.storage,
+            device=self.config.router.device,
+            dtype=self.config.router.dtype,
+        )
+        self.ready = True
+        return self.ready
+
+    def predictor_url(self, crop: str) -> str:
+        serving = self.config.serving
+        return serving.predictor_urls.get(crop) or serving.predictor_url_template.format(crop=crop)
+
+    async def predict(
+        self,
+        payload: dict | InferRequest,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict | InferResponse:
+        assert self.router is not None
+        instances = parse_instances(payload, self.config.serving)
+        known = self.router.crops
+        for i, inst in enumerate(instances):
+            if inst.crop_hint is not None and inst.crop_hint not in known:
+                raise kserve.errors.InvalidInput(
+                    f"instance {i}: unknown crop_hint '{inst.crop_hint}'; known crops: {known}"
+                )
+        try:
+            images = [
+                check_image(inst.image, f"image {i}", self.config.serving)
+                for i, inst in enumerate(instances)
+            ]
+        except InvalidRequest as err:
+            raise kserve.errors.InvalidInput(str(err)) from None
+        routes = await asyncio.to_thread(self._routes, instances, images)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, route in enumerate(routes):
+            groups[route["crop"]].append(i)
+        forwarded = {k: v for k, v in (headers or {}).items() if k.lower() in FORWARDED_HEADERS}
+        results = await asyncio.gather(
+            *(
+                self._ask(crop, [instances[i] for i in idx], forwarded)
+                for crop, idx in groups.items()
+            )
+        )
+        answers: list[dict] = [{} for _ in instances]
+        for (_crop, idx), crop_answers in zip(groups.items(), results, strict=True):
+            for i, answer in zip(idx, crop_answers, strict=True):
+                answers[i] = {**answer, "routing": routes[i]}
+        return respond(payload, answers, self.name)
+
+    def _routes(self, instances: list[Instance], images: list[Image.Image]) -> list[dict]:
+        """Router decisions for the images without a hint; hints are taken as given."""
+        assert self.router is not None
+        todo = [i for i, inst in enumerate(instances) if inst.crop_hint is None]
+        decisions = self.router.route([images[i] for i in todo]) if todo else []
+        routes: list[dict] = [{"crop": inst.crop_hint, "source": "crop_hint"} for inst in instances]
+        for i, d in zip(todo, decisions, strict=True):
+            routes[i] = {
+                "crop": d.crop,
+                "crop_confidence": round(d.crop_confidence, 6),
+                "part": d.part,
+                "part_confidence": round(d.part_confidence, 6),
+                "source": "router",
+            }
+        return routes
+
+    async def _ask(
+        self, crop: str, instances: list[Instance], headers: dict[str, str]
+    ) -> list[dict]:
+        """One V2 call to the crop's predictor; on failure, an error entry per image."""
+        request = InferRequest(
+            model_name=crop,
+            infer_inputs=[
+                InferInput(
+                    IMAGE_INPUT,
+                    [len(instances)],
+                    "BYTES",
+                    [base64.b64encode(inst.image).decode() for inst in instances],
+                )
+            ],
+        )
+        url = self.predictor_url(crop)
+        try:
+            response = await self.client.infer(url, request, model_name=crop, headers=headers)
+            output = next(o for o in response.outputs if o.name == "diagnosis")
+            return [json.loads(v) for v in output.data]
+        except (
+            httpx.HTTPError,
+            kserve.errors.InferenceError,
+            StopIteration,
+            ValueError,
+            RuntimeError,
+        ) as err:
+            message = str(err).strip() or type(err).__name__
+            log.warning("predictor for %s at %s failed: %s", crop, url, message)
+            error = {"code": 503, "message": f"the {crop} predictor at {url} failed: {message}"}
+            return [{"crop": crop, "error": error} for _ in instances]
+
+    def get_input_types(self) -> list[dict]:
+        return image_metadata()
+
+    def get_output_types(self) -> list[dict]:
+        return answer_metadata()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        parents=[kserve.model_server.parser], conflict_handler="resolve"
+    )
+    parser.add_argument("--router", default="/mnt/models", help="router folder, s3:// or models:/")
+    parser.add_argument("--spec", default="config/demo.yaml", help="platform spec YAML")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow, for models:/ sources")
+    parser.add_argument("--predictor-url", action="append", default=[], help="crop=URL (repeat)")
+    args, _ = parser.parse_known_args()
+    config = load_config(args.spec)
+    overrides = dict(item.split("=", 1) for item in args.predictor_url)
+    if overrides:
+        serving = config.serving.model_copy(
+            update={"predictor_urls": {**config.serving.predictor_urls, **overrides}}
+        )
+        config = config.model_copy(update={"serving": serving})
+    model = RouterTransformer(args.router, config, tracking_uri=args.tracking_uri)
+    model.load()
+    ModelServer(http_port=args.http_port, enable_grpc=False, workers=1).start([model])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+"""Serving with real KServe ModelServer processes on 127.0.0.1: the router transformer in front
+of a multi-adapter predictor (and a single-adapter one), V1 and V2, bad input, a dead predictor.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from aads.adapters.phases.phase1 import train_phase1
+from aads.config import SynthSettings, parse_config
+from aads.data.ingest import ingest
+from aads.data.synth import synthesize
+from aads.ood.calibrate import calibrate_package
+from aads.router import train_router
+from tests.conftest import ROOT, free_port
+
+TINY = {"source": "random:tiny", "image_size": 32}
+SPEC = {
+    "crops": [
+        {"name": "tomato", "phase1_classes": ["healthy", "early_blight", "leaf_mold"]},
+        {"name": "corn", "phase1_classes": ["healthy", "common_rust"]},
+    ],
+    "router": TINY,
+    "adapter": {
+        "backbone": TINY,
+        "dora": {"r": 2, "alpha": 4},
+        "ood": {"threshold": {"min_samples": 2}},
+    },
+    "training": {
+        name: {"epochs": 2, "batch_size": 16, "early_stopping_patience": None}
+        for name in ("router", "phase1")
+    },
+    "serving": {
+        "max_image_bytes": 200_000,
+        "predictor_timeout_s": 3,
+        "predictor_retries": 0,
+        "max_wait_ms": 2,
+    },
+}
+
+
+def start(args: list[str], port: int, log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *args, "--http_port", str(port)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{args[0]} exited: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2):
+                return proc
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"{args[0]} not ready in 120 s: {log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[dict]:
+    """Router + one multi-adapter predictor (tomato, corn) + a single-adapter corn predictor."""
+    tmp = tmp_path_factory.mktemp("serving")
+    config = parse_config(SPEC)
+    synthesize(config, tmp / "data", settings=SynthSettings(images_per_class=10, image_size=32))
+    rows = ingest(tmp / "data", config=config).rows
+    train_router(config, rows, tmp / "data", tmp / "router")
+    for crop in ("tomato", "corn"):
+        pkg = train_phase1(config, crop, rows, tmp / "data", tmp / "adapters" / crop)
+        calibrate_package(config, pkg, rows, tmp / "data", loco=False)
+    ports = {k: free_port() for k in ("router", "multi", "single")}
+    spec = {
+        **SPEC,
+        "serving": {
+            **SPEC["serving"],
+            "predictor_urls": {
+                "tomato": f"http://127.0.0.1:{ports['multi']}",
+                "corn": f"http://127.0.0.1:{ports['multi']}",
+            },
+        },
+    }
+    (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
+    cfg = ["--spec", str(tmp / "spec.yaml")]
+    procs = [
+        start(
+            ["serving.predictor", "--model-root", str(tmp / "adapters"), *cfg],
+            ports["multi"],
+            tmp / "multi.log",
+        ),
+        start(
+            ["serving.predictor", "--adapter", f"corn={tmp / 'adapters' / 'corn'}", *cfg],
+            ports["single"],
+            tmp / "single.log",
+        ),
+        start(
+            ["serving.router", "--router", str(tmp / "router"), *cfg],
+            ports["router"],
+            tmp / "router.log",
+        ),
+    ]
+    images = {
+        crop: sorted((tmp / "data" / "base" / crop).rglob("*.jpg"))[:3]
+        for crop in ("tomato", "corn")
+    }
+    try:
+        yield {"tmp": tmp, "ports": ports, "images": images, "cfg": cfg}
+    finally:
+        for p in procs:
+            stop(p)
+
+
+def post(port: int, path: str, body: bytes | dict, timeout: float = 30) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data, {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def b64(path_or_bytes: Path | bytes) -> str:
+    raw = path_or_bytes if isinstance(path_or_bytes, bytes) else path_or_bytes.read_bytes()
+    return base64.b64encode(raw).decode()
+
+
+def v1(*images: Path | bytes, hint: str | None = None) -> dict:
+    return {
+        "instances": [
+            {"image": {"b64": b64(im)}, **({"crop_hint": hint} if hint else {})} for im in images
+        ]
+    }
+
+
+def v2(*images: Path | bytes, shape: list[int] | None = None, datatype: str = "BYTES") -> dict:
+    data = [b64(im) for im in images]
+    return {
+        "inputs": [
+            {"name": "image", "shape": shape or [len(data)], "datatype": datatype, "data": data}
+        ]
+    }
+
+
+def ood_image() -> bytes:
+    """Not a plant: a saturated magenta checkerboard, far from every synthetic leaf."""
+    board = (np.indices((64, 64)).sum(0) // 8 % 2).astype(np.uint8) * 255
+    rgb = np.stack([board, np.zeros_like(board), board], axis=-1)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_v1_round_trip_through_the_router_answers_every_image_in_order(served):
+    tomato, corn = served["images"]["tomato"][0], served["images"]["corn"][0]
+    status, body = post(served["ports"]["router"], "/v1/models/aads:predict", v1(tomato, corn))
+    assert status == 200
+    answers = body["predictions"]
+    assert len(answers) == 2
+    for answer in answers:
+        assert {"label", "is_ood", "confidence", "top_k", "ood", "model", "routing"} <= set(answer)
+        assert answer["routing"]["source"] == "router"
+        assert answer["model"]["name"] == f"aads-adapter-{answer['crop']}"
+        assert answer["ood"]["nearest_class"] in {t["class"] for t in answer["top_k"]} | {
+            answer["ood"]["nearest_class"]
+        }
+
+
+def test_v2_round_trip_through_the_router(served):
+    images = served["images"]["corn"][:2]
+    status, body = post(served["ports"]["router"], "/v2/models/aads/infer", v2(*images))
+    assert status == 200
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert set(outputs) == {"diagnosis", "label", "confidence", "is_ood"}
+    diagnoses = [json.loads(d) for d in outputs["diagnosis"]["data"]]
+    assert [d["label"] for d in diagnoses] == outputs["label"]["data"]
+
+
+def test_crop_hint_skips_routing(served):
+    image = served["images"]["tomato"][0]
+    _, body = post(served["ports"]["router"], "/v1/models/aads:predict", v1(image, hint="corn"))
+    answer = body["predictions"][0]
+    assert answer["crop"] == "corn" and answer["routing"] == {"crop": "corn", "source": "crop_hint"}
+
+
+def test_an_out_of_distribution_image_is_answered_unknown_with_a_hint(served):
+    _, body = post(
+        served["ports"]["router"], "/v1/models/aads:predict", v1(ood_image(), hint="tomato")
+    )
+    answer = body["predictions"][0]
+    assert answer["is_ood"] is True and answer["label"] == "unknown"
+    assert answer["ood"]["distance"] > answer["ood"]["threshold"]
+    assert answer["ood"]["nearest_class"] in {"healthy", "early_blight", "leaf_mold"}
+
+
+def test_multi_adapter_and_single_adapter_predictors_give_identical_answers(served):
+    request = v2(*served["images"]["corn"])
+    answers = []
+    for port in (served["ports"]["multi"], served["ports"]["single"]):
+        status, body = post(port, "/v2/models/corn/infer", request)
+        assert status == 200
+        diagnosis = next(o for o in body["outputs"] if o["name"] == "diagnosis")
+        answers.append([json.loads(d) for d in diagnosis["data"]])
+    assert answers[0] == answers[1]
+
+
+def test_v2_metadata_and_readiness(served):
+    ports = served["ports"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{ports['multi']}/v2/models/tomato") as r:
+        meta = json.loads(r.read())
+    assert meta["name"] == "tomato"
+    assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    for port, model in ((ports["multi"], "corn"), (ports["router"], "aads")):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{model}/ready") as r:
+            assert json.loads(r.read())["ready"] is True
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+BAD_REQUESTS = {
+    "not an image": (b"/v1/models/aads:predict", v1(b"this is not an image at all")),
+    "empty body": (b"/v1/models/aads:predict", b""),
+    "no instances": (b"/v1/models/aads:predict", {"instances": []}),
+    "wrong V2 datatype": (b"/v2/models/aads/infer", v2(b"x", datatype="FP32")),
+    "wrong V2 shape": (b"/v2/models/aads/infer", v2(b"x", shape=[1, 1])),
+    "unknown crop_hint": (b"/v1/models/aads:predict", None),
+    "unknown model": (b"/v1/models/nope:predict", {"instances": []}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_bad_input_is_a_4xx_json_error_and_the_server_keeps_serving(served, case):
+    path, body = BAD_REQUESTS[case]
+    image = served["images"]["tomato"][0]
+    if case == "unknown crop_hint":
+        body = v1(image, hint="banana")
+    status, answer = post(served["ports"]["router"], path.decode(), body)
+    assert 400 <= status < 500, (status, answer)
+    assert answer.get("error"), answer
+    status, _ = post(served["ports"]["router"], "/v1/models/aads:predict", v1(image))
+    assert status == 200
+
+
+def test_a_truncated_jpeg_is_refused_naming_the_image(served):
+    data = served["images"]["tomato"][0].read_bytes()
+    status, answer = post(
+        served["ports"]["router"], "/v1/models/aads:predict", v1(data[: len(data) // 2])
+    )
+    assert status == 400 and "image 0" in answer["error"]
+
+
+def test_an_image_over_the_size_limit_is_refused(served):
+    noise = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="PNG")
+    assert len(buf.getvalue()) > 200_000
+    status, answer = post(served["ports"]["router"], "/v1/models/aads:predict", v1(buf.getvalue()))
+    assert status == 400 and "limit" in answer["error"]
+
+
+# --------------------------------------------------------------------------- faults
+
+
+def test_a_dead_predictor_costs_only_its_own_images_an_error(served):
+    tmp, cfg = served["tmp"], served["cfg"]
+    corn_port, router_port = free_port(), free_port()
+    spec = yaml.safe_load((tmp / "spec.yaml").read_text())
+    spec["serving"]["predictor_urls"]["corn"] = f"http://127.0.0.1:{corn_port}"
+    (tmp / "dead.yaml").write_text(yaml.safe_dump(spec))
+    corn = start(
+        ["serving.predictor", "--adapter", f"corn={tmp / 'adapters' / 'corn'}", *cfg],
+        corn_port,
+        tmp / "corn-dies.log",
+    )
+    router = start(
+        ["serving.router", "--router", str(tmp / "router"), "--spec", str(tmp / "dead.yaml")],
+        router_port,
+        tmp / "router-dead.log",
+    )
+    try:
+        stop(corn)
+        tomato_img, corn_img = served["images"]["tomato"][0], served["images"]["corn"][0]
+        began = time.monotonic()
+        status, body = post(
+            router_port, "/v1/models/aads:predict", v1(corn_img, hint="corn") | {}, timeout=20
+        )
+        assert status == 200 and time.monotonic() - began < 10
+        assert body["predictions"][0]["error"]["code"] == 503
+        status, body = post(router_port, "/v1/models/aads:predict", v1(tomato_img, hint="tomato"))
+        assert status == 200 and "label" in body["predictions"][0]
+    finally:
+        stop(router)
+        shutil.rmtree(tmp / "unused", ignore_errors=True)
