@@ -585,7 +585,11 @@ def _add_plugins() -> None:
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="aads.cli"):
-        app.add_typer(ep.load(), name=ep.name)
+        plugin = ep.load()
+        if isinstance(plugin, typer.Typer):
+            app.add_typer(plugin, name=ep.name)
+        else:  # a function that adds top-level commands
+            plugin(app)
 
 
 _add_plugins()

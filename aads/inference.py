@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,6 +74,12 @@ def check_image(data: bytes, where: str, limits: ServingSettings) -> Image.Image
 # --------------------------------------------------------------------------- model sources
 
 
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path
+    version: str = ""  # the registry version number for models:/ sources
+
+
 def resolve_model_dir(
     source: str | Path,
     storage: StorageSettings,
@@ -80,6 +87,17 @@ def resolve_model_dir(
     *,
     tracking_uri: str | None = None,
 ) -> Path:
+    """`resolve_model` without the version."""
+    return resolve_model(source, storage, registry, tracking_uri=tracking_uri).path
+
+
+def resolve_model(
+    source: str | Path,
+    storage: StorageSettings,
+    registry: RegistrySettings | None = None,
+    *,
+    tracking_uri: str | None = None,
+) -> ResolvedModel:
     """A local folder holding the package `source` names.
 
     ``/mnt/models`` (what KServe's storage initializer fills) or any local path as is;
@@ -90,7 +108,7 @@ def resolve_model_dir(
     if text.startswith("s3://"):
         from aads.storage import fetch_dir_cached
 
-        return fetch_dir_cached(text, storage)
+        return ResolvedModel(fetch_dir_cached(text, storage))
     if text.startswith("models:/"):
         from aads.registry import Registry
 
@@ -102,14 +120,23 @@ def resolve_model_dir(
             raise InvalidRequest(f"{text}: use models:/<name>@<alias> or models:/<name>/<version>")
         registry_client = Registry(registry or RegistrySettings(), tracking_uri=tracking_uri)
         version = registry_client.resolve(name, alias)
-        dst = Path(storage.cache_dir) / "registry" / name / version.version
+        # Keyed by the version's artifact source (it names the run), not by its number: a
+        # new registry numbers from 1 again and must never get an old cached package.
+        key = hashlib.sha256(version.source.encode()).hexdigest()[:24]
+        dst = Path(storage.cache_dir) / "registry" / f"{name}-{key}"
         if (dst / "SHA256SUMS").is_file():
-            return dst
-        return registry_client.download(name, version.version, dst)
+            from aads.storage import StorageError, verify_checksums
+
+            try:
+                verify_checksums(dst)
+                return ResolvedModel(dst, version.version)
+            except StorageError:
+                pass  # a damaged cache is fetched again
+        return ResolvedModel(registry_client.download(name, version.version, dst), version.version)
     path = Path(text)
     if not path.is_dir():
         raise FileNotFoundError(f"model source {text}: no such folder")
-    return path
+    return ResolvedModel(path)
 
 
 # --------------------------------------------------------------------------- diagnosis

@@ -27,12 +27,14 @@ from aads.config import BackboneSettings, PlatformConfig, StorageSettings, Train
 from aads.data.manifest import ManifestRow, select
 from aads.features import FeatureTable, backbone_signature, extract_manifest_features
 from aads.metrics import classification_summary, save_confusion_matrix
+from aads.ood.detector import OODDetector, fit_detector, load_detector, save_detector
 from aads.progress import Progress
 from aads.storage import CHECKSUM_FILE, StorageError, verify_checksums, write_checksums
 
 FORMAT = "aads-router/1"
 WEIGHTS_FILE = "router.safetensors"
 META_FILE = "router.json"
+OOD_DIR = "ood"
 
 
 class RouterError(ValueError):
@@ -60,6 +62,9 @@ class RouteDecision:
     crop_confidence: float
     part: str
     part_confidence: float
+    is_ood: bool = False  # not a known crop: nothing to send to an adapter
+    distance: float | None = None
+    threshold: float | None = None
 
 
 @dataclass
@@ -71,6 +76,7 @@ class CropRouter:
     crops: list[str]
     parts: list[str]
     meta: dict
+    ood: OODDetector | None = None  # crop-level Mahalanobis check: "not a known crop"
 
     def route_features(self, features: torch.Tensor) -> list[RouteDecision]:
         with torch.inference_mode():
@@ -78,14 +84,26 @@ class CropRouter:
         crop_p, part_p = crop_logits.softmax(-1), part_logits.softmax(-1)
         crop_conf, crop_idx = crop_p.max(-1)
         part_conf, part_idx = part_p.max(-1)
+        n = len(features)
+        found = self.ood.detect(features.double().numpy()) if self.ood and n else None
         return [
-            RouteDecision(self.crops[c], float(cc), self.parts[p], float(pc))
-            for c, cc, p, pc in zip(
-                crop_idx.tolist(),
-                crop_conf.tolist(),
-                part_idx.tolist(),
-                part_conf.tolist(),
-                strict=True,
+            RouteDecision(
+                self.crops[c],
+                float(cc),
+                self.parts[p],
+                float(pc),
+                is_ood=bool(found.is_ood[i]) if found else False,
+                distance=float(found.score[i]) if found else None,
+                threshold=float(found.threshold[i]) if found else None,
+            )
+            for i, (c, cc, p, pc) in enumerate(
+                zip(
+                    crop_idx.tolist(),
+                    crop_conf.tolist(),
+                    part_idx.tolist(),
+                    part_conf.tolist(),
+                    strict=True,
+                )
             )
         ]
 
@@ -193,9 +211,33 @@ def train_router(
         progress=None,
     )
     metrics = _evaluate(heads, data, crops, parts, Path(out_dir) / "metrics")
+    if len(data["val"]):
+        detector = _fit_crop_ood(data, crops, config)
+        save_detector(detector, Path(out_dir) / OOD_DIR)
+        metrics["ood_val_rejected"] = float(
+            detector.detect(data["val"].tensors[0].double().numpy()).is_ood.mean()
+        )
     save_router(heads, backbone, config.router, crops, parts, out_dir, metrics=metrics)
     write_checksums(Path(out_dir))  # last: registry and serving verify against it
     return RouterTrainingResult(Path(out_dir), metrics, [asdict(e) for e in result.history])
+
+
+def _fit_crop_ood(
+    data: dict[str, TensorDataset], crops: list[str], config: PlatformConfig
+) -> OODDetector:
+    """Crop-level OOD: one Gaussian per crop on router features (the adapter's OOD settings),
+    thresholds on the validation split, so a picture of no known crop is answered at the
+    router instead of being forced onto some crop's adapter."""
+    x_train, y_train, _ = data["train"].tensors
+    x_val, y_val, _ = data["val"].tensors
+    return fit_detector(
+        x_train.double().numpy(),
+        y_train.numpy(),
+        x_val.double().numpy(),
+        y_val.numpy(),
+        list(crops),
+        config.adapter.ood,
+    )
 
 
 def _evaluate(
@@ -284,4 +326,7 @@ def load_router(
     heads = RouterHeads(dim, len(meta["crops"]), len(meta["parts"]))
     heads.load_state_dict(tensors)
     heads.eval()
-    return CropRouter(backbone, heads, meta["crops"], meta["parts"], meta)
+    ood = load_detector(router_dir / OOD_DIR)
+    if ood is not None and ood.classes != meta["crops"]:
+        raise RouterError(f"{router_dir}: OOD calibration is for crops {ood.classes}")
+    return CropRouter(backbone, heads, meta["crops"], meta["parts"], meta, ood)

@@ -160,20 +160,70 @@ def demo_cmd(
         ".aads/pipeline-demo"
     ),
 ) -> None:
-    """What `make demo` runs: synthesise data, run the pipeline locally, register in MLflow."""
+    """What `make demo` runs: synthesise data, run the pipeline locally, register in MLflow,
+    then serve what was registered and diagnose a few held-out images."""
     from aads.config import load_config
     from aads.data.synth import synthesize
-    from aads.mlflow_server import server_command
+    from aads.mlflow_server import local_mlflow_server, server_command
 
     cfg = load_config(config)
+    text = config.read_text(encoding="utf-8")
     data = workdir / "data"
     console.print(f"synthesising {cfg.data.synth.images_per_class} images per class -> {data}")
     synthesize(cfg, data, settings=cfg.data.synth)
-    run = _run_quietly(workdir, config.read_text(encoding="utf-8"), str(data))
-    print_summary(run)
+    with local_mlflow_server(workdir / "mlflow") as tracking_uri:
+        run = _run_quietly(workdir, text, str(data), tracking_uri=tracking_uri)
+        print_summary(run)
+        serve_and_diagnose(cfg, text, run, data, workdir, tracking_uri)
     browse = " ".join(server_command(workdir / "mlflow", 5000))
     console.print(f"Browse the registry: {browse}  (then open http://127.0.0.1:5000)")
     console.print(f"KFP outputs (model cards, reports, ROC curves): {run.run_dir}")
+
+
+def serve_and_diagnose(cfg, text: str, run, data: Path, workdir: Path, tracking_uri: str) -> None:  # noqa: ANN001
+    """Serve the versions this run registered (alias ``candidate``) and diagnose held-out test
+    images: one per crop (a crop whose adapter the gate refused gets a clear per-image error)
+    and one picture that is not a plant at all."""
+    from serving.cli import answers_table
+    from serving.local import predict_files, serve_locally
+
+    served = [c for c, r in run.crops.items() if r.version]
+    if not run.router.version or not served:
+        console.print("nothing registered to serve")
+        return
+    images = held_out_images(run.run_dir, data, list(run.crops))
+    images.append(not_a_plant(workdir / "serve" / "not-a-plant.png"))
+    registry = cfg.registry
+    adapters = {c: f"models:/{registry.adapter_model_prefix}{c}@candidate" for c in served}
+    router = f"models:/{registry.router_model_name}@candidate"
+    console.print(f"serving {served} from MLflow (alias candidate) on 127.0.0.1 ...")
+    with serve_locally(text, router, adapters, workdir / "serve", tracking_uri=tracking_uri) as s:
+        answers = predict_files(s.router_url, images)
+    names = [p.parent.name if p.parent.name != "serve" else p.stem for p in images]
+    console.print(answers_table(names, answers, title=f"diagnosis via {s.router_url}"))
+
+
+def held_out_images(run_dir: Path, data: Path, crops: list[str]) -> list[Path]:
+    """One base-domain test-split image per crop, from the run's own manifest."""
+    from aads.data.manifest import read_manifest
+
+    (manifest,) = run_dir.glob("preprocess/manifest/manifest.csv")
+    picked: dict[str, Path] = {}
+    for row in read_manifest(manifest):
+        if row.split == "test" and row.domain == "base" and row.phase == "1" and row.crop in crops:
+            picked.setdefault(row.crop, data / row.path)
+    return [picked[c] for c in crops if c in picked]
+
+
+def not_a_plant(path: Path) -> Path:
+    """A magenta checkerboard: what a user might upload by mistake."""
+    import numpy as np
+    from PIL import Image
+
+    board = (np.indices((96, 96)).sum(0) // 12 % 2).astype(np.uint8) * 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.stack([board, np.zeros_like(board), board], axis=-1)).save(path)
+    return path
 
 
 @app.command("submit")

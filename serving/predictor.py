@@ -27,10 +27,16 @@ from aads.inference import (
     Diagnoser,
     InvalidRequest,
     check_image,
-    resolve_model_dir,
+    resolve_model,
     share_identical_parameters,
 )
-from serving.protocol import answer_metadata, image_metadata, parse_instances, respond
+from serving.protocol import (
+    answer_metadata,
+    check_request_size,
+    image_metadata,
+    parse_instances,
+    respond,
+)
 
 log = logging.getLogger("aads.serving.predictor")
 
@@ -58,10 +64,10 @@ class AdapterPredictor(Model):
         self.batcher: DynamicBatcher | None = None
 
     def load(self) -> bool:
-        package = resolve_model_dir(
+        resolved = resolve_model(
             self.source, self.config.storage, self.config.registry, tracking_uri=self.tracking_uri
         )
-        version = self.version or (self.source.rsplit("@", 1)[-1] if "@" in self.source else "")
+        package, version = resolved.path, self.version or resolved.version
         self.diagnoser = Diagnoser.from_dir(
             package,
             self.config.storage,
@@ -91,6 +97,7 @@ class AdapterPredictor(Model):
         response_headers: dict[str, str] | None = None,
     ) -> dict | InferResponse:
         assert self.batcher is not None and self.diagnoser is not None
+        check_request_size(headers, self.config.serving)
         instances = parse_instances(payload, self.config.serving)
         try:
             images = [

@@ -30,6 +30,16 @@ class Instance:
     crop_hint: str | None = None
 
 
+def check_request_size(headers: dict[str, str] | None, limits: ServingSettings) -> None:
+    """Refuse bodies over the limit by their declared length. (The ingress and Knative queue
+    proxy should cap bodies before they reach the pod; this is the last line.)"""
+    length = {k.lower(): v for k, v in (headers or {}).items()}.get("content-length")
+    if length and length.isdigit() and int(length) > limits.max_request_bytes:
+        raise InvalidInput(
+            f"request body is {length} bytes, over the {limits.max_request_bytes} byte limit"
+        )
+
+
 def parse_instances(payload: dict | InferRequest, limits: ServingSettings) -> list[Instance]:
     """The request's images (and crop hints); `InvalidInput` (HTTP 400) says what is wrong."""
     try:

@@ -30,6 +30,7 @@ from serving.protocol import (
     IMAGE_INPUT,
     Instance,
     answer_metadata,
+    check_request_size,
     image_metadata,
     parse_instances,
     respond,
@@ -79,9 +80,13 @@ class RouterTransformer(Model):
         self.ready = True
         return self.ready
 
-    def predictor_url(self, crop: str) -> str:
+    def predictor_url(self, crop: str) -> str | None:
+        """The crop's predictor: an explicit URL, else the template; None when neither."""
         serving = self.config.serving
-        return serving.predictor_urls.get(crop) or serving.predictor_url_template.format(crop=crop)
+        template = serving.predictor_url_template
+        return serving.predictor_urls.get(crop) or (
+            template.format(crop=crop) if template else None
+        )
 
     async def predict(
         self,
@@ -90,6 +95,7 @@ class RouterTransformer(Model):
         response_headers: dict[str, str] | None = None,
     ) -> dict | InferResponse:
         assert self.router is not None
+        check_request_size(headers, self.config.serving)
         instances = parse_instances(payload, self.config.serving)
         known = self.router.crops
         for i, inst in enumerate(instances):
@@ -105,9 +111,13 @@ class RouterTransformer(Model):
         except InvalidRequest as err:
             raise kserve.errors.InvalidInput(str(err)) from None
         routes = await asyncio.to_thread(self._routes, instances, images)
+        answers: list[dict] = [{} for _ in instances]
         groups: dict[str, list[int]] = defaultdict(list)
         for i, route in enumerate(routes):
-            groups[route["crop"]].append(i)
+            if route.get("is_ood"):
+                answers[i] = not_a_known_crop(route)
+            else:
+                groups[route["crop"]].append(i)
         forwarded = {k: v for k, v in (headers or {}).items() if k.lower() in FORWARDED_HEADERS}
         results = await asyncio.gather(
             *(
@@ -115,7 +125,6 @@ class RouterTransformer(Model):
                 for crop, idx in groups.items()
             )
         )
-        answers: list[dict] = [{} for _ in instances]
         for (_crop, idx), crop_answers in zip(groups.items(), results, strict=True):
             for i, answer in zip(idx, crop_answers, strict=True):
                 answers[i] = {**answer, "routing": routes[i]}
@@ -135,6 +144,12 @@ class RouterTransformer(Model):
                 "part_confidence": round(d.part_confidence, 6),
                 "source": "router",
             }
+            if d.distance is not None:
+                routes[i] |= {
+                    "is_ood": d.is_ood,
+                    "distance": round(d.distance, 6),
+                    "threshold": round(d.threshold or 0.0, 6),
+                }
         return routes
 
     async def _ask(
@@ -153,6 +168,9 @@ class RouterTransformer(Model):
             ],
         )
         url = self.predictor_url(crop)
+        if url is None:
+            error = {"code": 404, "message": f"no adapter is served for crop '{crop}'"}
+            return [{"crop": crop, "error": error} for _ in instances]
         try:
             response = await self.client.infer(url, request, model_name=crop, headers=headers)
             output = next(o for o in response.outputs if o.name == "diagnosis")
@@ -174,6 +192,23 @@ class RouterTransformer(Model):
 
     def get_output_types(self) -> list[dict]:
         return answer_metadata()
+
+
+def not_a_known_crop(route: dict) -> dict:
+    """The answer for an image the router's OOD check rejects: no adapter is asked."""
+    return {
+        "crop": None,
+        "label": "unknown",
+        "is_ood": True,
+        "reason": "not one of the known crops",
+        "confidence": 0.0,
+        "ood": {
+            "distance": route["distance"],
+            "threshold": route["threshold"],
+            "nearest_class": route["crop"],
+        },
+        "routing": route,
+    }
 
 
 def main() -> None:

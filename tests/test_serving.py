@@ -322,3 +322,12 @@ def test_a_dead_predictor_costs_only_its_own_images_an_error(served):
     finally:
         stop(router)
         shutil.rmtree(tmp / "unused", ignore_errors=True)
+
+
+def test_a_picture_of_no_known_crop_is_answered_unknown_by_the_router(served):
+    """The router's own crop-level OOD check answers it; no adapter is asked."""
+    _, body = post(served["ports"]["router"], "/v1/models/aads:predict", v1(ood_image()))
+    answer = body["predictions"][0]
+    assert answer["label"] == "unknown" and answer["crop"] is None
+    assert answer["reason"] == "not one of the known crops"
+    assert answer["routing"]["is_ood"] is True and "model" not in answer

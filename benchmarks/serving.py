@@ -1,0 +1,656 @@
+"""Serving: latency, throughput and resident memory of the KServe predictor and router.
+
+Reproduce with ``.venv/bin/python benchmarks/serving.py [--quick] [--rebuild]``; writes
+``benchmarks/results/serving.json`` and ``serving.md`` (``--quick`` prints only, unless
+``--out`` is given). Backbone ``random:small`` (ViT-S/16-shaped DINOv3, random weights: the
+cost is that of real weights) at 224 px, float32 on CPU, for the router and every adapter.
+
+1. Setup, cached under ``.aads/bench/serving/`` (``--rebuild`` redoes it): a spec with 8 crops
+   of 2 phase-1 classes each, `synthesize` (images_per_class 6, 224 px), `ingest`, the router
+   (1 epoch) and each crop's phase-1 adapter (DoRA r=4 on q/v, 1 epoch, batch 8), calibrated
+   with ``calibrate_package(..., loco=False)``.
+2. Latency and throughput, one JPEG per request (V2 JSON, base64 ``BYTES``), N requests per
+   setting sent by asyncio + httpx at concurrency 1, 8, 32 after an untimed warm-up of
+   max(4, concurrency) requests; latency = request sent to answer read (p50 / p99, numpy
+   linear percentile), images/s = N / wall time of the N requests.
+   (a) in process: `check_image` (JPEG decode) + `Diagnoser.diagnose` on the benchmark's own
+   thread, sequential batch 1 and batch 8 (no HTTP, no batcher); the router's
+   `CropRouter.route` at batch 1 is timed too, to split the chain's cost;
+   (b) predictor: ``POST /v2/models/tomato/infer`` to a ``serving.predictor`` process serving
+   all 8 crops (``--model-root``, dynamic batching max_batch_size 16, max_wait_ms 5);
+   (c) chain: ``POST /v2/models/aads/infer`` to a ``serving.router`` process (no crop hint:
+   the router's own forward pass routes each image) whose ``serving.predictor_urls`` point every
+   crop at (b). The router's weights are random, so it may send a tomato image to another crop's
+   adapter in the same predictor; that costs the same forward pass.
+   Dynamic batching gain: images/s of (b) at concurrency 32 vs the same predictor started with
+   ``max_batch_size: 1``.
+3. Resident memory: VmRSS (and VmHWM, the peak, and Pss) from ``/proc/<pid>/status`` of a
+   predictor after one warm-up request per crop it serves, for ONE multi-adapter process with
+   1, 2, 4, 8 crops (``--model-root`` of symlinked packages) vs the SUM of single-adapter
+   processes (``--adapter crop=dir``), each started, measured and stopped in turn (RSS does not
+   depend on what else runs; separate pods share nothing). ``--quick`` measures 1 and 2 and
+   extrapolates 4 and 8 from the single-process mean (marked ``measured: false``).
+
+The load generator shares the 2 CPU cores with the servers it measures; every server process
+runs alone (the others idle) while it is timed. Every process started is stopped on exit,
+Ctrl-C and SIGTERM included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import yaml
+from machine import load_average, machine
+
+from aads.atomic import atomic_write_text
+from aads.config import PlatformConfig, SynthSettings, parse_config
+from aads.mlflow_server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CROPS = {
+    "tomato": ["healthy", "early_blight"],
+    "pepper": ["healthy", "bacterial_spot"],
+    "corn": ["healthy", "common_rust"],
+    "potato": ["healthy", "late_blight"],
+    "apple": ["healthy", "apple_scab"],
+    "grape": ["healthy", "black_rot"],
+    "wheat": ["healthy", "leaf_rust"],
+    "rice": ["healthy", "brown_spot"],
+}
+TARGET = "tomato"
+BACKBONE = {"source": "random:small", "image_size": 224, "device": "cpu", "dtype": "float32"}
+SYNTH = {"images_per_class": 6, "images_per_domain_class": 0, "image_size": 224, "seed": 0}
+TRAIN = {"epochs": 1, "batch_size": 8, "early_stopping_patience": None}
+BATCHING = {"max_batch_size": 16, "max_wait_ms": 5.0}
+CONCURRENCY = (1, 8, 32)
+CROP_COUNTS = (1, 2, 4, 8)
+READY_TIMEOUT_S = 600
+
+
+def base_spec() -> dict[str, Any]:
+    return {
+        "name": "aads_bench_serving",
+        "crops": [{"name": c, "phase1_classes": k} for c, k in CROPS.items()],
+        "router": BACKBONE,
+        "adapter": {
+            "backbone": BACKBONE,
+            "dora": {"r": 4, "alpha": 8, "dropout": 0.0, "modules": ["q_proj", "v_proj"]},
+            "ood": {"threshold": {"min_samples": 2}},
+        },
+        "training": {"router": TRAIN, "phase1": TRAIN},
+        "data": {"synth": SYNTH},
+        "serving": {**BATCHING, "predictor_timeout_s": 300, "predictor_retries": 0},
+    }
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def setup(workdir: Path, rebuild: bool) -> dict[str, Any]:
+    """Data, router and calibrated adapters under `workdir`, reused when the spec is unchanged."""
+    spec = base_spec()
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    stamp = workdir / "setup.json"
+    if not rebuild and stamp.is_file():
+        done = json.loads(stamp.read_text())
+        complete = (workdir / "router").is_dir() and all(
+            (workdir / "adapters" / c / "adapter.json").is_file() for c in CROPS
+        )
+        if done.get("key") == key and complete:
+            print(f"setup: reusing {workdir} (built in {done['seconds']:.0f} s)", flush=True)
+            return {**done, "cached": True}
+    from aads.adapters.phases.phase1 import train_phase1
+    from aads.data.ingest import ingest
+    from aads.data.synth import synthesize
+    from aads.ood.calibrate import calibrate_package
+    from aads.router import train_router
+
+    stamp.unlink(missing_ok=True)
+    config = parse_config(spec)
+    steps: dict[str, float] = {}
+    began = time.perf_counter()
+
+    def step(name: str, start: float) -> None:
+        steps[name] = round(time.perf_counter() - start, 2)
+        print(f"setup: {name} {steps[name]:.1f} s", flush=True)
+
+    t = time.perf_counter()
+    synthesize(config, workdir / "data", settings=SynthSettings(**SYNTH))
+    rows = ingest(workdir / "data", config=config).rows
+    step("synthesize_ingest", t)
+    t = time.perf_counter()
+    train_router(config, rows, workdir / "data", workdir / "router")
+    step("router", t)
+    for crop in CROPS:
+        t = time.perf_counter()
+        pkg = train_phase1(config, crop, rows, workdir / "data", workdir / "adapters" / crop)
+        calibrate_package(config, pkg, rows, workdir / "data", loco=False)
+        step(f"adapter_{crop}", t)
+    done = {
+        "key": key,
+        "seconds": round(time.perf_counter() - began, 1),
+        "steps": steps,
+        "images": len(rows),
+    }
+    atomic_write_text(stamp, json.dumps(done, indent=2) + "\n")
+    return {**done, "cached": False}
+
+
+def crop_images(workdir: Path, crop: str) -> list[bytes]:
+    return [p.read_bytes() for p in sorted((workdir / "data" / "base" / crop).rglob("*.jpg"))]
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def summary(latencies_s: list[float], wall_s: float, images: int) -> dict[str, Any]:
+    ms = np.asarray(latencies_s) * 1000
+    return {
+        "requests": len(latencies_s),
+        "images": images,
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+        "max_ms": round(float(ms.max()), 2),
+        "wall_s": round(wall_s, 3),
+        "images_per_s": round(images / wall_s, 2),
+    }
+
+
+# --------------------------------------------------------------------------- in process
+
+
+def in_process(workdir: Path, config: PlatformConfig, images: list[bytes], n: int) -> dict:
+    """Decode + diagnose on this thread: batch 1 (n calls) and batch 8; router batch 1."""
+    from aads.inference import Diagnoser, check_image
+    from aads.router import load_router
+
+    diagnoser = Diagnoser.from_dir(
+        workdir / "adapters" / TARGET, config.storage, device="cpu", dtype="float32"
+    )
+
+    def call(batch: list[bytes]) -> float:
+        start = time.perf_counter()
+        decoded = [check_image(b, "image", config.serving) for b in batch]
+        answers = diagnoser.diagnose(decoded)
+        assert len(answers) == len(batch) and "label" in answers[0]
+        return time.perf_counter() - start
+
+    def run(batch_size: int, calls: int) -> dict[str, Any]:
+        for i in range(3):
+            call([images[(i + j) % len(images)] for j in range(batch_size)])
+        times = []
+        start = time.perf_counter()
+        for i in range(calls):
+            times.append(
+                call([images[(i * batch_size + j) % len(images)] for j in range(batch_size)])
+            )
+        return {
+            "batch_size": batch_size,
+            **summary(times, time.perf_counter() - start, calls * batch_size),
+        }
+
+    out = {"batch1": run(1, n), "batch8": run(8, max(4, n // 8))}
+    router = load_router(workdir / "router", config.storage, device="cpu", dtype="float32")
+    decoded = [check_image(b, "image", config.serving) for b in images]
+    for im in decoded[:3]:
+        router.route([im])
+    times = []
+    start = time.perf_counter()
+    for i in range(n):
+        t = time.perf_counter()
+        router.route([decoded[i % len(decoded)]])
+        times.append(time.perf_counter() - t)
+    out["router_batch1"] = {"batch_size": 1, **summary(times, time.perf_counter() - start, n)}
+    for name, r in out.items():
+        print(
+            f"in-process {name}: p50 {r['p50_ms']:.1f} ms, {r['images_per_s']:.1f} img/s",
+            flush=True,
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Servers:
+    """Server subprocesses, each stopped on `close` (and so on any exit of `main`)."""
+
+    def __init__(self, logdir: Path):
+        self.logdir = logdir
+        self.procs: dict[str, subprocess.Popen] = {}
+        logdir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, args: list[str]) -> tuple[subprocess.Popen, int, float]:
+        port = free_port()
+        log = self.logdir / f"{name}.log"
+        began = time.perf_counter()
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", *args, "--http_port", str(port)],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.procs[name] = proc
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited {proc.returncode}: {log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2):
+                    seconds = time.perf_counter() - began
+                    print(f"{name}: ready on :{port} in {seconds:.1f} s", flush=True)
+                    return proc, port, seconds
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.5)
+        raise RuntimeError(f"{name} not ready in {READY_TIMEOUT_S} s: {log.read_text()[-3000:]}")
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+
+@contextmanager
+def servers(logdir: Path) -> Iterator[Servers]:
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    group = Servers(logdir)
+    try:
+        yield group
+    finally:
+        group.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def write_spec(path: Path, serving: dict[str, Any]) -> Path:
+    spec = base_spec()
+    spec["serving"] = {**spec["serving"], **serving}
+    atomic_write_text(path, yaml.safe_dump(spec))
+    return path
+
+
+def model_root(workdir: Path, crops: list[str]) -> Path:
+    """A folder of symlinks to the first `crops` packages (what ``--model-root`` scans)."""
+    root = workdir / "run" / f"root-{len(crops)}"
+    root.mkdir(parents=True, exist_ok=True)
+    for entry in root.iterdir():
+        entry.unlink()
+    for crop in crops:
+        (root / crop).symlink_to(workdir / "adapters" / crop, target_is_directory=True)
+    return root
+
+
+# --------------------------------------------------------------------------- HTTP load
+
+
+def v2_body(image: bytes) -> bytes:
+    data = [base64.b64encode(image).decode()]
+    return json.dumps(
+        {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": data}]}
+    ).encode()
+
+
+async def _load(url: str, bodies: list[bytes], n: int, concurrency: int) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"content-type": "application/json"}
+    routed: Counter[str] = Counter()
+    async with httpx.AsyncClient(limits=limits, timeout=600) as client:
+
+        async def one(i: int, record: list[float] | None) -> None:
+            start = time.perf_counter()
+            resp = await client.post(url, content=bodies[i % len(bodies)], headers=headers)
+            elapsed = time.perf_counter() - start
+            if resp.status_code != 200:
+                raise RuntimeError(f"{url}: HTTP {resp.status_code}: {resp.text[:500]}")
+            out = next(o for o in resp.json()["outputs"] if o["name"] == "diagnosis")
+            answer = json.loads(out["data"][0])
+            if "error" in answer:
+                raise RuntimeError(f"{url}: {answer['error']}")
+            if record is not None:
+                record.append(elapsed)
+                routed[answer.get("crop", "?")] += 1
+
+        async def burst(count: int, record: list[float] | None) -> float:
+            gate = asyncio.Semaphore(concurrency)
+
+            async def gated(i: int) -> None:
+                async with gate:
+                    await one(i, record)
+
+            start = time.perf_counter()
+            await asyncio.gather(*(gated(i) for i in range(count)))
+            return time.perf_counter() - start
+
+        await burst(max(4, concurrency), None)
+        latencies: list[float] = []
+        wall = await burst(n, latencies)
+    return {"concurrency": concurrency, **summary(latencies, wall, n), "crops": dict(routed)}
+
+
+def load(name: str, url: str, bodies: list[bytes], n: int, concurrency: int) -> dict[str, Any]:
+    result = asyncio.run(_load(url, bodies, n, concurrency))
+    print(
+        f"{name} c={concurrency}: p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
+        f"{result['images_per_s']:.1f} img/s",
+        flush=True,
+    )
+    return result
+
+
+def http_latency(workdir: Path, group: Servers, images: list[bytes], n: int) -> dict[str, Any]:
+    run = workdir / "run"
+    root = model_root(workdir, list(CROPS))
+    bodies = [v2_body(im) for im in images]
+    predictor_spec = write_spec(run / "predictor.yaml", {})
+    _, port, _ = group.start(
+        "predictor", ["serving.predictor", "--model-root", str(root), "--spec", str(predictor_spec)]
+    )
+    url = f"http://127.0.0.1:{port}"
+    router_spec = write_spec(run / "router.yaml", {"predictor_urls": dict.fromkeys(CROPS, url)})
+    _, router_port, _ = group.start(
+        "router",
+        ["serving.router", "--router", str(workdir / "router"), "--spec", str(router_spec)],
+    )
+    out: dict[str, Any] = {"predictor": {}, "chain": {}}
+    for c in CONCURRENCY:
+        out["predictor"][str(c)] = load(
+            "predictor", f"{url}/v2/models/{TARGET}/infer", bodies, n, c
+        )
+    for c in CONCURRENCY:
+        out["chain"][str(c)] = load(
+            "router->predictor",
+            f"http://127.0.0.1:{router_port}/v2/models/aads/infer",
+            bodies,
+            n,
+            c,
+        )
+    group.stop("router")
+    group.stop("predictor")
+    unbatched_spec = write_spec(run / "unbatched.yaml", {"max_batch_size": 1})
+    _, port, _ = group.start(
+        "predictor-unbatched",
+        ["serving.predictor", "--model-root", str(root), "--spec", str(unbatched_spec)],
+    )
+    c = max(CONCURRENCY)
+    out["predictor_unbatched"] = {
+        str(c): load(
+            "predictor max_batch_size=1",
+            f"http://127.0.0.1:{port}/v2/models/{TARGET}/infer",
+            bodies,
+            n,
+            c,
+        )
+    }
+    group.stop("predictor-unbatched")
+    return out
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def process_memory(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (MiB) from /proc/<pid>/status, Pss from smaps_rollup."""
+    mem: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            mem[f"{key[2:].lower()}_mib"] = round(int(value.split()[0]) / 1024, 1)
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                mem["pss_mib"] = round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.is_file() and children.read_text().split():
+        mem["child_pids"] = len(children.read_text().split())
+    return mem
+
+
+def warm(port: int, crops: list[str], images: dict[str, bytes]) -> None:
+    for crop in crops:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v2/models/{crop}/infer",
+            v2_body(images[crop]),
+            {"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=300) as resp:
+            assert resp.status == 200
+
+
+def measured_process(group: Servers, name: str, args: list[str], crops, images) -> dict:
+    proc, port, seconds = group.start(name, args)
+    warm(port, crops, images)
+    time.sleep(0.5)
+    mem = {"crops": len(crops), "startup_s": round(seconds, 1), **process_memory(proc.pid)}
+    group.stop(name)
+    print(f"{name}: RSS {mem['rss_mib']:.0f} MiB (peak {mem['hwm_mib']:.0f})", flush=True)
+    return mem
+
+
+def memory(workdir: Path, group: Servers, quick: bool) -> dict[str, Any]:
+    spec = str(write_spec(workdir / "run" / "memory.yaml", {}))
+    names = list(CROPS)
+    images = {c: crop_images(workdir, c)[0] for c in names}
+    counts = [n for n in CROP_COUNTS if not quick or n <= 2]
+    multi = {}
+    for n in counts:
+        root = model_root(workdir, names[:n])
+        args = ["serving.predictor", "--model-root", str(root), "--spec", spec]
+        multi[str(n)] = measured_process(group, f"multi-{n}", args, names[:n], images)
+    singles = {}
+    for crop in names[: max(counts)]:
+        args = ["serving.predictor", "--adapter", f"{crop}={workdir / 'adapters' / crop}"]
+        singles[crop] = measured_process(
+            group, f"single-{crop}", [*args, "--spec", spec], [crop], images
+        )
+    mean_single = statistics.mean(s["rss_mib"] for s in singles.values())
+    table = []
+    for n in CROP_COUNTS:
+        measured = n <= len(singles)
+        total = sum(singles[c]["rss_mib"] for c in names[:n]) if measured else n * mean_single
+        row: dict[str, Any] = {
+            "crops": n,
+            "separate_sum_rss_mib": round(total, 1),
+            "separate_measured": measured,
+        }
+        if str(n) in multi:
+            row["multi_rss_mib"] = multi[str(n)]["rss_mib"]
+            row["multi_hwm_mib"] = multi[str(n)]["hwm_mib"]
+            row["saving_ratio"] = round(total / multi[str(n)]["rss_mib"], 2)
+        table.append(row)
+    note = (
+        "separate processes: each single-adapter predictor started, warmed, measured and stopped "
+        "in turn, RSS summed"
+        + ("" if not quick else "; 4 and 8 extrapolated as n x the mean of the measured ones")
+    )
+    return {"multi": multi, "single": singles, "table": table, "note": note}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def derived(result: dict[str, Any]) -> dict[str, Any]:
+    inproc = result["in_process"]["batch1"]
+    http = result["http"]
+    c_max = str(max(CONCURRENCY))
+    out: dict[str, Any] = {}
+    for name in ("predictor", "chain"):
+        p50 = http[name]["1"]["p50_ms"]
+        out[f"{name}_over_in_process_c1"] = {
+            "in_process_p50_ms": inproc["p50_ms"],
+            f"{name}_p50_ms": p50,
+            "difference_ms": round(p50 - inproc["p50_ms"], 2),
+            "ratio": round(p50 / inproc["p50_ms"], 2),
+        }
+    batched = http["predictor"][c_max]["images_per_s"]
+    unbatched = http["predictor_unbatched"][c_max]["images_per_s"]
+    out["batching_gain"] = {
+        "concurrency": int(c_max),
+        "batched_images_per_s": batched,
+        "unbatched_images_per_s": unbatched,
+        "ratio": round(batched / unbatched, 2),
+    }
+    return out
+
+
+def report(result: dict[str, Any]) -> str:
+    m, s = result["machine"], result["setup"]
+    inproc, http, d = result["in_process"], result["http"], result["derived"]
+    lines = [
+        f"# Serving benchmark ({result['mode']})",
+        "",
+        f"Backbone random:small (ViT-S/16 shape) at 224 px, float32, CPU ({m['cpu_model']}, "
+        f"{m['cpu_count']} cores, {m['torch_threads']} torch threads). Load average "
+        f"{result['load_average_before']} before, {result['load_average_after']} after. "
+        f"Setup {s['seconds']:.0f} s ({'cached' if s['cached'] else 'built this run'}); "
+        f"run {result['run_seconds']:.0f} s. {result['requests']} requests per setting, one "
+        "224 px JPEG each.",
+        "",
+        "## Latency and throughput",
+        "",
+        "| path | concurrency | p50 ms | p99 ms | images/s |",
+        "|---|---|---|---|---|",
+    ]
+    for name, label in (
+        ("batch1", "in process, batch 1 (decode + diagnose)"),
+        ("batch8", "in process, batch 8 (per batch)"),
+        ("router_batch1", "in process, router only, batch 1"),
+    ):
+        r = inproc[name]
+        lines.append(
+            f"| {label} | 1 | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['images_per_s']:.1f} |"
+        )
+    for name, label in (
+        ("predictor", "predictor (HTTP, batching 16 / 5 ms)"),
+        ("chain", "router -> predictor (HTTP)"),
+        ("predictor_unbatched", "predictor, max_batch_size 1"),
+    ):
+        for c, r in http[name].items():
+            lines.append(
+                f"| {label} | {c} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                f"{r['images_per_s']:.1f} |"
+            )
+    pc, ch, bg = (
+        d["predictor_over_in_process_c1"],
+        d["chain_over_in_process_c1"],
+        d["batching_gain"],
+    )
+    lines += [
+        "",
+        f"- Predictor over in-process batch 1 (p50, concurrency 1): +{pc['difference_ms']:.1f} ms "
+        f"(x{pc['ratio']:.2f}).",
+        f"- Router -> predictor chain over in-process batch 1 (p50, concurrency 1): "
+        f"+{ch['difference_ms']:.1f} ms (x{ch['ratio']:.2f}); the router's own forward pass "
+        f"(in process, p50) is {inproc['router_batch1']['p50_ms']:.1f} ms of that.",
+        f"- Dynamic batching at concurrency {bg['concurrency']}: {bg['batched_images_per_s']:.1f} "
+        f"vs {bg['unbatched_images_per_s']:.1f} images/s with max_batch_size 1 "
+        f"(x{bg['ratio']:.2f}).",
+        f"- Images the router sent to each crop (chain, all settings): {result['chain_routes']}.",
+        "",
+        "## Resident memory (predictor, after one warm-up request per crop)",
+        "",
+        "| crops | one multi-adapter process RSS MiB (peak) | separate processes, sum RSS MiB "
+        "| separate / multi |",
+        "|---|---|---|---|",
+    ]
+    for r in result["memory"]["table"]:
+        multi = (
+            f"{r['multi_rss_mib']:.0f} ({r['multi_hwm_mib']:.0f})" if "multi_rss_mib" in r else "-"
+        )
+        sep = f"{r['separate_sum_rss_mib']:.0f}" + ("" if r["separate_measured"] else " (extrap.)")
+        ratio = f"{r['saving_ratio']:.2f}" if "saving_ratio" in r else "-"
+        lines.append(f"| {r['crops']} | {multi} | {sep} | {ratio} |")
+    lines += ["", f"{result['memory']['note']}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="16 requests, memory for 1-2 crops")
+    parser.add_argument("--rebuild", action="store_true", help="redo the cached setup")
+    parser.add_argument("--requests", type=int, default=None, help="per setting (64; quick 16)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".aads" / "bench" / "serving")
+    args = parser.parse_args(argv)
+    n = args.requests or (16 if args.quick else 64)
+    began = time.perf_counter()
+    result: dict[str, Any] = {
+        "mode": "quick" if args.quick else "full",
+        "machine": machine(),
+        "load_average_before": load_average(),
+        "requests": n,
+        "settings": {
+            "backbone": BACKBONE,
+            "crops": CROPS,
+            "target_crop": TARGET,
+            "synth": SYNTH,
+            "training": TRAIN,
+            "batching": BATCHING,
+            "concurrency": list(CONCURRENCY),
+        },
+    }
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    result["setup"] = setup(args.workdir, args.rebuild)
+    run_began = time.perf_counter()
+    config = parse_config(base_spec())
+    images = crop_images(args.workdir, TARGET)
+    result["in_process"] = in_process(args.workdir, config, images, n)
+    with servers(args.workdir / "run" / "logs") as group:
+        result["http"] = http_latency(args.workdir, group, images, n)
+        result["memory"] = memory(args.workdir, group, args.quick)
+    routes: Counter[str] = Counter()
+    for r in result["http"]["chain"].values():
+        routes.update(r["crops"])
+    result["chain_routes"] = dict(routes)
+    result["derived"] = derived(result)
+    result["run_seconds"] = round(time.perf_counter() - run_began, 1)
+    result["total_seconds"] = round(time.perf_counter() - began, 1)
+    result["load_average_after"] = load_average()
+    result["load_average_after_5_15m"] = [round(x, 2) for x in os.getloadavg()[1:]]
+    text = report(result)
+    print(text)
+    out = args.out or (None if args.quick else RESULTS / "serving.json")
+    if out is not None:
+        atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+        atomic_write_text(out.with_suffix(".md"), text)
+        print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
