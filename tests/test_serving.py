@@ -47,6 +47,7 @@ SPEC = {
     },
     "serving": {
         "max_image_bytes": 200_000,
+        "max_request_bytes": 1_000_000,
         "predictor_timeout_s": 3,
         "predictor_retries": 0,
         "max_wait_ms": 2,
@@ -289,6 +290,13 @@ def test_an_image_over_the_size_limit_is_refused(served):
     assert status == 400 and "limit" in answer["error"]
 
 
+def test_a_request_body_over_the_limit_is_refused(served):
+    image = served["images"]["tomato"][0]
+    body = v1(image) | {"padding": "x" * 1_200_000}
+    status, answer = post(served["ports"]["router"], "/v1/models/aads:predict", body)
+    assert status == 400 and "request body" in answer["error"]
+
+
 # --------------------------------------------------------------------------- faults
 
 
@@ -331,3 +339,28 @@ def test_a_picture_of_no_known_crop_is_answered_unknown_by_the_router(served):
     assert answer["label"] == "unknown" and answer["crop"] is None
     assert answer["reason"] == "not one of the known crops"
     assert answer["routing"]["is_ood"] is True and "model" not in answer
+
+
+def test_aads_predict_prints_one_row_per_image(served):
+    from typer.testing import CliRunner
+
+    from aads.cli import app
+
+    images = [str(p) for p in served["images"]["corn"][:2]]
+    url = f"http://127.0.0.1:{served['ports']['router']}"
+    result = CliRunner().invoke(app, ["predict", *images, "--url", url, "--json"])
+    assert result.exit_code == 0, result.output
+    answers = json.loads(result.output)
+    assert len(answers) == 2 and all("label" in a for a in answers)
+
+
+def test_aads_predict_against_nothing_is_one_clear_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from aads.cli import app
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    url = f"http://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(app, ["predict", str(image), "--url", url])
+    assert result.exit_code == 3 and "error:" in result.output
