@@ -20,20 +20,31 @@ cost is that of real weights) at 224 px, float32 on CPU, for the router and ever
    all 8 crops (``--model-root``, dynamic batching max_batch_size 16, max_wait_ms 5);
    (c) chain: ``POST /v2/models/aads/infer`` to a ``serving.router`` process (no crop hint:
    the router's own forward pass routes each image) whose ``serving.predictor_urls`` point every
-   crop at (b). The router's weights are random, so it may send a tomato image to another crop's
-   adapter in the same predictor; that costs the same forward pass.
+   crop at (b). The router answers an image its crop-level OOD check rejects by itself, so the
+   chain is timed on the tomato images it forwards (found by one request each first). Its weights
+   are random, so it may send a tomato image to another crop's adapter in the same predictor;
+   that costs the same forward pass.
    Dynamic batching gain: images/s of (b) at concurrency 32 vs the same predictor started with
    ``max_batch_size: 1``.
+   Everything in 2. is measured twice: as is, and with numpy's OpenBLAS held to one thread
+   (``OPENBLAS_NUM_THREADS=1`` for the servers, threadpoolctl in process). On 2 cores the
+   OpenBLAS threads that score OOD after each forward pass and torch's OpenMP threads get in
+   each other's way (the spinning of one pool delays the other).
 3. Resident memory: VmRSS (and VmHWM, the peak, and Pss) from ``/proc/<pid>/status`` of a
    predictor after one warm-up request per crop it serves, for ONE multi-adapter process with
    1, 2, 4, 8 crops (``--model-root`` of symlinked packages) vs the SUM of single-adapter
    processes (``--adapter crop=dir``), each started, measured and stopped in turn (RSS does not
    depend on what else runs; separate pods share nothing). ``--quick`` measures 1 and 2 and
-   extrapolates 4 and 8 from the single-process mean (marked ``measured: false``).
+   extrapolates 4 and 8 from the single-process mean (``separate_measured: false``). A fresh
+   process also loads n adapters and records RSS after loading, after
+   `share_identical_parameters` (what the multi-adapter predictor does) and after glibc's
+   ``malloc_trim(0)``: the tensors sharing frees go back to malloc, not to the OS.
 
-The load generator shares the 2 CPU cores with the servers it measures; every server process
-runs alone (the others idle) while it is timed. Every process started is stopped on exit,
-Ctrl-C and SIGTERM included.
+Setup runs with one torch thread (two OpenMP threads stall for seconds when other work holds
+a core); the measurements use torch's default (one thread per core, as a pod would) unless
+``--threads N`` is given. The load generator shares the 2 CPU cores with the servers it
+measures; every server process runs alone (the others idle) while it is timed. Every process
+started is stopped on exit, Ctrl-C and SIGTERM included.
 """
 
 from __future__ import annotations
@@ -86,6 +97,7 @@ BATCHING = {"max_batch_size": 16, "max_wait_ms": 5.0}
 CONCURRENCY = (1, 8, 32)
 CROP_COUNTS = (1, 2, 4, 8)
 READY_TIMEOUT_S = 600
+VARIANTS = ("default", "openblas1")
 
 
 def base_spec() -> dict[str, Any]:
@@ -120,14 +132,27 @@ def setup(workdir: Path, rebuild: bool) -> dict[str, Any]:
         if done.get("key") == key and complete:
             print(f"setup: reusing {workdir} (built in {done['seconds']:.0f} s)", flush=True)
             return {**done, "cached": True}
+    import torch
+
+    stamp.unlink(missing_ok=True)
+    config = parse_config(spec)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # other work on the 2 cores stalls 2 OpenMP threads badly
+    try:
+        done = _build(config, workdir, key)
+    finally:
+        torch.set_num_threads(threads)
+    atomic_write_text(stamp, json.dumps(done, indent=2) + "\n")
+    return {**done, "cached": False}
+
+
+def _build(config: PlatformConfig, workdir: Path, key: str) -> dict[str, Any]:
     from aads.adapters.phases.phase1 import train_phase1
     from aads.data.ingest import ingest
     from aads.data.synth import synthesize
     from aads.ood.calibrate import calibrate_package
     from aads.router import train_router
 
-    stamp.unlink(missing_ok=True)
-    config = parse_config(spec)
     steps: dict[str, float] = {}
     began = time.perf_counter()
 
@@ -147,14 +172,13 @@ def setup(workdir: Path, rebuild: bool) -> dict[str, Any]:
         pkg = train_phase1(config, crop, rows, workdir / "data", workdir / "adapters" / crop)
         calibrate_package(config, pkg, rows, workdir / "data", loco=False)
         step(f"adapter_{crop}", t)
-    done = {
+    return {
         "key": key,
         "seconds": round(time.perf_counter() - began, 1),
         "steps": steps,
         "images": len(rows),
+        "torch_threads": 1,
     }
-    atomic_write_text(stamp, json.dumps(done, indent=2) + "\n")
-    return {**done, "cached": False}
 
 
 def crop_images(workdir: Path, crop: str) -> list[bytes]:
@@ -182,52 +206,59 @@ def summary(latencies_s: list[float], wall_s: float, images: int) -> dict[str, A
 
 
 def in_process(workdir: Path, config: PlatformConfig, images: list[bytes], n: int) -> dict:
-    """Decode + diagnose on this thread: batch 1 (n calls) and batch 8; router batch 1."""
+    """Decode + diagnose on this thread, batch 1 (n calls) and batch 8, and the router at batch
+    1; as is, and with numpy's OpenBLAS held to one thread (threadpoolctl)."""
+    from threadpoolctl import threadpool_limits
+
     from aads.inference import Diagnoser, check_image
     from aads.router import load_router
 
     diagnoser = Diagnoser.from_dir(
         workdir / "adapters" / TARGET, config.storage, device="cpu", dtype="float32"
     )
+    router = load_router(workdir / "router", config.storage, device="cpu", dtype="float32")
 
-    def call(batch: list[bytes]) -> float:
-        start = time.perf_counter()
+    def diagnose(batch: list[bytes]) -> None:
         decoded = [check_image(b, "image", config.serving) for b in batch]
         answers = diagnoser.diagnose(decoded)
         assert len(answers) == len(batch) and "label" in answers[0]
-        return time.perf_counter() - start
 
-    def run(batch_size: int, calls: int) -> dict[str, Any]:
+    def route(batch: list[bytes]) -> None:
+        decoded = [check_image(b, "image", config.serving) for b in batch]
+        assert len(router.route(decoded)) == len(batch)
+
+    def run(fn, batch_size: int, calls: int) -> dict[str, Any]:
+        def batch(i: int) -> list[bytes]:
+            return [images[(i * batch_size + j) % len(images)] for j in range(batch_size)]
+
         for i in range(3):
-            call([images[(i + j) % len(images)] for j in range(batch_size)])
+            fn(batch(i))
         times = []
         start = time.perf_counter()
         for i in range(calls):
-            times.append(
-                call([images[(i * batch_size + j) % len(images)] for j in range(batch_size)])
-            )
+            t = time.perf_counter()
+            fn(batch(i))
+            times.append(time.perf_counter() - t)
+        wall = time.perf_counter() - start
+        return {"batch_size": batch_size, **summary(times, wall, calls * batch_size)}
+
+    def runs() -> dict[str, Any]:
         return {
-            "batch_size": batch_size,
-            **summary(times, time.perf_counter() - start, calls * batch_size),
+            "batch1": run(diagnose, 1, n),
+            "batch8": run(diagnose, 8, max(4, n // 8)),
+            "router_batch1": run(route, 1, n),
         }
 
-    out = {"batch1": run(1, n), "batch8": run(8, max(4, n // 8))}
-    router = load_router(workdir / "router", config.storage, device="cpu", dtype="float32")
-    decoded = [check_image(b, "image", config.serving) for b in images]
-    for im in decoded[:3]:
-        router.route([im])
-    times = []
-    start = time.perf_counter()
-    for i in range(n):
-        t = time.perf_counter()
-        router.route([decoded[i % len(decoded)]])
-        times.append(time.perf_counter() - t)
-    out["router_batch1"] = {"batch_size": 1, **summary(times, time.perf_counter() - start, n)}
-    for name, r in out.items():
-        print(
-            f"in-process {name}: p50 {r['p50_ms']:.1f} ms, {r['images_per_s']:.1f} img/s",
-            flush=True,
-        )
+    out = {"default": runs()}
+    with threadpool_limits(1, user_api="blas"):
+        out["openblas1"] = runs()
+    for variant, rows in out.items():
+        for name, r in rows.items():
+            print(
+                f"in-process {variant} {name}: p50 {r['p50_ms']:.1f} ms, "
+                f"{r['images_per_s']:.1f} img/s",
+                flush=True,
+            )
     return out
 
 
@@ -237,12 +268,15 @@ def in_process(workdir: Path, config: PlatformConfig, images: list[bytes], n: in
 class Servers:
     """Server subprocesses, each stopped on `close` (and so on any exit of `main`)."""
 
-    def __init__(self, logdir: Path):
+    def __init__(self, logdir: Path, threads: int | None = None):
         self.logdir = logdir
+        self.env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         self.procs: dict[str, subprocess.Popen] = {}
         logdir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, args: list[str]) -> tuple[subprocess.Popen, int, float]:
+    def start(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen, int, float]:
         port = free_port()
         log = self.logdir / f"{name}.log"
         began = time.perf_counter()
@@ -252,6 +286,7 @@ class Servers:
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env={**self.env, **(env or {})},
             )
         self.procs[name] = proc
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -284,12 +319,12 @@ class Servers:
 
 
 @contextmanager
-def servers(logdir: Path) -> Iterator[Servers]:
+def servers(logdir: Path, threads: int | None) -> Iterator[Servers]:
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, on_term)
-    group = Servers(logdir)
+    group = Servers(logdir, threads)
     try:
         yield group
     finally:
@@ -343,7 +378,7 @@ async def _load(url: str, bodies: list[bytes], n: int, concurrency: int) -> dict
                 raise RuntimeError(f"{url}: {answer['error']}")
             if record is not None:
                 record.append(elapsed)
-                routed[answer.get("crop", "?")] += 1
+                routed[answer.get("crop") or "not_a_known_crop"] += 1
 
         async def burst(count: int, record: list[float] | None) -> float:
             gate = asyncio.Semaphore(concurrency)
@@ -372,51 +407,68 @@ def load(name: str, url: str, bodies: list[bytes], n: int, concurrency: int) -> 
     return result
 
 
-def http_latency(workdir: Path, group: Servers, images: list[bytes], n: int) -> dict[str, Any]:
+def answer(url: str, body: bytes) -> dict:
+    req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=300) as resp:
+        outputs = json.loads(resp.read())["outputs"]
+    return json.loads(next(o for o in outputs if o["name"] == "diagnosis")["data"][0])
+
+
+def http_latency(
+    workdir: Path, group: Servers, images: list[bytes], n: int, variant: str
+) -> dict[str, Any]:
+    """(b), (c) and the unbatched predictor; `variant` openblas1 starts them all with
+    OPENBLAS_NUM_THREADS=1."""
     run = workdir / "run"
+    env = {"OPENBLAS_NUM_THREADS": "1"} if variant == "openblas1" else {}
     root = model_root(workdir, list(CROPS))
     bodies = [v2_body(im) for im in images]
     predictor_spec = write_spec(run / "predictor.yaml", {})
+    predictor_args = ["serving.predictor", "--model-root", str(root)]
     _, port, _ = group.start(
-        "predictor", ["serving.predictor", "--model-root", str(root), "--spec", str(predictor_spec)]
+        f"predictor-{variant}", [*predictor_args, "--spec", str(predictor_spec)], env
     )
     url = f"http://127.0.0.1:{port}"
     router_spec = write_spec(run / "router.yaml", {"predictor_urls": dict.fromkeys(CROPS, url)})
+    router_args = ["serving.router", "--router", str(workdir / "router")]
     _, router_port, _ = group.start(
-        "router",
-        ["serving.router", "--router", str(workdir / "router"), "--spec", str(router_spec)],
+        f"router-{variant}", [*router_args, "--spec", str(router_spec)], env
     )
-    out: dict[str, Any] = {"predictor": {}, "chain": {}}
+    chain_url = f"http://127.0.0.1:{router_port}/v2/models/aads/infer"
+    # The router answers an image it takes for no known crop itself (no predictor call); the
+    # chain is timed on the images it forwards, so every request makes both hops.
+    forwarded = [b for b in bodies if answer(chain_url, b).get("crop") is not None]
+    out: dict[str, Any] = {
+        "predictor": {},
+        "chain": {},
+        "chain_images_forwarded": len(forwarded),
+        "chain_images_tried": len(bodies),
+    }
+    if not forwarded:
+        raise RuntimeError(f"the router took none of the {len(bodies)} {TARGET} images for a crop")
     for c in CONCURRENCY:
         out["predictor"][str(c)] = load(
-            "predictor", f"{url}/v2/models/{TARGET}/infer", bodies, n, c
+            f"predictor {variant}", f"{url}/v2/models/{TARGET}/infer", bodies, n, c
         )
     for c in CONCURRENCY:
-        out["chain"][str(c)] = load(
-            "router->predictor",
-            f"http://127.0.0.1:{router_port}/v2/models/aads/infer",
-            bodies,
-            n,
-            c,
-        )
-    group.stop("router")
-    group.stop("predictor")
+        out["chain"][str(c)] = load(f"router->predictor {variant}", chain_url, forwarded, n, c)
+    group.stop(f"router-{variant}")
+    group.stop(f"predictor-{variant}")
     unbatched_spec = write_spec(run / "unbatched.yaml", {"max_batch_size": 1})
     _, port, _ = group.start(
-        "predictor-unbatched",
-        ["serving.predictor", "--model-root", str(root), "--spec", str(unbatched_spec)],
+        f"predictor-unbatched-{variant}", [*predictor_args, "--spec", str(unbatched_spec)], env
     )
     c = max(CONCURRENCY)
     out["predictor_unbatched"] = {
         str(c): load(
-            "predictor max_batch_size=1",
+            f"predictor max_batch_size=1 {variant}",
             f"http://127.0.0.1:{port}/v2/models/{TARGET}/infer",
             bodies,
             n,
             c,
         )
     }
-    group.stop("predictor-unbatched")
+    group.stop(f"predictor-unbatched-{variant}")
     return out
 
 
@@ -442,6 +494,53 @@ def process_memory(pid: int) -> dict[str, float]:
     return mem
 
 
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def sharing_probe(workdir: Path, n: int) -> dict[str, Any]:
+    """What `build_predictors` does to memory, step by step, in this (fresh) process: load n
+    adapters, `share_identical_parameters`, then glibc's malloc_trim(0) (which the predictor
+    does not call)."""
+    import ctypes
+    import gc
+
+    from aads.inference import Diagnoser, share_identical_parameters
+
+    out: dict[str, Any] = {"crops": n, "rss_start_mib": rss_mib()}
+    diagnosers = [
+        Diagnoser.from_dir(workdir / "adapters" / c, device="cpu", dtype="float32")
+        for c in list(CROPS)[:n]
+    ]
+    out["rss_loaded_mib"] = rss_mib()
+    freed = share_identical_parameters([d.adapter.network for d in diagnosers])
+    gc.collect()
+    out["freed_by_sharing_mib"] = round(freed / 2**20, 1)
+    out["rss_shared_mib"] = rss_mib()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    out["rss_shared_trimmed_mib"] = rss_mib()
+    return out
+
+
+def run_sharing_probe(workdir: Path, n: int, threads: int | None) -> dict[str, Any]:
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    cmd = [sys.executable, __file__, "--sharing-probe", str(n), "--workdir", str(workdir)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode:
+        raise RuntimeError(f"sharing probe {n}: {done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(
+        f"sharing probe {n}: RSS loaded {result['rss_loaded_mib']:.0f}, shared "
+        f"{result['rss_shared_mib']:.0f}, trimmed {result['rss_shared_trimmed_mib']:.0f} MiB "
+        f"({result['freed_by_sharing_mib']:.0f} MiB freed by sharing)",
+        flush=True,
+    )
+    return result
+
+
 def warm(port: int, crops: list[str], images: dict[str, bytes]) -> None:
     for crop in crops:
         req = urllib.request.Request(
@@ -463,7 +562,7 @@ def measured_process(group: Servers, name: str, args: list[str], crops, images) 
     return mem
 
 
-def memory(workdir: Path, group: Servers, quick: bool) -> dict[str, Any]:
+def memory(workdir: Path, group: Servers, quick: bool, threads: int | None) -> dict[str, Any]:
     spec = str(write_spec(workdir / "run" / "memory.yaml", {}))
     names = list(CROPS)
     images = {c: crop_images(workdir, c)[0] for c in names}
@@ -494,44 +593,70 @@ def memory(workdir: Path, group: Servers, quick: bool) -> dict[str, Any]:
             row["multi_hwm_mib"] = multi[str(n)]["hwm_mib"]
             row["saving_ratio"] = round(total / multi[str(n)]["rss_mib"], 2)
         table.append(row)
+    probes = {str(n): run_sharing_probe(workdir, n, threads) for n in counts if n > 1}
     note = (
         "separate processes: each single-adapter predictor started, warmed, measured and stopped "
         "in turn, RSS summed"
         + ("" if not quick else "; 4 and 8 extrapolated as n x the mean of the measured ones")
     )
-    return {"multi": multi, "single": singles, "table": table, "note": note}
+    return {
+        "multi": multi,
+        "single": singles,
+        "table": table,
+        "sharing_probe": probes,
+        "note": note,
+    }
 
 
 # --------------------------------------------------------------------------- report
 
 
+VARIANT_LABELS = {"default": "as is", "openblas1": "OPENBLAS_NUM_THREADS=1"}
+
+
 def derived(result: dict[str, Any]) -> dict[str, Any]:
-    inproc = result["in_process"]["batch1"]
-    http = result["http"]
     c_max = str(max(CONCURRENCY))
     out: dict[str, Any] = {}
-    for name in ("predictor", "chain"):
-        p50 = http[name]["1"]["p50_ms"]
-        out[f"{name}_over_in_process_c1"] = {
-            "in_process_p50_ms": inproc["p50_ms"],
-            f"{name}_p50_ms": p50,
-            "difference_ms": round(p50 - inproc["p50_ms"], 2),
-            "ratio": round(p50 / inproc["p50_ms"], 2),
+    for variant in VARIANTS:
+        inproc = result["in_process"][variant]["batch1"]
+        http = result["http"][variant]
+        d: dict[str, Any] = {}
+        for name in ("predictor", "chain"):
+            p50 = http[name]["1"]["p50_ms"]
+            d[f"{name}_over_in_process_c1"] = {
+                "in_process_p50_ms": inproc["p50_ms"],
+                f"{name}_p50_ms": p50,
+                "difference_ms": round(p50 - inproc["p50_ms"], 2),
+                "ratio": round(p50 / inproc["p50_ms"], 2),
+            }
+        batched = http["predictor"][c_max]["images_per_s"]
+        unbatched = http["predictor_unbatched"][c_max]["images_per_s"]
+        d["batching_gain"] = {
+            "concurrency": int(c_max),
+            "batched_images_per_s": batched,
+            "unbatched_images_per_s": unbatched,
+            "ratio": round(batched / unbatched, 2),
         }
-    batched = http["predictor"][c_max]["images_per_s"]
-    unbatched = http["predictor_unbatched"][c_max]["images_per_s"]
-    out["batching_gain"] = {
-        "concurrency": int(c_max),
-        "batched_images_per_s": batched,
-        "unbatched_images_per_s": unbatched,
-        "ratio": round(batched / unbatched, 2),
+        routes: Counter[str] = Counter()
+        for r in http["chain"].values():
+            routes.update(r["crops"])
+        d["chain_routes"] = dict(routes)
+        out[variant] = d
+    base, one = result["in_process"]["default"], result["in_process"]["openblas1"]
+    hb, h1 = result["http"]["default"], result["http"]["openblas1"]
+    out["openblas1_speedup_p50"] = {
+        "in_process_batch1": round(base["batch1"]["p50_ms"] / one["batch1"]["p50_ms"], 2),
+        "in_process_router_batch1": round(
+            base["router_batch1"]["p50_ms"] / one["router_batch1"]["p50_ms"], 2
+        ),
+        "predictor_c1": round(hb["predictor"]["1"]["p50_ms"] / h1["predictor"]["1"]["p50_ms"], 2),
+        "chain_c1": round(hb["chain"]["1"]["p50_ms"] / h1["chain"]["1"]["p50_ms"], 2),
     }
     return out
 
 
 def report(result: dict[str, Any]) -> str:
     m, s = result["machine"], result["setup"]
-    inproc, http, d = result["in_process"], result["http"], result["derived"]
     lines = [
         f"# Serving benchmark ({result['mode']})",
         "",
@@ -540,48 +665,68 @@ def report(result: dict[str, Any]) -> str:
         f"{result['load_average_before']} before, {result['load_average_after']} after. "
         f"Setup {s['seconds']:.0f} s ({'cached' if s['cached'] else 'built this run'}); "
         f"run {result['run_seconds']:.0f} s. {result['requests']} requests per setting, one "
-        "224 px JPEG each.",
+        "224 px JPEG each. Variant OPENBLAS_NUM_THREADS=1: numpy's OpenBLAS (the OOD scoring "
+        "after each forward pass) held to one thread, in process with threadpoolctl, in the "
+        "servers through the environment.",
         "",
         "## Latency and throughput",
         "",
-        "| path | concurrency | p50 ms | p99 ms | images/s |",
-        "|---|---|---|---|---|",
+        "| path | variant | concurrency | p50 ms | p99 ms | images/s |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, label in (
-        ("batch1", "in process, batch 1 (decode + diagnose)"),
-        ("batch8", "in process, batch 8 (per batch)"),
-        ("router_batch1", "in process, router only, batch 1"),
-    ):
-        r = inproc[name]
-        lines.append(
-            f"| {label} | 1 | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['images_per_s']:.1f} |"
-        )
+    for variant in VARIANTS:
+        for name, label in (
+            ("batch1", "in process, batch 1 (decode + diagnose)"),
+            ("batch8", "in process, batch 8 (latency per batch)"),
+            ("router_batch1", "in process, router only, batch 1"),
+        ):
+            r = result["in_process"][variant][name]
+            lines.append(
+                f"| {label} | {VARIANT_LABELS[variant]} | 1 | {r['p50_ms']:.1f} | "
+                f"{r['p99_ms']:.1f} | {r['images_per_s']:.1f} |"
+            )
     for name, label in (
         ("predictor", "predictor (HTTP, batching 16 / 5 ms)"),
         ("chain", "router -> predictor (HTTP)"),
         ("predictor_unbatched", "predictor, max_batch_size 1"),
     ):
-        for c, r in http[name].items():
-            lines.append(
-                f"| {label} | {c} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-                f"{r['images_per_s']:.1f} |"
-            )
-    pc, ch, bg = (
-        d["predictor_over_in_process_c1"],
-        d["chain_over_in_process_c1"],
-        d["batching_gain"],
-    )
+        for variant in VARIANTS:
+            for c, r in result["http"][variant][name].items():
+                lines.append(
+                    f"| {label} | {VARIANT_LABELS[variant]} | {c} | {r['p50_ms']:.1f} | "
+                    f"{r['p99_ms']:.1f} | {r['images_per_s']:.1f} |"
+                )
+    lines.append("")
+    for variant in VARIANTS:
+        d = result["derived"][variant]
+        pc, ch, bg = (
+            d["predictor_over_in_process_c1"],
+            d["chain_over_in_process_c1"],
+            d["batching_gain"],
+        )
+        router_ms = result["in_process"][variant]["router_batch1"]["p50_ms"]
+        http = result["http"][variant]
+        lines += [
+            f"{VARIANT_LABELS[variant]}:",
+            "",
+            f"- Predictor over in-process batch 1 (p50, concurrency 1): "
+            f"{pc['difference_ms']:+.1f} ms (x{pc['ratio']:.2f}).",
+            f"- Router -> predictor chain over in-process batch 1 (p50, concurrency 1): "
+            f"{ch['difference_ms']:+.1f} ms (x{ch['ratio']:.2f}); the router's own forward "
+            f"pass and crop OOD check (in process, p50) is {router_ms:.1f} ms of that.",
+            f"- Dynamic batching at concurrency {bg['concurrency']}: "
+            f"{bg['batched_images_per_s']:.1f} vs {bg['unbatched_images_per_s']:.1f} images/s "
+            f"with max_batch_size 1 (x{bg['ratio']:.2f}).",
+            f"- Chain requests use the {http['chain_images_forwarded']} of "
+            f"{http['chain_images_tried']} {TARGET} images that the router (random weights) "
+            f"forwards to an adapter; the adapters it picked: {d['chain_routes']}.",
+            "",
+        ]
+    sp = result["derived"]["openblas1_speedup_p50"]
     lines += [
-        "",
-        f"- Predictor over in-process batch 1 (p50, concurrency 1): +{pc['difference_ms']:.1f} ms "
-        f"(x{pc['ratio']:.2f}).",
-        f"- Router -> predictor chain over in-process batch 1 (p50, concurrency 1): "
-        f"+{ch['difference_ms']:.1f} ms (x{ch['ratio']:.2f}); the router's own forward pass "
-        f"(in process, p50) is {inproc['router_batch1']['p50_ms']:.1f} ms of that.",
-        f"- Dynamic batching at concurrency {bg['concurrency']}: {bg['batched_images_per_s']:.1f} "
-        f"vs {bg['unbatched_images_per_s']:.1f} images/s with max_batch_size 1 "
-        f"(x{bg['ratio']:.2f}).",
-        f"- Images the router sent to each crop (chain, all settings): {result['chain_routes']}.",
+        f"OPENBLAS_NUM_THREADS=1 speed-up of p50 latency: in-process diagnose "
+        f"x{sp['in_process_batch1']:.2f}, in-process router x{sp['in_process_router_batch1']:.2f}, "
+        f"predictor x{sp['predictor_c1']:.2f}, chain x{sp['chain_c1']:.2f} (concurrency 1).",
         "",
         "## Resident memory (predictor, after one warm-up request per crop)",
         "",
@@ -596,7 +741,22 @@ def report(result: dict[str, Any]) -> str:
         sep = f"{r['separate_sum_rss_mib']:.0f}" + ("" if r["separate_measured"] else " (extrap.)")
         ratio = f"{r['saving_ratio']:.2f}" if "saving_ratio" in r else "-"
         lines.append(f"| {r['crops']} | {multi} | {sep} | {ratio} |")
-    lines += ["", f"{result['memory']['note']}."]
+    lines += ["", f"{result['memory']['note']}.", ""]
+    probes = result["memory"]["sharing_probe"]
+    if probes:
+        lines += [
+            "What sharing does to RSS, in a fresh process (`share_identical_parameters` as in "
+            "`build_predictors`, then glibc `malloc_trim(0)`, which the predictor does not call):",
+            "",
+            "| crops | RSS loaded MiB | freed by sharing MiB | RSS after sharing | "
+            "after malloc_trim |",
+            "|---|---|---|---|---|",
+        ]
+        for p in probes.values():
+            lines.append(
+                f"| {p['crops']} | {p['rss_loaded_mib']:.0f} | {p['freed_by_sharing_mib']:.0f} | "
+                f"{p['rss_shared_mib']:.0f} | {p['rss_shared_trimmed_mib']:.0f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -607,7 +767,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=None, help="per setting (64; quick 16)")
     parser.add_argument("--out", type=Path, default=None, help="JSON path")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".aads" / "bench" / "serving")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads everywhere (default: torch's)"
+    )
+    parser.add_argument("--sharing-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.sharing_probe:
+        print(json.dumps(sharing_probe(args.workdir, args.sharing_probe)))
+        return
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     n = args.requests or (16 if args.quick else 64)
     began = time.perf_counter()
     result: dict[str, Any] = {
@@ -623,6 +794,7 @@ def main(argv: list[str] | None = None) -> None:
             "training": TRAIN,
             "batching": BATCHING,
             "concurrency": list(CONCURRENCY),
+            "torch_threads": args.threads or "torch default",
         },
     }
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -631,13 +803,11 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_config(base_spec())
     images = crop_images(args.workdir, TARGET)
     result["in_process"] = in_process(args.workdir, config, images, n)
-    with servers(args.workdir / "run" / "logs") as group:
-        result["http"] = http_latency(args.workdir, group, images, n)
-        result["memory"] = memory(args.workdir, group, args.quick)
-    routes: Counter[str] = Counter()
-    for r in result["http"]["chain"].values():
-        routes.update(r["crops"])
-    result["chain_routes"] = dict(routes)
+    with servers(args.workdir / "run" / "logs", args.threads) as group:
+        result["http"] = {
+            variant: http_latency(args.workdir, group, images, n, variant) for variant in VARIANTS
+        }
+        result["memory"] = memory(args.workdir, group, args.quick, args.threads)
     result["derived"] = derived(result)
     result["run_seconds"] = round(time.perf_counter() - run_began, 1)
     result["total_seconds"] = round(time.perf_counter() - began, 1)

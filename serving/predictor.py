@@ -152,12 +152,27 @@ def build_predictors(
         p.load()
     if len(predictors) > 1:
         freed = share_identical_parameters([p.diagnoser.adapter.network for p in predictors])
+        release_free_memory()
         log.info(
             "multi-adapter: %d crops share one backbone (%.1f MB freed)",
             len(predictors),
             freed / 2**20,
         )
     return predictors
+
+
+def release_free_memory() -> None:
+    """Give the weights `share_identical_parameters` dropped back to the OS: glibc keeps freed
+    heap pages otherwise, and the process's resident memory would not shrink (measured: 8 crops
+    of ViT-S, 1377 -> 786 MiB). A no-op where glibc is not the allocator."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ import kserve
 from kserve import InferenceRESTClient, Model, ModelServer
 from kserve.inference_client import RESTConfig
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
-from PIL import Image
 
+from aads.batching import DynamicBatcher
 from aads.config import PlatformConfig, load_config
 from aads.inference import InvalidRequest, check_image, resolve_model_dir
 from aads.router import CropRouter, load_router
@@ -55,6 +55,7 @@ class RouterTransformer(Model):
         super().__init__(name)
         self.router_source, self.config, self.tracking_uri = router_source, config, tracking_uri
         self.router: CropRouter | None = None
+        self.route_batcher: DynamicBatcher | None = None
         serving = config.serving
         self.client = InferenceRESTClient(
             RESTConfig(
@@ -76,6 +77,14 @@ class RouterTransformer(Model):
             self.config.storage,
             device=self.config.router.device,
             dtype=self.config.router.dtype,
+        )
+        serving = self.config.serving
+        # Concurrent requests share one router forward pass, as predictors batch per crop.
+        self.route_batcher = DynamicBatcher(
+            self.router.route,
+            max_batch_size=serving.max_batch_size,
+            max_wait_ms=serving.max_wait_ms,
+            name="router-batcher",
         )
         self.ready = True
         return self.ready
@@ -110,7 +119,10 @@ class RouterTransformer(Model):
             ]
         except InvalidRequest as err:
             raise kserve.errors.InvalidInput(str(err)) from None
-        routes = await asyncio.to_thread(self._routes, instances, images)
+        todo = [i for i, inst in enumerate(instances) if inst.crop_hint is None]
+        assert self.route_batcher is not None
+        decisions = await self.route_batcher.submit([images[i] for i in todo]) if todo else []
+        routes = route_dicts(instances, todo, decisions)
         answers: list[dict] = [{} for _ in instances]
         groups: dict[str, list[int]] = defaultdict(list)
         for i, route in enumerate(routes):
@@ -129,28 +141,6 @@ class RouterTransformer(Model):
             for i, answer in zip(idx, crop_answers, strict=True):
                 answers[i] = {**answer, "routing": routes[i]}
         return respond(payload, answers, self.name)
-
-    def _routes(self, instances: list[Instance], images: list[Image.Image]) -> list[dict]:
-        """Router decisions for the images without a hint; hints are taken as given."""
-        assert self.router is not None
-        todo = [i for i, inst in enumerate(instances) if inst.crop_hint is None]
-        decisions = self.router.route([images[i] for i in todo]) if todo else []
-        routes: list[dict] = [{"crop": inst.crop_hint, "source": "crop_hint"} for inst in instances]
-        for i, d in zip(todo, decisions, strict=True):
-            routes[i] = {
-                "crop": d.crop,
-                "crop_confidence": round(d.crop_confidence, 6),
-                "part": d.part,
-                "part_confidence": round(d.part_confidence, 6),
-                "source": "router",
-            }
-            if d.distance is not None:
-                routes[i] |= {
-                    "is_ood": d.is_ood,
-                    "distance": round(d.distance, 6),
-                    "threshold": round(d.threshold or 0.0, 6),
-                }
-        return routes
 
     async def _ask(
         self, crop: str, instances: list[Instance], headers: dict[str, str]
@@ -192,6 +182,27 @@ class RouterTransformer(Model):
 
     def get_output_types(self) -> list[dict]:
         return answer_metadata()
+
+
+def route_dicts(instances: list[Instance], routed: list[int], decisions: list) -> list[dict]:
+    """Per instance: the router's decision (crop, part, confidences, crop-level OOD), or the
+    caller's hint taken as given."""
+    routes: list[dict] = [{"crop": inst.crop_hint, "source": "crop_hint"} for inst in instances]
+    for i, d in zip(routed, decisions, strict=True):
+        routes[i] = {
+            "crop": d.crop,
+            "crop_confidence": round(d.crop_confidence, 6),
+            "part": d.part,
+            "part_confidence": round(d.part_confidence, 6),
+            "source": "router",
+        }
+        if d.distance is not None:
+            routes[i] |= {
+                "is_ood": d.is_ood,
+                "distance": round(d.distance, 6),
+                "threshold": round(d.threshold or 0.0, 6),
+            }
+    return routes
 
 
 def not_a_known_crop(route: dict) -> dict:
