@@ -33,6 +33,7 @@ bench: setup
 	$(BIN)/python benchmarks/continual.py
 	$(BIN)/python benchmarks/ood.py
 	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/serving.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -746,7 +746,8 @@ def report(result: dict[str, Any]) -> str:
     if probes:
         lines += [
             "What sharing does to RSS, in a fresh process (`share_identical_parameters` as in "
-            "`build_predictors`, then glibc `malloc_trim(0)`, which the predictor does not call):",
+            "`build_predictors`, then glibc `malloc_trim(0)`, which `build_predictors` "
+            "now calls too):",
             "",
             "| crops | RSS loaded MiB | freed by sharing MiB | RSS after sharing | "
             "after malloc_trim |",

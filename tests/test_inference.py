@@ -1,0 +1,93 @@
+"""Serving core without servers: where models come from, image checks, shared weights."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from aads.adapters.package import AdapterMeta, PackageContents, verify_package, write_package
+from aads.config import RegistrySettings, ServingSettings, StorageSettings
+from aads.inference import InvalidRequest, check_image, resolve_model, share_identical_parameters
+from aads.registry import Registry
+
+
+def png(size: tuple[int, int] = (16, 16)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_registry_alias_resolves_to_a_verified_local_package_and_its_version(
+    mlflow_server, tmp_path
+):
+    meta = AdapterMeta(
+        crop="inference-test",
+        classes=["healthy", "rust"],
+        backbone_settings={"source": "random:tiny", "image_size": 32},
+        backbone_signature={"backbone": "random:tiny"},
+        adapter_settings={},
+    )
+    heads = {"head.0.weight": torch.zeros(2, 4), "head.0.bias": torch.zeros(2)}
+    pkg = write_package(PackageContents(meta=meta, heads=heads), tmp_path / "pkg")
+    settings = RegistrySettings(experiment="inference-test")
+    Registry(settings, tracking_uri=mlflow_server).register_package(
+        pkg,
+        name="inference-test-adapter",
+        tags={},
+        description="# card",
+        metrics={},
+        kfp_run_id="run-inference-test",
+    )
+    storage = StorageSettings(cache_dir=tmp_path / "cache")
+    resolved = resolve_model(
+        "models:/inference-test-adapter@candidate", storage, settings, tracking_uri=mlflow_server
+    )
+    assert resolved.version == "1"
+    assert verify_package(resolved.path) == verify_package(pkg)
+    again = resolve_model(
+        "models:/inference-test-adapter/1", storage, settings, tracking_uri=mlflow_server
+    )
+    assert again.path == resolved.path  # cached by the version's source, verified
+
+
+def test_a_local_folder_is_served_as_is_and_a_missing_one_is_a_clear_error(tmp_path):
+    storage = StorageSettings(cache_dir=tmp_path / "cache")
+    assert resolve_model(tmp_path, storage).path == tmp_path
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        resolve_model(tmp_path / "absent", storage)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"GIF89a" + b"\0" * 64, "not an image"),
+        (png()[:40], "not an image|truncated|decodable"),
+    ],
+)
+def test_bad_images_are_invalid_requests_naming_the_image(data, message):
+    with pytest.raises(InvalidRequest, match=message):
+        check_image(data, "image 3", ServingSettings())
+
+
+def test_images_over_the_pixel_limit_are_refused_before_decoding():
+    limits = ServingSettings(max_pixels=100 * 100)
+    with pytest.raises(InvalidRequest, match="pixels"):
+        check_image(png((200, 200)), "image 0", limits)
+
+
+def test_equal_weights_of_several_networks_become_one_tensor():
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    b = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    b[0].load_state_dict(a[0].state_dict())  # shared layer; b[1] differs (the "adapter")
+    x = torch.randn(3, 4)
+    before = a(x), b(x)
+    freed = share_identical_parameters([a, b])
+    assert freed == (4 * 4 + 4) * 4
+    assert b[0].weight.data_ptr() == a[0].weight.data_ptr()
+    assert b[1].weight.data_ptr() != a[1].weight.data_ptr()
+    assert torch.equal(a(x), before[0]) and torch.equal(b(x), before[1])
