@@ -144,3 +144,20 @@ def test_every_pod_runs_as_non_root():
 def test_chart_paths_exist():
     assert (CHART / "Chart.yaml").is_file() and (CHART / "values.schema.json").is_file()
     assert Path(CHART / "templates" / "tests" / "test-inference.yaml").is_file()
+
+
+def test_only_the_router_may_call_the_adapter_predictors():
+    docs = render(yaml.safe_load((CHART / "ci" / "gpu-multi-crop.yaml").read_text()))
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    (selector,) = policy["spec"]["podSelector"]["matchExpressions"]
+    assert sorted(selector["values"]) == ["aads-corn", "aads-pepper", "aads-tomato"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [
+        {"podSelector": {"matchLabels": {"serving.kserve.io/inferenceservice": "aads-router"}}}
+    ]
+
+
+def test_every_inference_service_has_a_disruption_budget():
+    docs = render(yaml.safe_load((CHART / "ci" / "gpu-multi-crop.yaml").read_text()))
+    budgets = {d["metadata"]["name"] for d in by_kind(docs, "PodDisruptionBudget")}
+    assert budgets == {d["metadata"]["name"] for d in by_kind(docs, "InferenceService")}

@@ -36,3 +36,16 @@ serving.kserve.io/deploymentMode: {{ .Values.kserve.deploymentMode }}
 {{- end -}}
 {{- toYaml $res -}}
 {{- end -}}
+
+{{/* Names of the adapter InferenceServices (KServe labels their pods with them). */}}
+{{- define "aads.adapterServices" -}}
+{{- if eq .Values.adapters.mode "multi" -}}
+{{- list (printf "%s-adapters" (include "aads.fullname" .)) | toJson -}}
+{{- else -}}
+{{- $names := list -}}
+{{- range $crop, $_ := .Values.adapters.crops -}}
+{{- $names = append $names (printf "%s-%s" (include "aads.fullname" $) $crop) -}}
+{{- end -}}
+{{- $names | toJson -}}
+{{- end -}}
+{{- end -}}
