@@ -70,12 +70,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from aads.adapters.package import PackageError
     from aads.adapters.phases.common import AdapterTrainingError
     from aads.backbone import BackboneError, ImageDecodeError
+    from aads.chart import ChartError
     from aads.data.dataset import DataError
     from aads.data.layout import LayoutError
     from aads.data.manifest import ManifestError
     from aads.data.synth import SynthError
     from aads.features import FeatureCacheError
     from aads.ood import OODError
+    from aads.promotion import PromotionError
     from aads.registry import RegistryError
     from aads.router import RouterError
     from aads.steps import StepError
@@ -97,6 +99,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         RouterError,
         CheckpointMismatch,
         OODError,
+        PromotionError,
+        ChartError,
         RegistryError,
         StepError,
         FileNotFoundError,
@@ -557,6 +561,62 @@ def ood_evaluate(
             )
         console.print(table)
     console.print(f"report: {out}")
+
+
+# --------------------------------------------------------------------------- promotion
+
+RepoOpt = Annotated[Path, typer.Option(help="the GitOps repository (holds charts/ and manifests/)")]
+EnvOpt = Annotated[str, typer.Option("--env", help="environment, e.g. staging or production")]
+TrackingOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI")]
+CrdsOpt = Annotated[
+    Path | None, typer.Option(help="folder of KServe CRDs to validate InferenceServices against")
+]
+
+
+def _promotion_table(result) -> Table:  # noqa: ANN001 - aads.promotion.Promotion
+    table = Table("field", "value", title=f"{result.crop} in {result.env}")
+    table.add_row("version", f"{result.version} (was {result.previous_version or 'none'})")
+    table.add_row("storage URI", result.storage_uri)
+    table.add_row("digest", result.digest)
+    table.add_row("commit", result.commit or "none (already promoted)")
+    return table
+
+
+@app.command("promote")
+@reports_errors
+def promote_cmd(
+    crop: CropOpt,
+    version: Annotated[str, typer.Option(help="registered version number")],
+    env: EnvOpt,
+    repo: RepoOpt = Path("."),
+    config: ConfigOpt = Path("config/production.yaml"),
+    tracking_uri: TrackingOpt = None,
+    crds: CrdsOpt = None,
+) -> None:
+    """Pin a gated, checksum-verified version for an environment and commit it (GitOps)."""
+    from aads.promotion import promote
+
+    result = promote(
+        _config(config), repo, crop, version, env, tracking_uri=tracking_uri, crds=crds
+    )
+    console.print(_promotion_table(result))
+
+
+@app.command("rollback")
+@reports_errors
+def rollback_cmd(
+    crop: CropOpt,
+    env: EnvOpt,
+    repo: RepoOpt = Path("."),
+    config: ConfigOpt = Path("config/production.yaml"),
+    tracking_uri: TrackingOpt = None,
+    crds: CrdsOpt = None,
+) -> None:
+    """Pin the version the current one replaced, the same way as a promotion."""
+    from aads.promotion import rollback
+
+    result = rollback(_config(config), repo, crop, env, tracking_uri=tracking_uri, crds=crds)
+    console.print(_promotion_table(result))
 
 
 # --------------------------------------------------------------------------- demo

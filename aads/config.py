@@ -316,6 +316,15 @@ class RegistrySettings(_Model):
     experiment: str = "aads"
     adapter_model_prefix: str = "aads-adapter-"
     router_model_name: str = "aads-router"
+    environments: list[Slug] = Field(
+        default_factory=lambda: ["staging", "production"],
+        description="GitOps environments; each is also an MLflow alias set by `aads promote`",
+    )
+    artifact_store: str | None = Field(
+        None,
+        description="the MLflow server's --artifacts-destination (s3://...): maps proxied "
+        "mlflow-artifacts:/ sources to URIs KServe's storage initializer can read",
+    )
 
 
 class GateSettings(_Model):

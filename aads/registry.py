@@ -513,6 +513,25 @@ class Registry:
             lambda: self.client.set_registered_model_alias(name, alias, str(version)),
         )
 
+    def set_environment_alias(self, name: str, env: str, version: str) -> None:
+        """Point the environment's alias (``staging``, ``production``, ...) at `version`."""
+        if env not in self.settings.environments:
+            raise RegistryError(
+                f"environment {env!r} is not configured; registry.environments: "
+                f"{self.settings.environments}"
+            )
+        self._call(
+            f"set {name}@{env} -> v{version}",
+            lambda: self.client.set_registered_model_alias(name, env, str(version)),
+        )
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self._call(
+                f"tag {name} v{version} {key}",
+                lambda k=key, v=value: self.client.set_model_version_tag(name, str(version), k, v),
+            )
+
     def promote(self, name: str, version: str) -> None:
         """Make `version` the champion; the previous champion becomes the rollback.
 

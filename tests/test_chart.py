@@ -12,14 +12,13 @@ import pytest
 import yaml
 from helm_python import Chart, HelmError, lint
 
+from aads.chart import KSERVE_KINDS, KUBE_VERSION, crd_schemas
 from aads.config import parse_config_text
 from tests.conftest import ROOT
 
 CHART = ROOT / "charts"
 SCENARIOS = sorted((CHART / "ci").glob("*.yaml"))
 CRDS = ROOT.parent / "shared" / "crds" / "kserve"
-KUBE_VERSION = "1.32.0"
-KSERVE_KINDS = {"InferenceService", "ServingRuntime", "ClusterServingRuntime", "InferenceGraph"}
 
 
 def render(values: dict | None = None) -> list[dict]:
@@ -37,16 +36,6 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
     return [d for d in docs if d["kind"] == kind]
 
 
-def crd_schemas() -> dict[str, dict]:
-    schemas = {}
-    for path in CRDS.glob("*.yaml"):
-        crd = yaml.safe_load(path.read_text())
-        for version in crd["spec"]["versions"]:
-            key = f"{crd['spec']['group']}/{version['name']}/{crd['spec']['names']['kind']}"
-            schemas[key] = version["schema"]["openAPIV3Schema"]
-    return schemas
-
-
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_every_core_object_is_valid_kubernetes(scenario):
     for doc in render(yaml.safe_load(scenario.read_text())):
@@ -57,7 +46,7 @@ def test_every_core_object_is_valid_kubernetes(scenario):
 @pytest.mark.skipif(not CRDS.is_dir(), reason=f"KServe CRD schemas not found at {CRDS}")
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_every_kserve_object_matches_its_crd_schema(scenario):
-    schemas = crd_schemas()
+    schemas = crd_schemas(CRDS)
     checked = 0
     for doc in render(yaml.safe_load(scenario.read_text())):
         if doc["kind"] in KSERVE_KINDS:

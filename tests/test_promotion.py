@@ -1,0 +1,169 @@
+"""`aads promote` / `aads rollback` end to end: a real MLflow server, a temporary git repo with
+the chart and the GitOps layout, pins, trailers, aliases, refusals, idempotence."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from aads.adapters.package import AdapterMeta, PackageContents, write_package
+from aads.config import parse_config
+from aads.promotion import PromotionError, promote, read_pin, rollback
+from aads.registry import Registry
+from tests.conftest import ROOT
+
+CROP = "promotest"
+NAME = f"aads-adapter-{CROP}"
+CRDS = ROOT.parent / "shared" / "crds" / "kserve"
+
+
+def git(repo, *args) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def world(mlflow_server, tmp_path_factory):
+    """Three versions of one adapter (v1, v2 passed the gate, v3 failed) and a GitOps repo."""
+    tmp = tmp_path_factory.mktemp("promotion")
+    config = parse_config(
+        {
+            "crops": [{"name": CROP, "phase1_classes": ["healthy", "rust"]}],
+            "router": {"source": "random:tiny"},
+            "adapter": {"backbone": {"source": "random:tiny"}},
+            "registry": {"experiment": "promotion-test", "artifact_store": "s3://aads/mlflow"},
+        }
+    )
+    registry = Registry(config.registry, tracking_uri=mlflow_server)
+    for i, gate in enumerate(("passed", "passed", "failed"), start=1):
+        meta = AdapterMeta(
+            crop=CROP,
+            classes=["healthy", "rust"],
+            backbone_settings={"source": "random:tiny", "image_size": 32},
+            backbone_signature={"backbone": f"random:tiny#{i}"},
+            adapter_settings={},
+        )
+        heads = {"head.0.weight": torch.full((2, 4), float(i)), "head.0.bias": torch.zeros(2)}
+        pkg = write_package(PackageContents(meta=meta, heads=heads), tmp / f"pkg{i}")
+        registry.register_package(
+            pkg,
+            name=NAME,
+            tags={"gate": gate, "gate_detail": f"{gate}: accuracy", "metric.accuracy": "0.9"},
+            description="# card",
+            metrics={"accuracy": 0.9},
+            kfp_run_id=f"run-{i}",
+        )
+    repo = tmp / "gitops"
+    repo.mkdir()
+    shutil.copytree(ROOT / "charts", repo / "charts")
+    shutil.copytree(ROOT / "manifests", repo / "manifests")
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "ci@aads.test")
+    git(repo, "config", "user.name", "AADS CI")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "initial layout")
+    return {"config": config, "repo": repo, "uri": mlflow_server}
+
+
+def run_promote(world, version, env="staging"):
+    return promote(
+        world["config"], world["repo"], CROP, version, env, tracking_uri=world["uri"], crds=CRDS
+    )
+
+
+def test_promotion_writes_the_pin_and_commits_with_trailers(world):
+    result = run_promote(world, "1")
+    pin = read_pin(world["repo"], "staging", CROP)
+    assert pin["version"] == "1" and pin["modelName"] == NAME
+    assert pin["storageUri"].startswith("s3://aads/mlflow/") and pin["digest"].startswith("sha256:")
+    message = git(world["repo"], "log", "-1", "--format=%B")
+    for trailer in (
+        "Model-Name: ",
+        "Model-Version: 1",
+        "Model-URI: s3://",
+        "Artifact-Digest: ",
+        "MLflow-Run-Id: ",
+        "KFP-Run-Id: run-1",
+        "Previous-Version: none",
+    ):
+        assert trailer in message
+    assert result.commit == git(world["repo"], "rev-parse", "HEAD").strip()
+    app = (world["repo"] / "manifests" / "argocd" / "staging.yaml").read_text()
+    assert f"pins/{CROP}.yaml" in app
+
+
+def test_promotion_records_the_environment_alias_and_the_commit_in_mlflow(world):
+    result = run_promote(world, "2")
+    client = MlflowClient(tracking_uri=world["uri"])
+    version = client.get_model_version_by_alias(NAME, "staging")
+    assert version.version == "2"
+    assert version.tags["promoted.staging.commit"] == result.commit
+    assert result.previous_version == "1"
+
+
+def test_promoting_what_is_pinned_again_changes_nothing(world):
+    head = git(world["repo"], "rev-parse", "HEAD")
+    result = run_promote(world, "2")
+    assert result.commit == "" and git(world["repo"], "rev-parse", "HEAD") == head
+
+
+def test_a_version_that_failed_its_gate_is_refused(world):
+    with pytest.raises(PromotionError, match="did not pass its gate"):
+        run_promote(world, "3")
+    assert read_pin(world["repo"], "staging", CROP)["version"] == "2"
+
+
+def test_a_missing_version_is_refused(world):
+    with pytest.raises(PromotionError, match="cannot promote"):
+        run_promote(world, "99")
+
+
+def test_rollback_restores_the_previous_version(world):
+    result = rollback(
+        world["config"], world["repo"], CROP, "staging", tracking_uri=world["uri"], crds=CRDS
+    )
+    assert result.version == "1" and read_pin(world["repo"], "staging", CROP)["version"] == "1"
+    assert "Rollback" in git(world["repo"], "log", "-1", "--format=%s")
+
+
+def test_production_promotion_moves_champion_and_keeps_a_rollback(world):
+    run_promote(world, "1", env="production")
+    run_promote(world, "2", env="production")
+    aliases = MlflowClient(tracking_uri=world["uri"]).get_registered_model(NAME).aliases
+    assert (
+        aliases["production"] == "2" and aliases["champion"] == "2" and aliases["rollback"] == "1"
+    )
+
+
+def test_cli_refuses_a_failed_version_with_one_line_and_exit_2(world, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from aads.cli import app
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(world["config"].model_dump(mode="json")))
+    result = CliRunner().invoke(
+        app,
+        [
+            "promote",
+            "--crop",
+            CROP,
+            "--version",
+            "3",
+            "--env",
+            "staging",
+            "--repo",
+            str(world["repo"]),
+            "--config",
+            str(spec),
+            "--tracking-uri",
+            world["uri"],
+        ],
+    )
+    assert result.exit_code == 2 and "did not pass its gate" in result.output
