@@ -123,6 +123,7 @@ def promote(
     path = pin_path(repo, env, crop)
     header = f"# Promoted model for {crop} in {env}. Written by `aads {reason}`; do not edit.\n"
     original = path.read_text() if path.is_file() else None
+    app_before = application_value_files(repo, env)[0].read_text()
     atomic_write_text(path, header + yaml.safe_dump(pin, sort_keys=False))
     app_path = _ensure_listed(repo, env, path)
     try:
@@ -130,7 +131,8 @@ def promote(
             render(Path(repo) / "charts", environment_values(repo, env), namespace=f"aads-{env}"),
             crds,
         )
-    except ChartError as err:
+    except ChartError as err:  # leave the repository as it was
+        atomic_write_text(app_path, app_before)
         if original is None:
             path.unlink()
         else:
