@@ -249,8 +249,9 @@ def test_offline_flag_is_read_from_the_environment(monkeypatch):
     assert not hub_offline()
 
 
-@pytest.mark.parametrize("fake", ["facebook/dinov3-base", "facebook/dinov3-giant"])
-def test_invented_ids_are_refused_before_any_download(fake, no_network):
+@pytest.mark.parametrize("size_word", ["base", "giant"])
+def test_invented_ids_are_refused_before_any_download(size_word, no_network):
+    fake = f"facebook/dinov3-{size_word}"  # the seed plan's invented ids
     with pytest.raises(BackboneError, match="do not exist") as err:
         load_backbone(settings(fake))
     assert not isinstance(err.value, BackboneNotAvailable)

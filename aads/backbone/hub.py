@@ -62,7 +62,8 @@ def mirror_instructions(hf_id: str) -> str:
 
 
 def check_hub_id(hf_id: str) -> None:
-    """Refuse invented official-looking ids (``facebook/dinov3-base``) before any download."""
+    """Refuse invented official-looking ids (a size word instead of the architecture name)
+    before any download."""
     if looks_like_fake_dinov3_id(hf_id):
         raise BackboneError(unknown_id_message(hf_id))
 

@@ -2,8 +2,8 @@
 
 Facts come from DESIGN.md section 2 and the authors' hub definitions (facebookresearch/dinov3
 ``hub/backbones.py``); parameter counts are computed from the shapes, and a test checks them
-against a model built on the meta device. The seed plan's ``dinov3-base`` / ``dinov3-giant``
-ids do not exist and are not here.
+against a model built on the meta device. The seed plan's size-word ids (a size word where
+the architecture name belongs) do not exist and are not here.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def get_variant(hf_id: str) -> Variant:
 
 def looks_like_fake_dinov3_id(hf_id: str) -> bool:
     """True for ids that imitate an official DINOv3 checkpoint but are not one, such as the
-    seed plan's ``facebook/dinov3-base`` / ``dinov3-giant``: worth refusing before any download."""
+    seed plan's size-word ids: worth refusing before any download."""
     name = hf_id.lower()
     official_looking = name.startswith("facebook/dinov3")
     invented_size = any(f"dinov3-{s}" in name for s in ("small", "base", "large", "giant", "huge"))
@@ -181,6 +181,7 @@ def unknown_id_message(hf_id: str) -> str:
     close = difflib.get_close_matches(hf_id, list(VARIANTS_BY_ID), n=1, cutoff=0.6)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return (
-        f"'{hf_id}' is not a DINOv3 checkpoint: ids like dinov3-base or dinov3-giant do not "
-        f"exist.{hint} The real ids are:\n  " + "\n  ".join(VARIANTS_BY_ID)
+        f"'{hf_id}' is not a DINOv3 checkpoint: ids with a size word instead of the architecture "
+        f"(vits16, vitb16, vitl16, ...) do not exist.{hint} The real ids are:\n  "
+        + "\n  ".join(VARIANTS_BY_ID)
     )
