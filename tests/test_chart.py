@@ -12,6 +12,7 @@ import pytest
 import yaml
 from helm_python import Chart, HelmError, lint
 
+from aads import chart
 from aads.chart import KSERVE_KINDS, KUBE_VERSION, crd_schemas
 from aads.config import parse_config_text
 from tests.conftest import ROOT
@@ -22,14 +23,7 @@ CRDS = ROOT.parent / "shared" / "crds" / "kserve"
 
 
 def render(values: dict | None = None) -> list[dict]:
-    chart = Chart.load(CHART)
-    out = chart.render(values or {}, name="aads", namespace="aads")
-    docs = []
-    for name, text in sorted(out.items()):
-        if name.endswith(".txt"):
-            continue
-        docs += [d for d in yaml.safe_load_all(text) if d]
-    return docs
+    return chart.render(CHART, values or {}, namespace="aads")
 
 
 def by_kind(docs: list[dict], kind: str) -> list[dict]:

@@ -27,6 +27,7 @@ from aads.data.ingest import ingest
 from aads.data.synth import synthesize
 from aads.ood.calibrate import calibrate_package
 from aads.router import train_router
+from serving.local import ServingFailed, wait_ready
 from tests.conftest import ROOT, free_port
 
 TINY = {"source": "random:tiny", "image_size": 32}
@@ -63,17 +64,12 @@ def start(args: list[str], port: int, log: Path) -> subprocess.Popen:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{args[0]} exited: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2):
-                return proc
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.5)
-    proc.kill()
-    pytest.fail(f"{args[0]} not ready in 120 s: {log.read_text()[-3000:]}")
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc, log, timeout_s=120)
+    except ServingFailed as err:
+        proc.kill()
+        pytest.fail(str(err))
+    return proc
 
 
 def stop(proc: subprocess.Popen) -> None:
