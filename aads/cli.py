@@ -55,6 +55,8 @@ ood_app = typer.Typer(
 )
 app.add_typer(train_app, name="train")
 app.add_typer(ood_app, name="ood")
+storage_app = typer.Typer(help="The S3-compatible object store.", no_args_is_help=True)
+app.add_typer(storage_app, name="storage")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -173,6 +175,23 @@ def config_show(path: Annotated[Path, typer.Argument(help="spec YAML")]) -> None
     console.print_json(_config(path).model_dump_json())
 
 
+# --------------------------------------------------------------------------- storage
+
+
+@storage_app.command("ensure-bucket")
+@reports_errors
+def storage_ensure_bucket(
+    spec: Annotated[Path, typer.Option("--spec", help="platform spec YAML (its storage block)")],
+) -> None:
+    """Create the spec's bucket if it is missing (the chart runs this after MinIO starts);
+    retried with backoff while the store comes up, then a clear error."""
+    from aads.storage import S3Store
+
+    settings = _config(spec).storage
+    S3Store(settings.bucket, settings).ensure_bucket()
+    console.print(f"[green]ok[/] s3://{settings.bucket} at {settings.resolved_endpoint()}")
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -274,7 +293,8 @@ def data_stats(
 def backbone_info(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """The real DINOv3 variants (ids, shapes, normalisation) and the random presets."""
+    """The real DINOv3 and DINOv2 variants (ids, shapes, normalisation, licence) and the random
+    presets."""
     from dataclasses import asdict
 
     from aads.backbone import PRESETS, VARIANTS
@@ -292,7 +312,8 @@ def backbone_info(
         "MLP",
         "params",
         "norm",
-        title="DINOv3 variants (gated, DINOv3 License)",
+        "licence",
+        title="Backbone variants (DINOv3; DINOv2 is the ungated fallback)",
     )
     for v in VARIANTS:
         mlp = f"{v.mlp} {v.mlp_size}" if v.mlp else "-"
@@ -305,6 +326,7 @@ def backbone_info(
             mlp,
             f"{v.num_parameters / 1e6:,.0f}M",
             v.dataset,
+            f"{v.licence}{' (gated)' if v.gated else ''}",
         )
     console.print(table)
     console.print(f"random presets (random:<name>): {', '.join(sorted(PRESETS))}")
@@ -588,16 +610,28 @@ def promote_cmd(
     crop: CropOpt,
     version: Annotated[str, typer.Option(help="registered version number")],
     env: EnvOpt,
+    canary: Annotated[
+        int | None,
+        typer.Option(help="percent of the crop's traffic for this version, beside the pinned one"),
+    ] = None,
     repo: RepoOpt = Path("."),
     config: ConfigOpt = Path("config/production.yaml"),
     tracking_uri: TrackingOpt = None,
     crds: CrdsOpt = None,
 ) -> None:
-    """Pin a gated, checksum-verified version for an environment and commit it (GitOps)."""
+    """Pin a gated, checksum-verified version for an environment and commit it (GitOps);
+    with --canary, send only that share of the crop's traffic to it."""
     from aads.promotion import promote
 
     result = promote(
-        _config(config), repo, crop, version, env, tracking_uri=tracking_uri, crds=crds
+        _config(config),
+        repo,
+        crop,
+        version,
+        env,
+        canary=canary,
+        tracking_uri=tracking_uri,
+        crds=crds,
     )
     console.print(_promotion_table(result))
 
@@ -612,7 +646,8 @@ def rollback_cmd(
     tracking_uri: TrackingOpt = None,
     crds: CrdsOpt = None,
 ) -> None:
-    """Pin the version the current one replaced, the same way as a promotion."""
+    """End a running canary, or pin the version the current one replaced, the same way as a
+    promotion."""
     from aads.promotion import rollback
 
     result = rollback(_config(config), repo, crop, env, tracking_uri=tracking_uri, crds=crds)

@@ -22,9 +22,11 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
 
 SLUG = r"^[a-z][a-z0-9_]*$"
 Slug = Annotated[str, Field(pattern=SLUG, min_length=1, max_length=48)]
@@ -35,6 +37,28 @@ BlockSelection = Literal["all", "first_half", "second_half"] | list[Annotated[in
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_MODULES = ("up_proj", "down_proj", "gate_proj")
 LoraModule = Literal["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
+"""LoRA targets by role, in DINOv3's names; on DINOv2 `aads.backbone.targets` maps them to its
+own (a GELU MLP's up_proj / down_proj are fc1 / fc2 there)."""
+
+PATCH_SIZES = {"DINOv3": 16, "DINOv2": 14}
+
+
+def named_generation(source: str) -> str | None:
+    """``DINOv2`` or ``DINOv3`` when the source string says which, else None.
+
+    DINOv2 sources name it (``facebook/dinov2-base``, ``random:dinov2_tiny``, a mirror path
+    ending in the id); every other preset is DINOv3. Of a path only the last part counts (a
+    parent folder says nothing about the model). A directory or a mirror whose name does not
+    tell is only known once loaded (`aads.backbone.load_backbone` checks it then).
+    """
+    name = source.lower().rstrip("/")
+    if "://" in name or name.startswith(("/", ".", "~")):
+        name = name.rpartition("/")[2]
+    if "dinov2" in name:
+        return "DINOv2"
+    if "dinov3" in name or name.startswith(("random:", "synthetic:")):
+        return "DINOv3"
+    return None
 
 
 class ConfigError(ValueError):
@@ -49,7 +73,9 @@ class _Model(BaseModel):
 
 
 class BackboneSettings(_Model):
-    """Where a DINOv3 backbone comes from and how images are fed to it.
+    """Where a DINOv3 (or, as the ungated fallback, DINOv2) backbone comes from and how images
+    are fed to it. The source decides the generation: ``facebook/dinov2-base`` or
+    ``random:dinov2_tiny`` is DINOv2 (patch 14), and every stage after loading follows it.
 
     ``source`` is a Hugging Face id (``facebook/dinov3-vitl16-pretrain-lvd1689m``), a local
     directory saved with ``save_pretrained``, an ``s3://bucket/prefix`` mirror, or
@@ -60,11 +86,16 @@ class BackboneSettings(_Model):
 
     source: str = Field(min_length=1)
     revision: str | None = None
-    image_size: int = Field(224, ge=16, le=1024, description="square input side, multiple of 16")
+    image_size: int = Field(
+        224,
+        ge=16,
+        le=1024,
+        description="square input side, a multiple of the patch: 16 (DINOv3), 14 (DINOv2)",
+    )
     pooling: Literal["cls", "cls_mean"] = Field(
         "cls_mean", description="cls, or CLS concatenated with mean patch token (DINOv3 probe)"
     )
-    normalization: Literal["auto", "lvd1689m", "sat493m"] = Field(
+    normalization: Literal["auto", "lvd1689m", "sat493m", "lvd142m"] = Field(
         "auto", description="auto picks by the pretraining dataset in the model id"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -85,10 +116,22 @@ class BackboneSettings(_Model):
 
     @field_validator("image_size")
     @classmethod
-    def _patch_multiple(cls, v: int) -> int:
-        # 16 is DINOv3's patch size; DINOv2 (patch 14) is not supported yet.
-        if v % 16:
-            raise ValueError(f"image_size {v} must be a multiple of the patch size 16")
+    def _patch_multiple(cls, v: int, info: ValidationInfo) -> int:
+        # A side off the patch grid loses its last pixels in the patch convolution.
+        generation = named_generation(str(info.data.get("source", "")))
+        if generation is None:
+            if all(v % p for p in PATCH_SIZES.values()):
+                raise ValueError(
+                    f"image_size {v} must be a multiple of a patch size: 16 (DINOv3) or 14 (DINOv2)"
+                )
+            return v
+        patch = PATCH_SIZES[generation]
+        if v % patch:
+            below = v // patch * patch
+            raise ValueError(
+                f"image_size {v} must be a multiple of the patch size {patch} ({generation}), "
+                f"e.g. {below} or {below + patch}"
+            )
         return v
 
 
@@ -345,6 +388,18 @@ class GateSettings(_Model):
     min_router_crop_accuracy: float = Field(0.5, ge=0, le=1)
 
 
+class CanaryRoute(_Model):
+    """A crop's canary predictor in Standard mode, where KServe has no traffic split: the
+    router sends ``percent`` of that crop's images to ``url`` instead of the stable one.
+
+    The share is picked per image by a hash of its bytes, so a retried image meets the same
+    model and two replicas of the router agree."""
+
+    url: str = Field(min_length=1, description="the canary predictor's base URL")
+    percent: float = Field(gt=0, lt=100, description="share of the crop's images, in percent")
+    version: str = Field("", description="model version the canary serves (for answers)")
+
+
 class ServingSettings(_Model):
     """Limits and batching of the KServe router and adapter predictors."""
 
@@ -363,6 +418,9 @@ class ServingSettings(_Model):
     )
     predictor_urls: dict[str, str] = Field(
         default_factory=dict, description="per-crop overrides of the template"
+    )
+    canaries: dict[str, CanaryRoute] = Field(
+        default_factory=dict, description="per-crop canary predictors (Standard mode)"
     )
 
 

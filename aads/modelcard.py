@@ -19,6 +19,10 @@ DINOV3_LICENCE = (
     "DINOv3 License (Meta; gated, see "
     "https://ai.meta.com/resources/models-and-libraries/dinov3-license/)"
 )
+DINOV2_LICENCE = (
+    "Apache-2.0 (Meta, DINOv2; not gated, see "
+    "https://github.com/facebookresearch/dinov2/blob/main/LICENSE)"
+)
 BUILT_IN_CODE = "none (built in code for tests and demos)"
 UNKNOWN_LICENCE = "unknown: check the weights' licence"
 
@@ -38,6 +42,8 @@ def backbone_licence(source: str) -> str:
     """
     if source.startswith("facebook/dinov3-"):
         return DINOV3_LICENCE
+    if source.startswith("facebook/dinov2-"):
+        return DINOV2_LICENCE
     if source.startswith(("synthetic:", "random:")):
         return BUILT_IN_CODE
     return UNKNOWN_LICENCE

@@ -10,6 +10,11 @@ Model-URI, Artifact-Digest, MLflow-Run-Id, KFP-Run-Id, metrics, Previous-Version
 records it: the environment's alias on the version (production also moves ``champion``, the
 previous one becoming ``rollback``) and tags naming the commit. Promoting what is already
 pinned changes nothing in git and re-asserts the aliases (idempotent).
+
+A canary (``--canary P``) keeps the pinned version and adds a ``canary`` block the chart turns
+into a traffic split (KServe's canaryTrafficPercent in Knative mode, the router's split to a
+second InferenceService in Standard mode); MLflow gets ``<env>-canary``. Promoting the canary
+version fully ends the canary; a rollback while one runs removes it.
 """
 
 from __future__ import annotations
@@ -73,20 +78,27 @@ def loadable_uri(source: str, config: PlatformConfig) -> str:
     )
 
 
-def promote(
-    config: PlatformConfig,
-    repo: Path,
-    crop: str,
-    version: str,
-    env: str,
-    *,
-    tracking_uri: str | None = None,
-    crds: Path | None = None,
-    reason: str = "promote",
-) -> Promotion:
-    if env not in config.registry.environments:
-        raise PromotionError(f"unknown environment {env!r}; known: {config.registry.environments}")
-    registry = Registry(config.registry, tracking_uri=tracking_uri)
+@dataclass(frozen=True)
+class _Verified:
+    """A registered version that exists, passed its gate and matches its checksums."""
+
+    name: str
+    version: str
+    uri: str
+    digest: str
+    run_id: str
+    tags: dict[str, str]
+
+    def pin(self) -> dict[str, str]:
+        return {
+            "storageUri": self.uri,
+            "version": self.version,
+            "modelName": self.name,
+            "digest": self.digest,
+        }
+
+
+def _verify(config: PlatformConfig, registry: Registry, crop: str, version: str) -> _Verified:
     name = adapter_model_name(config.registry, crop)
     try:
         found = registry.resolve(name, str(version))
@@ -103,63 +115,68 @@ def promote(
             raise PromotionError(f"{name} v{found.version} has no {CHECKSUM_FILE}: unverifiable")
         digest = "sha256:" + hashlib.sha256((package / CHECKSUM_FILE).read_bytes()).hexdigest()
     uri = loadable_uri(found.source, config)
+    return _Verified(name, found.version, uri, digest, found.run_id, dict(found.tags))
+
+
+def promote(
+    config: PlatformConfig,
+    repo: Path,
+    crop: str,
+    version: str,
+    env: str,
+    *,
+    canary: int | None = None,
+    tracking_uri: str | None = None,
+    crds: Path | None = None,
+    reason: str = "promote",
+) -> Promotion:
+    """Pin `version` for `crop` in `env` (all traffic), or with `canary` (1-99) send that
+    percentage of the crop's traffic to it beside the pinned version."""
+    if env not in config.registry.environments:
+        raise PromotionError(f"unknown environment {env!r}; known: {config.registry.environments}")
+    if canary is not None and not 1 <= canary <= 99:
+        raise PromotionError(f"--canary is a percentage of traffic from 1 to 99, not {canary}")
+    registry = Registry(config.registry, tracking_uri=tracking_uri)
+    found = _verify(config, registry, crop, version)
     before = read_pin(repo, env, crop)
     previous = str(before.get("version", ""))
-    if previous == found.version and before.get("digest") == digest:
-        _record(registry, name, found.version, env, previous_champion=None, commit="")
-        return Promotion(crop, env, found.version, previous, uri, digest, "")
-    pin = {
-        "adapters": {
-            "crops": {
-                crop: {
-                    "storageUri": uri,
-                    "version": found.version,
-                    "modelName": name,
-                    "digest": digest,
-                }
-            }
-        }
-    }
-    path = pin_path(repo, env, crop)
-    header = f"# Promoted model for {crop} in {env}. Written by `aads {reason}`; do not edit.\n"
-    original = path.read_text() if path.is_file() else None
-    app_before = application_value_files(repo, env)[0].read_text()
-    atomic_write_text(path, header + yaml.safe_dump(pin, sort_keys=False))
-    app_path = _ensure_listed(repo, env, path)
-    try:
-        validate(
-            render(Path(repo) / "charts", environment_values(repo, env), namespace=f"aads-{env}"),
-            crds,
-        )
-    except ChartError as err:  # leave the repository as it was
-        atomic_write_text(app_path, app_before)
-        if original is None:
-            path.unlink()
-        else:
-            atomic_write_text(path, original)
-        raise PromotionError(
-            f"the {env} release would not deploy with {name} v{found.version}: {err}"
-        ) from None
+    if canary is None:
+        entry = found.pin()
+        unchanged = previous == found.version and before.get("digest") == found.digest
+        unchanged = unchanged and "canary" not in before
+        title = f"{reason.capitalize()} {crop} to {found.name} v{found.version} in {env}"
+    else:
+        if not previous:
+            raise PromotionError(
+                f"{crop} has no version in {env} yet to run a canary beside; promote one first"
+            )
+        if previous == found.version:
+            raise PromotionError(f"{found.name} v{found.version} already takes all of {env}")
+        entry = {k: v for k, v in before.items() if k != "canary"}
+        entry["canary"] = found.pin() | {"trafficPercent": canary}
+        unchanged = before.get("canary") == entry["canary"]
+        title = f"Canary {crop}: {found.name} v{found.version} at {canary}% in {env}"
+    if unchanged:
+        _record(registry, found.name, found.version, env, canary=canary, commit="")
+        return Promotion(crop, env, found.version, previous, found.uri, found.digest, "")
     metrics = {
         k.removeprefix("metric."): v for k, v in found.tags.items() if k.startswith("metric.")
     }
     trailers = {
-        "Model-Name": name,
+        "Model-Name": found.name,
         "Model-Version": found.version,
-        "Model-URI": uri,
-        "Artifact-Digest": digest,
+        "Model-URI": found.uri,
+        "Artifact-Digest": found.digest,
         "MLflow-Run-Id": found.run_id,
         "KFP-Run-Id": found.tags.get("kfp_run_id", ""),
         "Previous-Version": previous or "none",
+        **({"Canary-Percent": str(canary)} if canary is not None else {}),
         **{f"Metric-{k}": v for k, v in sorted(metrics.items())[:8]},
     }
-    message = f"{reason.capitalize()} {crop} to {name} v{found.version} in {env}\n\n" + "\n".join(
-        f"{k}: {v}" for k, v in trailers.items()
-    )
-    commit = _commit(repo, [path, app_path], message)
-    previous_champion = registry._model(name).aliases.get("champion")  # noqa: SLF001
-    _record(registry, name, found.version, env, previous_champion=previous_champion, commit=commit)
-    return Promotion(crop, env, found.version, previous, uri, digest, commit)
+    message = title + "\n\n" + "\n".join(f"{k}: {v}" for k, v in trailers.items())
+    commit = _write_pin_and_commit(config, repo, env, crop, entry, message, reason, crds)
+    _record(registry, found.name, found.version, env, canary=canary, commit=commit)
+    return Promotion(crop, env, found.version, previous, found.uri, found.digest, commit)
 
 
 def rollback(
@@ -171,7 +188,32 @@ def rollback(
     tracking_uri: str | None = None,
     crds: Path | None = None,
 ) -> Promotion:
-    """Pin the version the current pin replaced (from its last promotion commit's trailer)."""
+    """End a running canary; without one, pin the version the current pin replaced (from its
+    last promotion commit's trailer)."""
+    before = read_pin(repo, env, crop)
+    if "canary" in before:
+        canary = before["canary"]
+        entry = {k: v for k, v in before.items() if k != "canary"}
+        message = (
+            f"Rollback canary {crop}: {canary.get('modelName', '')} v{canary.get('version')} "
+            f"in {env}\n\nModel-Name: {canary.get('modelName', '')}\n"
+            f"Model-Version: {before.get('version', '')}\n"
+            f"Previous-Version: {before.get('version', '')}\n"
+            f"Canary-Version: {canary.get('version', '')}"
+        )
+        commit = _write_pin_and_commit(config, repo, env, crop, entry, message, "rollback", crds)
+        registry = Registry(config.registry, tracking_uri=tracking_uri)
+        name = adapter_model_name(config.registry, crop)
+        registry.set_canary_alias(name, env, None)
+        return Promotion(
+            crop,
+            env,
+            str(before.get("version", "")),
+            str(canary.get("version", "")),
+            str(before.get("storageUri", "")),
+            str(before.get("digest", "")),
+            commit,
+        )
     path = pin_path(repo, env, crop)
     log = _git(repo, "log", "-1", "--format=%B", "--", str(path.relative_to(repo)))
     previous = next(
@@ -189,16 +231,58 @@ def rollback(
     )
 
 
+def _write_pin_and_commit(
+    config: PlatformConfig,
+    repo: Path,
+    env: str,
+    crop: str,
+    entry: dict,
+    message: str,
+    reason: str,
+    crds: Path | None,
+) -> str:
+    """Write the pin, render and validate the environment's release with it, commit. A
+    release that would not deploy leaves the repository exactly as it was."""
+    path = pin_path(repo, env, crop)
+    header = f"# Promoted model for {crop} in {env}. Written by `aads {reason}`; do not edit.\n"
+    original = path.read_text() if path.is_file() else None
+    app_before = application_value_files(repo, env)[0].read_text()
+    pin = {"adapters": {"crops": {crop: entry}}}
+    atomic_write_text(path, header + yaml.safe_dump(pin, sort_keys=False))
+    app_path = _ensure_listed(repo, env, path)
+    try:
+        validate(
+            render(Path(repo) / "charts", environment_values(repo, env), namespace=f"aads-{env}"),
+            crds,
+        )
+    except ChartError as err:
+        atomic_write_text(app_path, app_before)
+        if original is None:
+            path.unlink()
+        else:
+            atomic_write_text(path, original)
+        raise PromotionError(f"the {env} release would not deploy with this pin: {err}") from None
+    return _commit(repo, [path, app_path], message)
+
+
 def _record(
     registry: Registry,
     name: str,
     version: str,
     env: str,
     *,
-    previous_champion: str | None,
+    canary: int | None,
     commit: str,
 ) -> None:
+    """MLflow's view of the promotion: the environment alias (or ``<env>-canary``), champion
+    and rollback for production, and the commit on the version."""
+    if canary is not None:
+        registry.set_canary_alias(name, env, version)
+        if commit:
+            registry.set_version_tags(name, version, {f"canary.{env}.commit": commit})
+        return
     registry.set_environment_alias(name, env, version)
+    registry.set_canary_alias(name, env, None)
     if env == CHAMPION_ENV:
         registry.promote(name, version)
     if commit:

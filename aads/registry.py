@@ -525,6 +525,30 @@ class Registry:
             lambda: self.client.set_registered_model_alias(name, env, str(version)),
         )
 
+    def set_canary_alias(self, name: str, env: str, version: str | None) -> None:
+        """Point ``<env>-canary`` at the version taking part of the environment's traffic, or
+        remove it (`version` None) when the canary ends."""
+        if env not in self.settings.environments:
+            raise RegistryError(
+                f"environment {env!r} is not configured; registry.environments: "
+                f"{self.settings.environments}"
+            )
+        alias = f"{env}-canary"
+        if version is not None:
+            self._call(
+                f"set {name}@{alias} -> v{version}",
+                lambda: self.client.set_registered_model_alias(name, alias, str(version)),
+            )
+        elif alias in self.aliases(name):
+            self._call(
+                f"delete {name}@{alias}",
+                lambda: self.client.delete_registered_model_alias(name, alias),
+            )
+
+    def aliases(self, name: str) -> dict[str, str]:
+        """{alias: version} of a registered model."""
+        return {a: str(v) for a, v in self._model(name).aliases.items()}
+
     def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
             self._call(

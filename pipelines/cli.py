@@ -226,6 +226,33 @@ def not_a_plant(path: Path) -> Path:
     return path
 
 
+@app.command("upload")
+@reports_errors
+def upload_cmd(
+    host: Annotated[
+        str, typer.Option(help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888")
+    ],
+    version_name: Annotated[
+        str | None, typer.Option(help="pipeline version name; default: aads-training-<git sha>")
+    ] = None,
+    namespace: Annotated[str | None, typer.Option(help="KFP namespace (multi-user)")] = None,
+) -> None:
+    """Publish the training pipeline to KFP as a new version (kept if it already exists), so
+    users can start runs from the UI. The chart's upload Job runs this."""
+    from pipelines.submit import SubmitError, upload
+    from pipelines.training import PIPELINE_NAME
+
+    name = version_name or f"{PIPELINE_NAME}-{git_sha()[:12] or 'dev'}"
+    try:
+        pipeline_id, version_id, created = upload(host, name, namespace=namespace)
+    except SubmitError as err:
+        _fail(err, 3)
+    state = "uploaded" if created else "already there"
+    console.print(
+        f"{PIPELINE_NAME} version {name} {state}: pipeline {pipeline_id}, version {version_id}"
+    )
+
+
 @app.command("submit")
 @reports_errors
 def submit_cmd(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -12,6 +13,50 @@ from pipelines.training import PIPELINE_NAME, training_pipeline
 
 class SubmitError(RuntimeError):
     """KFP could not be reached or refused the upload; the message names the host."""
+
+
+def upload(host: str, version_name: str, *, namespace: str | None = None) -> tuple[str, str, bool]:
+    """Publish the training pipeline as ``version_name`` of ``aads-training``.
+
+    Returns (pipeline id, version id, created). A version of that name already there is kept
+    and reported, so a Helm hook or a retried CI job can run this any number of times.
+    """
+    import kfp
+    from kfp import compiler
+
+    try:
+        client = kfp.Client(host=host, namespace=namespace)
+        pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
+        if pipeline_id is not None:
+            existing = _version_named(client, pipeline_id, version_name)
+            if existing is not None:
+                return pipeline_id, existing, False
+        with tempfile.TemporaryDirectory() as tmp:
+            package = str(Path(tmp) / "pipeline.yaml")
+            compiler.Compiler().compile(training_pipeline, package)
+            if pipeline_id is None:
+                pipeline = client.upload_pipeline(
+                    package,
+                    pipeline_name=PIPELINE_NAME,
+                    description="AADS continual training: router, phases 1-3, OOD, gate, register",
+                    namespace=namespace,
+                )
+                pipeline_id = pipeline.pipeline_id
+            version = client.upload_pipeline_version(
+                package, pipeline_version_name=version_name, pipeline_id=pipeline_id
+            )
+    except Exception as err:  # kfp raises urllib3/ApiException/ValueError; report one line
+        raise SubmitError(f"KFP at {host}: {type(err).__name__}: {str(err)[:300]}") from None
+    return pipeline_id, version.pipeline_version_id, True
+
+
+def _version_named(client, pipeline_id: str, name: str) -> str | None:  # noqa: ANN001
+    predicate = {"operation": "EQUALS", "key": "display_name", "string_value": name}
+    found = client.list_pipeline_versions(
+        pipeline_id, page_size=1, filter=json.dumps({"predicates": [predicate]})
+    )
+    versions = found.pipeline_versions or []
+    return versions[0].pipeline_version_id if versions else None
 
 
 def submit(
@@ -27,29 +72,19 @@ def submit(
 ) -> str:
     """Upload a new version of the ``aads-training`` pipeline, create a run, return its URL."""
     import kfp
-    from kfp import compiler
 
     config = parse_config_text(config_text, "config")
     crops = crops or config.crop_names
+    version_name = f"{PIPELINE_NAME}-{(git_sha or 'dev')[:12]}-{int(time.time())}"
+    pipeline_id, version_id, _ = upload(host, version_name, namespace=namespace)
     try:
         client = kfp.Client(host=host, namespace=namespace)
-        pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
-        with tempfile.TemporaryDirectory() as tmp:
-            package = str(Path(tmp) / "pipeline.yaml")
-            compiler.Compiler().compile(training_pipeline, package)
-            version_name = f"{PIPELINE_NAME}-{(git_sha or 'dev')[:12]}-{int(time.time())}"
-            if pipeline_id is None:
-                pipeline = client.upload_pipeline(package, pipeline_name=PIPELINE_NAME)
-                pipeline_id = pipeline.pipeline_id
-            version = client.upload_pipeline_version(
-                package, pipeline_version_name=version_name, pipeline_id=pipeline_id
-            )
         exp = client.create_experiment(experiment, namespace=namespace)
         run = client.run_pipeline(
             experiment_id=exp.experiment_id,
             job_name=version_name,
             pipeline_id=pipeline_id,
-            version_id=version.pipeline_version_id,
+            version_id=version_id,
             params={
                 "config": config_text,
                 "data_uri": data_uri,

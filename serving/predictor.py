@@ -13,6 +13,7 @@ each crop has its own dynamic batcher (adapters cannot share a batch).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -127,12 +128,8 @@ def model_sources(args: argparse.Namespace) -> dict[str, str]:
     if args.model_root:
         for pkg in sorted(Path(args.model_root).iterdir()):
             if (pkg / "adapter.json").is_file():
-                import json
-
                 sources.setdefault(json.loads((pkg / "adapter.json").read_text())["crop"], str(pkg))
     if not sources and (KSERVE_MODEL_DIR / "adapter.json").is_file():
-        import json
-
         crop = json.loads((KSERVE_MODEL_DIR / "adapter.json").read_text())["crop"]
         sources[crop] = str(KSERVE_MODEL_DIR)
     if not sources:

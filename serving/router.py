@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -124,26 +125,41 @@ class RouterTransformer(Model):
         decisions = await self.route_batcher.submit([images[i] for i in todo]) if todo else []
         routes = route_dicts(instances, todo, decisions)
         answers: list[dict] = [{} for _ in instances]
-        groups: dict[str, list[int]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
         for i, route in enumerate(routes):
             if route.get("is_ood"):
                 answers[i] = not_a_known_crop(route)
-            else:
-                groups[route["crop"]].append(i)
+                continue
+            variant = self.variant(route["crop"], instances[i].image)
+            if variant == "canary":
+                route["variant"] = "canary"
+                route["canary_version"] = self.config.serving.canaries[route["crop"]].version
+            groups[(route["crop"], variant)].append(i)
         forwarded = {k: v for k, v in (headers or {}).items() if k.lower() in FORWARDED_HEADERS}
         results = await asyncio.gather(
             *(
-                self._ask(crop, [instances[i] for i in idx], forwarded)
-                for crop, idx in groups.items()
+                self._ask(crop, [instances[i] for i in idx], forwarded, variant)
+                for (crop, variant), idx in groups.items()
             )
         )
-        for (_crop, idx), crop_answers in zip(groups.items(), results, strict=True):
+        for idx, crop_answers in zip(groups.values(), results, strict=True):
             for i, answer in zip(idx, crop_answers, strict=True):
                 answers[i] = {**answer, "routing": routes[i]}
         return respond(payload, answers, self.name)
 
+    def variant(self, crop: str, image: bytes) -> str:
+        """``canary`` for the configured share of the crop's images, else ``stable``."""
+        canary = self.config.serving.canaries.get(crop)
+        if canary is None:
+            return "stable"
+        return "canary" if canary_bucket(image) < canary.percent else "stable"
+
     async def _ask(
-        self, crop: str, instances: list[Instance], headers: dict[str, str]
+        self,
+        crop: str,
+        instances: list[Instance],
+        headers: dict[str, str],
+        variant: str = "stable",
     ) -> list[dict]:
         """One V2 call to the crop's predictor; on failure, an error entry per image."""
         request = InferRequest(
@@ -157,7 +173,11 @@ class RouterTransformer(Model):
                 )
             ],
         )
-        url = self.predictor_url(crop)
+        url = (
+            self.config.serving.canaries[crop].url
+            if variant == "canary"
+            else self.predictor_url(crop)
+        )
         if url is None:
             error = {"code": 404, "message": f"no adapter is served for crop '{crop}'"}
             return [{"crop": crop, "error": error} for _ in instances]
@@ -182,6 +202,12 @@ class RouterTransformer(Model):
 
     def get_output_types(self) -> list[dict]:
         return answer_metadata()
+
+
+def canary_bucket(image: bytes) -> float:
+    """A stable number in [0, 100) for an image: the same bytes always land in the same
+    bucket, so the split is sticky per image and identical on every router replica."""
+    return int.from_bytes(hashlib.sha256(image).digest()[:8], "big") % 10_000 / 100
 
 
 def route_dicts(instances: list[Instance], routed: list[int], decisions: list) -> list[dict]:

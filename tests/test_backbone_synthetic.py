@@ -65,3 +65,16 @@ def test_pretraining_changes_the_weights(short_recipe, tmp_path):
     random = load_backbone(BackboneSettings(source="random:tiny", image_size=32))
     w = "model.layer.0.attention.q_proj.weight"
     assert not torch.equal(trained.model.state_dict()[w], random.model.state_dict()[w])
+
+
+def test_a_dinov2_preset_pretrains_and_loads_as_dinov2(short_recipe, tmp_path):
+    from transformers import Dinov2Model
+
+    backbone = load_backbone(
+        BackboneSettings(source="synthetic:dinov2_tiny", image_size=42),
+        StorageSettings(cache_dir=tmp_path),
+    )
+    assert isinstance(backbone.model, Dinov2Model) and backbone.prefix_tokens == 1
+    random = load_backbone(BackboneSettings(source="random:dinov2_tiny", image_size=28))
+    w = "encoder.layer.0.attention.q_proj.weight"
+    assert not torch.equal(backbone.model.state_dict()[w], random.model.state_dict()[w])

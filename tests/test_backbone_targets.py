@@ -91,10 +91,8 @@ def test_gate_proj_resolves_on_a_swiglu_model():
 
 
 @pytest.mark.parametrize("name", ["query", "key", "value"])
-def test_dinov2_names_are_refused_with_the_dinov3_names(name):
-    with pytest.raises(
-        BackboneError, match=f"'{name}' is a DINOv2 module name; DINOv3 uses ._proj"
-    ):
+def test_dinov2_checkpoint_names_are_refused_with_the_role_names(name):
+    with pytest.raises(BackboneError, match=f"'{name}' is a DINOv2 module name.* use ._proj"):
         lora_target_regex([0], [name])
 
 

@@ -1,4 +1,5 @@
-"""The DINOv3 variant table and normalisation choice: facts from DESIGN.md section 2."""
+"""The backbone variant table and normalisation choice: DINOv3 facts from DESIGN.md section 2,
+DINOv2 rows from the Hub configs (details in test_backbone_dinov2.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from aads.backbone import (
+    LVD142M,
     LVD1689M,
     SAT493M,
     VARIANTS,
@@ -41,6 +43,10 @@ REAL_IDS = {
     "facebook/dinov3-convnext-small-pretrain-lvd1689m",
     "facebook/dinov3-convnext-base-pretrain-lvd1689m",
     "facebook/dinov3-convnext-large-pretrain-lvd1689m",
+    "facebook/dinov2-small",
+    "facebook/dinov2-base",
+    "facebook/dinov2-large",
+    "facebook/dinov2-giant",
 }
 
 # id -> (width, depth, heads, mlp, mlp_size), DESIGN.md section 2
@@ -100,15 +106,26 @@ def test_parameter_count_equals_the_model_built_from_the_shape(variant):
 
 @pytest.mark.parametrize(
     ("key", "millions"),
-    [("vits16", 22), ("vitb16", 86), ("vitl16", 303), ("vith16plus", 841), ("vit7b16", 6716)],
+    [
+        ("vits16", 22),
+        ("vitb16", 86),
+        ("vitl16", 303),
+        ("vith16plus", 841),
+        ("vit7b16", 6716),
+        ("dinov2_vits14", 22),  # Hub model cards: 22.1M, 86.6M, 304M, 1.14B
+        ("dinov2_vitb14", 87),
+        ("dinov2_vitl14", 304),
+        ("dinov2_vitg14", 1136),
+    ],
 )
 def test_parameter_counts_match_the_published_sizes(key, millions):
     v = next(v for v in VARIANTS if v.key == key)
     assert round(v.num_parameters / 1e6) == pytest.approx(millions, abs=1)
 
 
-def test_every_variant_is_gated_under_the_dinov3_licence():
-    assert {(v.licence, v.gated) for v in VARIANTS} == {("DINOv3 License", True)}
+def test_every_dinov3_variant_is_gated_under_the_dinov3_licence():
+    dinov3 = [v for v in VARIANTS if v.generation == "dinov3"]
+    assert {(v.licence, v.gated) for v in dinov3} == {("DINOv3 License", True)}
 
 
 def test_real_swiglu_shape_uses_gated_silu_mlp_and_no_key_bias():
@@ -120,6 +137,8 @@ def test_real_swiglu_shape_uses_gated_silu_mlp_and_no_key_bias():
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.key)
 def test_auto_normalization_follows_the_pretraining_dataset(variant):
     expected = SAT493M if "sat493m" in variant.hf_id else LVD1689M
+    if variant.generation == "dinov2":
+        expected = LVD142M
     assert normalization_for(variant.hf_id, "auto") == expected == variant.normalization
 
 

@@ -8,18 +8,26 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
+from PIL import Image
 
 from aads.config import SynthSettings, parse_config
 from aads.data.synth import synthesize
+from aads.inference import Diagnoser, resolve_model
 from aads.mlflow_server import local_mlflow_server
+from aads.ood import UNKNOWN
 from aads.storage import open_store, put_dir
 from pipelines.compile import MANIFEST_YAML, PIPELINE_YAML, compiled_texts
 from pipelines.local import run_local
 
 TINY = {"source": "random:tiny", "image_size": 32}
+BACKBONES = {
+    "dinov3": TINY,
+    "dinov2": {"source": "random:dinov2_tiny", "image_size": 28},  # 2 x 2 patches of 14
+}
+"""Both generations pass the same whole-pipeline test: DINOv2 is a config choice, not a fork."""
 
 
-def spec(cache_dir: Path, **overrides) -> dict:
+def spec(cache_dir: Path, backbone: dict = TINY, **overrides) -> dict:
     base = {
         "crops": [
             {
@@ -31,8 +39,8 @@ def spec(cache_dir: Path, **overrides) -> dict:
             },
             {"name": "corn", "phase1_classes": ["healthy", "common_rust"]},
         ],
-        "router": TINY,
-        "adapter": {"backbone": TINY, "dora": {"r": 2, "alpha": 4}, "sd_lora": {"rank": 2}},
+        "router": backbone,
+        "adapter": {"backbone": backbone, "dora": {"r": 2, "alpha": 4}, "sd_lora": {"rank": 2}},
         "training": {
             name: {"epochs": 1, "batch_size": 16, "early_stopping_patience": None}
             for name in ("router", "phase1", "phase2", "phase3")
@@ -106,24 +114,44 @@ def test_gitops_manifests_are_a_pipeline_and_its_version():
 # --------------------------------------------------------------------------- local runs
 
 
+@pytest.mark.parametrize("generation", list(BACKBONES))
 def test_local_run_registers_every_gated_model_with_tags_and_candidate_alias(
-    images, mlflow_server, tmp_path
+    generation, images, mlflow_server, tmp_path
 ):
-    text = yaml.safe_dump(spec(tmp_path / "cache"))
+    backbone = BACKBONES[generation]
+    adapter_prefix = f"pipeline-test-{generation}-adapter-"
+    registry = {
+        "experiment": "aads-pipeline-test",
+        "adapter_model_prefix": adapter_prefix,
+        "router_model_name": f"pipeline-test-{generation}-router",
+    }
+    text = yaml.safe_dump(spec(tmp_path / "cache", backbone, registry=registry))
     run = run_local(
         text, str(images), tmp_path / "run", crops=["tomato"], tracking_uri=mlflow_server
     )
     tomato = run.crops["tomato"]
-    assert tomato.passed and tomato.version == "pipeline-test-adapter-tomato/1"
-    assert run.router.passed and run.router.version == "pipeline-test-router/1"
+    assert tomato.passed and tomato.version == f"{adapter_prefix}tomato/1"
+    assert run.router.passed and run.router.version == f"pipeline-test-{generation}-router/1"
     client = MlflowClient(tracking_uri=mlflow_server)
-    version = client.get_model_version_by_alias("pipeline-test-adapter-tomato", "candidate")
+    version = client.get_model_version_by_alias(f"{adapter_prefix}tomato", "candidate")
     assert version.version == "1"
     tags = version.tags
     assert tags["crop"] == "tomato" and tags["phase"] == "3" and tags["gate"] == "passed"
     assert tags["kfp_run_id"] and len(tags["manifest_sha256"]) == 64
-    assert tags["backbone"] == "random:tiny" and "metric.ood_far_auroc" in tags
+    assert tags["backbone"] == backbone["source"] and "metric.ood_far_auroc" in tags
     assert "# " in version.description  # the model card
+
+    # The registered package serves: a tomato image gets one of its classes or "unknown".
+    config = parse_config(yaml.safe_load(text))
+    package = resolve_model(
+        f"models:/{adapter_prefix}tomato@candidate",
+        config.storage,
+        config.registry,
+        tracking_uri=mlflow_server,
+    )
+    image = Image.open(next((images / "base" / "tomato").rglob("*.jpg")))
+    (answer,) = Diagnoser.from_dir(package.path, config.storage).diagnose([image])
+    assert answer["label"] in [*config.crop("tomato").known_classes, UNKNOWN]
 
 
 def test_a_failing_gate_registers_nothing_and_leaves_a_report(images, tmp_path):
@@ -208,5 +236,17 @@ def test_submit_to_an_unreachable_kfp_is_one_clear_error(tmp_path):
         app,
         ["pipeline", "submit", "--host", host, "--data", "s3://aads/data", "--config", str(config)],
     )
+    assert result.exit_code == 3
+    assert f"KFP at {host}" in result.output
+
+
+def test_upload_to_an_unreachable_kfp_is_one_clear_error():
+    from typer.testing import CliRunner
+
+    from aads.cli import app
+    from tests.conftest import free_port
+
+    host = f"http://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(app, ["pipeline", "upload", "--host", host, "--version-name", "v1"])
     assert result.exit_code == 3
     assert f"KFP at {host}" in result.output

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 import torch
+import yaml
 from mlflow import MlflowClient
 
 from aads.adapters.package import AdapterMeta, PackageContents, write_package
@@ -70,10 +71,25 @@ def world(mlflow_server, tmp_path_factory):
     return {"config": config, "repo": repo, "uri": mlflow_server}
 
 
-def run_promote(world, version, env="staging"):
+def run_promote(world, version, env="staging", canary=None):
     return promote(
-        world["config"], world["repo"], CROP, version, env, tracking_uri=world["uri"], crds=CRDS
+        world["config"],
+        world["repo"],
+        CROP,
+        version,
+        env,
+        canary=canary,
+        tracking_uri=world["uri"],
+        crds=CRDS,
     )
+
+
+def run_rollback(world, env="staging"):
+    return rollback(world["config"], world["repo"], CROP, env, tracking_uri=world["uri"], crds=CRDS)
+
+
+def aliases(world) -> dict[str, str]:
+    return dict(MlflowClient(tracking_uri=world["uri"]).get_registered_model(NAME).aliases)
 
 
 def test_promotion_writes_the_pin_and_commits_with_trailers(world):
@@ -167,3 +183,58 @@ def test_cli_refuses_a_failed_version_with_one_line_and_exit_2(world, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "did not pass its gate" in result.output
+
+
+# --------------------------------------------------------------------------- canaries
+# (staging holds v1 after the rollback above)
+
+
+def test_a_canary_keeps_the_pinned_version_and_adds_a_traffic_share(world):
+    result = run_promote(world, "2", canary=20)
+    pin = read_pin(world["repo"], "staging", CROP)
+    assert pin["version"] == "1" and result.previous_version == "1"
+    assert pin["canary"]["version"] == "2" and pin["canary"]["trafficPercent"] == 20
+    assert pin["canary"]["digest"].startswith("sha256:")
+    message = git(world["repo"], "log", "-1", "--format=%B")
+    assert message.startswith("Canary promotest") and "Canary-Percent: 20" in message
+    assert aliases(world)["staging"] == "1" and aliases(world)["staging-canary"] == "2"
+
+
+def test_the_canary_pin_renders_a_split_the_router_knows(world):
+    from aads.chart import environment_values, render
+
+    repo = world["repo"]
+    docs = render(repo / "charts", environment_values(repo, "staging"), namespace="aads-staging")
+    names = {d["metadata"]["name"] for d in docs if d["kind"] == "InferenceService"}
+    assert f"aads-{CROP}-canary" in names
+    (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    canaries = yaml.safe_load(config_map["data"]["spec.yaml"])["serving"]["canaries"]
+    assert canaries[CROP]["percent"] == 20 and canaries[CROP]["version"] == "2"
+
+
+def test_the_same_canary_again_changes_nothing(world):
+    head = git(world["repo"], "rev-parse", "HEAD")
+    assert run_promote(world, "2", canary=20).commit == ""
+    assert git(world["repo"], "rev-parse", "HEAD") == head
+
+
+def test_a_canary_of_a_failed_version_is_refused(world):
+    with pytest.raises(PromotionError, match="did not pass its gate"):
+        run_promote(world, "3", canary=10)
+    assert read_pin(world["repo"], "staging", CROP)["canary"]["version"] == "2"
+
+
+def test_rollback_during_a_canary_ends_the_canary(world):
+    result = run_rollback(world)
+    pin = read_pin(world["repo"], "staging", CROP)
+    assert pin["version"] == "1" and "canary" not in pin and result.version == "1"
+    assert "staging-canary" not in aliases(world)
+    assert git(world["repo"], "log", "-1", "--format=%s").startswith("Rollback canary")
+
+
+def test_promoting_the_canary_version_fully_ends_the_canary(world):
+    run_promote(world, "2", canary=50)
+    run_promote(world, "2")
+    pin = read_pin(world["repo"], "staging", CROP)
+    assert pin["version"] == "2" and "canary" not in pin
+    assert aliases(world)["staging"] == "2" and "staging-canary" not in aliases(world)

@@ -28,6 +28,7 @@ from aads.data.synth import synthesize
 from aads.ood.calibrate import calibrate_package
 from aads.router import train_router
 from serving.local import ServingFailed, wait_ready
+from serving.router import canary_bucket
 from tests.conftest import ROOT, free_port
 
 TINY = {"source": "random:tiny", "image_size": 32}
@@ -99,6 +100,14 @@ def served(tmp_path_factory) -> Iterator[dict]:
             "predictor_urls": {
                 "tomato": f"http://127.0.0.1:{ports['multi']}",
                 "corn": f"http://127.0.0.1:{ports['multi']}",
+            },
+            # Half of corn's images go to the single-adapter predictor (Standard-mode canary).
+            "canaries": {
+                "corn": {
+                    "url": f"http://127.0.0.1:{ports['single']}",
+                    "percent": 50,
+                    "version": "2",
+                }
             },
         },
     }
@@ -178,6 +187,21 @@ def ood_image() -> bytes:
 # --------------------------------------------------------------------------- round trips
 
 
+def test_a_canary_gets_its_share_of_a_crops_images_and_says_so(served):
+    corn = sorted((served["tmp"] / "data" / "base" / "corn").rglob("*.jpg"))
+    body_in = v1(*corn, hint="corn")
+    status, body = post(served["ports"]["router"], "/v1/models/aads:predict", body_in)
+    assert status == 200
+    variants = [a["routing"].get("variant", "stable") for a in body["predictions"]]
+    expected = ["canary" if canary_bucket(p.read_bytes()) < 50 else "stable" for p in corn]
+    assert variants == expected
+    assert {"canary", "stable"} <= set(variants)  # both predictors answered
+    for answer in body["predictions"]:
+        assert answer["label"] and "error" not in answer
+        if answer["routing"].get("variant") == "canary":
+            assert answer["routing"]["canary_version"] == "2"
+
+
 def test_v1_round_trip_through_the_router_answers_every_image_in_order(served):
     tomato, corn = served["images"]["tomato"][0], served["images"]["corn"][0]
     status, body = post(served["ports"]["router"], "/v1/models/aads:predict", v1(tomato, corn))
@@ -207,7 +231,8 @@ def test_crop_hint_skips_routing(served):
     image = served["images"]["tomato"][0]
     _, body = post(served["ports"]["router"], "/v1/models/aads:predict", v1(image, hint="corn"))
     answer = body["predictions"][0]
-    assert answer["crop"] == "corn" and answer["routing"] == {"crop": "corn", "source": "crop_hint"}
+    assert answer["crop"] == "corn"
+    assert answer["routing"]["source"] == "crop_hint" and "crop_confidence" not in answer["routing"]
 
 
 def test_an_out_of_distribution_image_is_answered_unknown_with_a_hint(served):
@@ -301,6 +326,7 @@ def test_a_dead_predictor_costs_only_its_own_images_an_error(served):
     corn_port, router_port = free_port(), free_port()
     spec = yaml.safe_load((tmp / "spec.yaml").read_text())
     spec["serving"]["predictor_urls"]["corn"] = f"http://127.0.0.1:{corn_port}"
+    spec["serving"]["canaries"] = {}
     (tmp / "dead.yaml").write_text(yaml.safe_dump(spec))
     corn = start(
         ["serving.predictor", "--adapter", f"corn={tmp / 'adapters' / 'corn'}", *cfg],

@@ -146,3 +146,31 @@ def test_object_keys_cannot_escape_the_destination(tmp_path):
     store = LocalStore(tmp_path / "bucket")
     with pytest.raises(StorageError, match="unsafe"):
         store.get_file("../../etc/passwd", tmp_path / "x")
+
+
+def test_ensure_bucket_command_creates_the_specs_bucket_once(s3_settings, tmp_path):
+    """What the chart's post-install Job runs against its MinIO."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from aads.cli import app
+    from aads.storage import S3Store
+
+    settings = s3_settings.model_copy(update={"bucket": "fresh-bucket"})
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "crops": [{"name": "tomato", "phase1_classes": ["healthy", "early_blight"]}],
+                "router": {"source": "random:tiny"},
+                "adapter": {"backbone": {"source": "random:tiny"}},
+                "storage": settings.model_dump(mode="json", exclude={"cache_dir"}),
+            }
+        )
+    )
+    for _ in range(2):  # a rerun of the hook finds the bucket and is content
+        result = CliRunner().invoke(app, ["storage", "ensure-bucket", "--spec", str(spec)])
+        assert result.exit_code == 0, result.output
+        assert "s3://fresh-bucket" in result.output
+    store = S3Store("fresh-bucket", settings)
+    assert store.client.bucket_exists("fresh-bucket")

@@ -1,5 +1,6 @@
-"""DINOv3 backbones: the variant table, loading from the Hub / a directory / an ``s3://``
-mirror / ``random:<preset>``, preprocessing, pooled features and LoRA target selection.
+"""DINOv3 backbones, and DINOv2 as the ungated fallback: the variant table, loading from the
+Hub / a directory / an ``s3://`` mirror / ``random:<preset>``, preprocessing, pooled features
+and LoRA target selection. What differs between the two generations is in `generations`.
 
 Typical use::
 
@@ -17,12 +18,29 @@ from .features import (
     forward_features,
     pool_tokens,
 )
+from .generations import (
+    DINOV2,
+    DINOV3,
+    GENERATIONS,
+    Generation,
+    GenerationFacts,
+    generation_of,
+    prefix_token_count,
+    vit_blocks,
+)
 from .hub import hub_environment, hub_offline, mirror_instructions
 from .loading import load_backbone, load_local_dir, save_backbone, source_kind
-from .normalization import LVD1689M, NORMALIZATIONS, SAT493M, Normalization, normalization_for
+from .normalization import (
+    LVD142M,
+    LVD1689M,
+    NORMALIZATIONS,
+    SAT493M,
+    Normalization,
+    normalization_for,
+)
 from .preprocess import ImageInput, open_image, preprocess_batch, preprocess_image, to_rgb
 from .presets import PRESETS, build_random_model, preset_config
-from .targets import lora_target_regex, resolve_lora_targets
+from .targets import lora_target_regex, lora_target_regex_for, resolve_lora_targets, target_names
 from .variants import (
     MODEL_TYPES,
     VARIANTS,
@@ -34,6 +52,10 @@ from .variants import (
 )
 
 __all__ = [
+    "DINOV2",
+    "DINOV3",
+    "GENERATIONS",
+    "LVD142M",
     "LVD1689M",
     "MODEL_TYPES",
     "NORMALIZATIONS",
@@ -46,6 +68,8 @@ __all__ = [
     "BackboneError",
     "BackboneNotAvailable",
     "FeatureExtractor",
+    "Generation",
+    "GenerationFacts",
     "ImageDecodeError",
     "ImageInput",
     "Normalization",
@@ -56,16 +80,19 @@ __all__ = [
     "feature_dim",
     "find_variant",
     "forward_features",
+    "generation_of",
     "get_variant",
     "hub_environment",
     "hub_offline",
     "load_backbone",
     "load_local_dir",
     "lora_target_regex",
+    "lora_target_regex_for",
     "mirror_instructions",
     "normalization_for",
     "open_image",
     "pool_tokens",
+    "prefix_token_count",
     "preprocess_batch",
     "preprocess_image",
     "preset_config",
@@ -74,5 +101,7 @@ __all__ = [
     "resolve_lora_targets",
     "save_backbone",
     "source_kind",
+    "target_names",
     "to_rgb",
+    "vit_blocks",
 ]

@@ -1,4 +1,5 @@
-"""`Backbone`: a loaded DINOv3 model together with everything needed to feed it correctly.
+"""`Backbone`: a loaded DINOv3 or DINOv2 model together with everything needed to feed it
+correctly.
 
 Keeping the module, its normalisation, input size, pooling, device and dtype in one object
 means preprocessing and feature extraction cannot disagree with the model they serve.
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from .generations import GenerationFacts, generation_of, prefix_token_count
 from .normalization import Normalization
 from .variants import MODEL_TYPES, Family, Variant
 
@@ -22,7 +24,7 @@ Pooling = Literal["cls", "cls_mean"]
 
 @dataclass
 class Backbone:
-    """A DINOv3 model ready for inference (eval mode, on `device` in `dtype`).
+    """A DINOv3 or DINOv2 model ready for inference (eval mode, on `device` in `dtype`).
 
     ``source`` is canonical: a Hub id (``id@revision`` when pinned), an absolute directory, an
     ``s3://bucket/prefix`` without trailing slash, or ``random:<preset>@seed=<n>``. ``variant``
@@ -42,6 +44,11 @@ class Backbone:
     @property
     def family(self) -> Family:
         return MODEL_TYPES[self.config.model_type]
+
+    @property
+    def generation(self) -> GenerationFacts:
+        """DINOv3 or DINOv2: token layout, module names, licence."""
+        return generation_of(self.config)
 
     @property
     def mean(self) -> tuple[float, float, float]:
@@ -67,11 +74,9 @@ class Backbone:
 
     @property
     def prefix_tokens(self) -> int:
-        """Tokens before the patch tokens in ``last_hidden_state``: CLS + registers for ViT,
-        the pooled vector for ConvNeXt."""
-        if self.family == "convnext":
-            return 1
-        return 1 + int(self.config.num_register_tokens)
+        """Tokens before the patch tokens in ``last_hidden_state``: CLS + 4 registers for a
+        DINOv3 ViT, CLS alone for DINOv2, the pooled vector for ConvNeXt."""
+        return prefix_token_count(self.config)
 
     @property
     def feature_dim(self) -> int:

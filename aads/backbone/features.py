@@ -3,7 +3,8 @@ classifier heads are fit on.
 
 Pooling follows DINOv3's own linear probe: ``cls`` is the CLS token after the final LayerNorm
 (``pooler_output``); ``cls_mean`` concatenates it with the mean of the patch tokens, skipping
-CLS and the 4 register tokens (ViT) or the pooled token (ConvNeXt). Extraction runs under
+the backbone's prefix tokens: CLS and 4 registers (DINOv3 ViT), CLS alone (DINOv2), or the
+pooled token (ConvNeXt). Extraction runs under
 `torch.inference_mode` and returns float32 CPU tensors whatever the model's device and dtype.
 """
 

@@ -22,6 +22,7 @@ from aads.progress import Progress
 from .base import Backbone
 from .device import resolve_device, resolve_dtype
 from .errors import BackboneError, BackboneNotAvailable
+from .generations import generation_of
 from .hub import check_hub_id, hub_environment, not_available
 from .normalization import PREPROCESSOR_CONFIG, normalization_for, preprocessor_config
 from .presets import build_random_model
@@ -106,6 +107,7 @@ def load_backbone(
         model = load_local_dir(model_dir, dtype)
         variant = _variant_named_in(canonical, model.config)
 
+    _check_patch_multiple(settings.image_size, model.config, canonical)
     if settings.gradient_checkpointing:
         _enable_gradient_checkpointing(model, canonical)
     model = model.to(device=device).eval()
@@ -123,7 +125,7 @@ def load_backbone(
 
 
 def load_local_dir(directory: Path, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A DINOv3 model from a ``save_pretrained`` directory (safetensors weights only)."""
+    """A DINOv3 or DINOv2 model from a ``save_pretrained`` directory (safetensors only)."""
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -159,7 +161,8 @@ def save_backbone(backbone: Backbone, directory: str | Path) -> Path:
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     backbone.model.save_pretrained(out)
-    config = preprocessor_config(backbone.normalization, backbone.image_size)
+    processor = backbone.generation.image_processor
+    config = preprocessor_config(backbone.normalization, backbone.image_size, processor)
     atomic_write_text(out / PREPROCESSOR_CONFIG, json.dumps(config, indent=2) + "\n")
     return out
 
@@ -244,10 +247,29 @@ def _check_complete(info: dict[str, object], where: str) -> None:
 
 def _check_model_type(model_type: str, where: str) -> None:
     if model_type not in MODEL_TYPES:
-        hint = " (DINOv2, patch 14, is not supported)" if model_type.startswith("dinov2") else ""
+        hint = (
+            " (DINOv2 with registers is a different architecture; use plain DINOv2)"
+            if model_type == "dinov2_with_registers"
+            else ""
+        )
         raise BackboneError(
             f"'{where}' is a '{model_type}' model{hint}; supported model types: "
-            f"{', '.join(MODEL_TYPES)} (DINOv3 ViT and ConvNeXt)"
+            f"{', '.join(MODEL_TYPES)} (DINOv3 ViT and ConvNeXt, DINOv2)"
+        )
+
+
+def _check_patch_multiple(image_size: int, config: PretrainedConfig, source: str) -> None:
+    """A side that is not a multiple of the patch makes the patch convolution drop the last
+    pixels silently (256 px at patch 14: 18 patches, 4 px lost), so refuse it. The config
+    checks this already when the source string names its generation; a directory or a mirror
+    is only known once loaded."""
+    patch = getattr(config, "patch_size", None)
+    if patch and image_size % int(patch):
+        title = generation_of(config).title
+        fits = (image_size // patch) * patch
+        raise BackboneError(
+            f"image_size {image_size} is not a multiple of the patch size {patch} of '{source}' "
+            f"({title}); use {fits} or {fits + patch}"
         )
 
 
@@ -258,7 +280,8 @@ def _variant_named_in(source: str, config: PretrainedConfig) -> Variant | None:
         if not source.endswith((v.hf_id, v.hf_id.split("/")[1])):
             continue
         width = config.hidden_sizes[-1] if v.family == "convnext" else config.hidden_size
-        if MODEL_TYPES.get(config.model_type) == v.family and width == v.width:
+        same_kind = MODEL_TYPES.get(config.model_type) == v.family
+        if same_kind and generation_of(config).name == v.generation and width == v.width:
             return v
     return None
 

@@ -1,8 +1,11 @@
-"""``random:<preset>`` backbones: DINOv3-shaped models with seeded random weights.
+"""``random:<preset>`` backbones: DINOv3- and DINOv2-shaped models with seeded random weights.
 
-Nothing here can download gated weights, so tests, the demo and benchmarks run the same code
-path on a model built in code. ``tiny`` is for tests (milliseconds per batch); every real ViT and
+Nothing here can download weights, so tests, the demo and benchmarks run the same code path
+on a model built in code. ``tiny`` is for tests (milliseconds per batch); every real ViT and
 ConvNeXt shape is available under its short key (``random:vitl16``), ``small`` being ViT-S/16.
+DINOv2 presets start with ``dinov2_``: ``dinov2_tiny`` / ``dinov2_mini`` mirror ``tiny`` /
+``mini`` with patch 14 and no register tokens, and the real shapes use the authors' torch.hub
+names (``random:dinov2_vitb14`` is facebook/dinov2-base's shape).
 Weights are a pure function of (preset, seed): bit-identical across calls, and building one
 never touches the caller's global RNG state.
 """
@@ -49,6 +52,35 @@ def _mini() -> PretrainedConfig:
     )
 
 
+def _dinov2_tiny() -> PretrainedConfig:
+    """DINOv2's layout at ``tiny``'s size: 4 x 4 patches of 14 at its 56 px (other sizes
+    interpolate the position embeddings)."""
+    from transformers import Dinov2Config
+
+    return Dinov2Config(
+        hidden_size=64,
+        mlp_ratio=2,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        patch_size=14,
+        image_size=56,
+    )
+
+
+def _dinov2_mini() -> PretrainedConfig:
+    """``mini``'s DINOv2 counterpart (`synthetic:dinov2_mini`): 4 blocks, width 128."""
+    from transformers import Dinov2Config
+
+    return Dinov2Config(
+        hidden_size=128,
+        mlp_ratio=2,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        patch_size=14,
+        image_size=56,
+    )
+
+
 def _tiny_convnext() -> PretrainedConfig:
     from transformers import DINOv3ConvNextConfig
 
@@ -59,10 +91,13 @@ PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
     "tiny": _tiny,
     "mini": _mini,
     "tiny_convnext": _tiny_convnext,
+    "dinov2_tiny": _dinov2_tiny,
+    "dinov2_mini": _dinov2_mini,
     "small": VARIANTS_BY_KEY["vits16"].hf_config,
     **{key: v.hf_config for key, v in VARIANTS_BY_KEY.items()},
 }
-"""Preset name -> config factory. Real shapes keep registers, layer scale and SwiGLU."""
+"""Preset name -> config factory. Real shapes keep registers, layer scale, SwiGLU and (DINOv2)
+the 518 px position-embedding grid."""
 
 
 def preset_config(preset: str) -> PretrainedConfig:
@@ -82,10 +117,14 @@ def build_random_model(preset: str, seed: int = 0) -> PreTrainedModel:
     The construction runs inside `torch.random.fork_rng` with only the CPU generator seeded, so
     the caller's global RNG (CPU and CUDA) is exactly as it was afterwards.
     """
-    from transformers import DINOv3ConvNextModel, DINOv3ViTModel
+    from transformers import Dinov2Model, DINOv3ConvNextModel, DINOv3ViTModel
 
     config = preset_config(preset)
-    model_class = DINOv3ViTModel if config.model_type == "dinov3_vit" else DINOv3ConvNextModel
+    model_class = {
+        "dinov3_vit": DINOv3ViTModel,
+        "dinov3_convnext": DINOv3ConvNextModel,
+        "dinov2": Dinov2Model,
+    }[config.model_type]
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
         with torch.device("cpu"):

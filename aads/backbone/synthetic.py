@@ -1,4 +1,5 @@
-"""``synthetic:<preset>`` backbones: DINOv3-shaped models pretrained in code on synthetic plants.
+"""``synthetic:<preset>`` backbones: DINOv3- or DINOv2-shaped ViTs pretrained in code on
+synthetic plants (``synthetic:mini``, ``synthetic:dinov2_mini``).
 
 Why: the real DINOv3 weights cannot be downloaded here, and a randomly initialised ViT is a
 poor stand-in for a foundation model: its features barely separate lesion patterns (a linear
@@ -34,8 +35,10 @@ from aads.progress import Progress
 
 from .errors import BackboneError
 from .features import pool_tokens
+from .generations import generation_of, prefix_token_count
 from .normalization import LVD1689M, PREPROCESSOR_CONFIG, preprocessor_config
 from .presets import build_random_model, preset_config
+from .variants import MODEL_TYPES
 
 RECIPE_VERSION = "2"
 PRETRAIN_CROPS = [
@@ -80,7 +83,7 @@ def ensure_synthetic_backbone(
     if (target / "config.json").is_file():
         return target
     config = preset_config(preset)
-    if config.model_type != "dinov3_vit":
+    if MODEL_TYPES.get(config.model_type) != "vit":
         raise BackboneError(f"synthetic:{preset}: only ViT presets can be pretrained here")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
@@ -136,8 +139,11 @@ def pretrain(
     val_x, val_y = pixels[~is_train], target[~is_train]
 
     model = build_random_model(preset, seed)
-    # No RoPE coordinate augmentation: at this scale it slows learning more than it helps.
-    model.config.pos_embed_rescale = None
+    # No RoPE coordinate augmentation (DINOv3): at this scale it slows learning more than it
+    # helps. DINOv2 has learned positions and no such switch.
+    rope_rescale = getattr(model.config, "pos_embed_rescale", None)
+    if rope_rescale is not None:
+        model.config.pos_embed_rescale = None
     net = _Probe(model, nn.Linear(2 * model.config.hidden_size, len(labels)))
     loader = DataLoader(
         TensorDataset(pixels[is_train], target[is_train]),
@@ -175,10 +181,12 @@ def pretrain(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model.config.pos_embed_rescale = preset_config(preset).pos_embed_rescale
+    if rope_rescale is not None:
+        model.config.pos_embed_rescale = rope_rescale
     model.save_pretrained(out_dir)
+    processor = generation_of(model.config).image_processor
     (out_dir / PREPROCESSOR_CONFIG).write_text(
-        json.dumps(preprocessor_config(LVD1689M, image_size), indent=2) + "\n"
+        json.dumps(preprocessor_config(LVD1689M, image_size, processor), indent=2) + "\n"
     )
     return {
         "recipe_version": RECIPE_VERSION,
@@ -198,7 +206,7 @@ class _Probe(nn.Module):
     def __init__(self, backbone: nn.Module, head: nn.Linear):
         super().__init__()
         self.backbone, self.head = backbone, head
-        self.prefix_tokens = 1 + int(backbone.config.num_register_tokens)
+        self.prefix_tokens = prefix_token_count(backbone.config)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         tokens = self.backbone(pixel_values=pixels).last_hidden_state

@@ -1,5 +1,5 @@
-"""CONEC-LoRA wiring on a DINOv3 ViT: shared LoRAs early, per-domain LoRA sets late, a domain
-selector at the boundary, per-domain heads, distillation, and a flat state dict.
+"""CONEC-LoRA wiring on a DINOv3 or DINOv2 ViT: shared LoRAs early, per-domain LoRA sets late,
+a domain selector at the boundary, per-domain heads, distillation, and a flat state dict.
 
 Domain-incremental learning (same labels, new imaging conditions): the first half of the blocks
 (`CONECSettings.shared_blocks`, scaled to depth) carry `SharedLoRALinear` layers that keep
@@ -49,7 +49,14 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.hooks import RemovableHandle
 
-from aads.backbone import Pooling, pool_tokens, resolve_lora_targets
+from aads.backbone import (
+    BackboneError,
+    Pooling,
+    pool_tokens,
+    prefix_token_count,
+    resolve_lora_targets,
+    vit_blocks,
+)
 from aads.config import CONECSettings, complement_blocks, resolve_blocks
 
 from .layer import ConecError, DomainLoRALinear, DomainRouting, LoRAPair, SharedLoRALinear
@@ -63,9 +70,10 @@ _LATE_KEY = re.compile(r"late\.(\d+)\.(.+)\.(A|B|scaling)")
 class ConecState:
     """Everything `apply_conec` added to a model, and how its next forward is routed.
 
-    ``shared`` and ``late`` map module names (``model.layer.0.attention.q_proj``) to the
-    wrapping layers; ``boundary_features`` is the (N, 2 x width) float32 pooled output of the
-    last shared block from the latest forward, detached.
+    ``shared`` and ``late`` map module names (``model.layer.0.attention.q_proj``; DINOv2:
+    ``encoder.layer.0.attention.q_proj``) to the wrapping layers; ``boundary_features`` is the
+    (N, 2 x width) float32 pooled output of the last shared block from the latest forward,
+    detached.
     """
 
     settings: CONECSettings
@@ -168,7 +176,8 @@ def apply_conec(
 ) -> ConecState:
     """Freeze `model`, wrap ``settings.modules`` of the shared and late blocks, hook the boundary.
 
-    `model` is a `DINOv3ViTModel` (``backbone.model``) whose earlier adapters are merged.
+    `model` is a `DINOv3ViTModel` or `Dinov2Model` (``backbone.model``) whose earlier
+    adapters are merged.
     Shared blocks must come before late blocks: the boundary hook routes the late layers.
     `pooling` is how `conec_logits` pools the final tokens for the heads.
     """
@@ -203,7 +212,7 @@ def apply_conec(
         late=late,
         routing=routing,
         selector=build_selector(settings.selector),
-        prefix_tokens=1 + int(model.config.num_register_tokens),
+        prefix_tokens=prefix_token_count(model.config),
         pooling=pooling,
     )
     state.hook = blocks[shared_blocks[-1]].register_forward_hook(_boundary_hook(state))
@@ -364,12 +373,10 @@ def load_conec_state_dict(
 
 
 def _vit_blocks(model: nn.Module) -> nn.ModuleList:
-    blocks = getattr(getattr(model, "model", None), "layer", None)
-    if not isinstance(blocks, nn.ModuleList) or not hasattr(model.config, "num_register_tokens"):
-        raise ConecError(
-            f"CONEC-LoRA needs a DINOv3 ViT (model.layer blocks), got {type(model).__name__}"
-        )
-    return blocks
+    try:
+        return vit_blocks(model)
+    except BackboneError as err:
+        raise ConecError(f"CONEC-LoRA needs a ViT backbone: {err}") from None
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> nn.Module:

@@ -6,7 +6,8 @@ wrapped layers, found by type in ``named_modules``, so a model carries its own s
 side registry can disagree with it.
 
 State-dict format (`sd_lora_state_dict`), flat and safetensors-ready, for each wrapped module
-at path ``<m>`` (e.g. ``model.layer.3.attention.q_proj``):
+at path ``<m>`` (e.g. ``model.layer.3.attention.q_proj``; on DINOv2
+``encoder.layer.3.attention.q_proj``):
 
 - ``<m>.sd_lora.A.<i>``: A of pair i, shape (r_i, d_in);
 - ``<m>.sd_lora.B.<i>``: B of pair i, shape (d_out, r_i);
