@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python benchmarks/ood.py
 	$(BIN)/python benchmarks/pipeline.py
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/vlm.py
 
 lint: setup
 	$(BIN)/ruff check .

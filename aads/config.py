@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from aads.vlm.settings import ScoutingSettings
 
 SLUG = r"^[a-z][a-z0-9_]*$"
 Slug = Annotated[str, Field(pattern=SLUG, min_length=1, max_length=48)]
@@ -422,6 +423,22 @@ class ServingSettings(_Model):
     canaries: dict[str, CanaryRoute] = Field(
         default_factory=dict, description="per-crop canary predictors (Standard mode)"
     )
+    scouting_url: str = Field(
+        "",
+        description="the scouting (VLM) service's base URL; empty: scouting is not offered",
+    )
+    scouting_default: bool = Field(
+        False, description="scout images whose request does not say (needs scouting_url)"
+    )
+    scouting_timeout_s: float = Field(
+        120.0, gt=0, le=600, description="per scouting call (it diagnoses every region)"
+    )
+
+    @model_validator(mode="after")
+    def _default_needs_a_service(self) -> ServingSettings:
+        if self.scouting_default and not self.scouting_url:
+            raise ValueError("scouting_default is true but scouting_url is empty")
+        return self
 
 
 class PlatformConfig(_Model):
@@ -437,6 +454,9 @@ class PlatformConfig(_Model):
     registry: RegistrySettings = RegistrySettings()
     gate: GateSettings = GateSettings()
     serving: ServingSettings = ServingSettings()
+    scouting: ScoutingSettings | None = Field(
+        None, description="the VLM scouting stage for field photos (aads.vlm); None: off"
+    )
 
     @field_validator("crops")
     @classmethod

@@ -24,10 +24,15 @@ HINT_INPUT = "crop_hint"
 V2_OUTPUTS = ("diagnosis", "label", "confidence", "is_ood")
 
 
+SCOUTING = "scouting"
+SCOUTING_MODEL_NAME = "scouting"  # the scouting service's model (/v1/models/scouting:predict)
+
+
 @dataclass
 class Instance:
     image: bytes
     crop_hint: str | None = None
+    scouting: bool | None = None  # None: the deployment's default (serving.scouting_default)
 
 
 def check_request_size(headers: dict[str, str] | None, limits: ServingSettings) -> None:
@@ -65,7 +70,9 @@ def _parse_v1(payload: object) -> list[Instance]:
             hint = item.get(HINT_INPUT)
             if hint is not None and not isinstance(hint, str):
                 raise InvalidRequest(f"{where}.crop_hint must be a string")
-            out.append(Instance(b64_bytes(item[IMAGE_INPUT], f"{where}.image"), hint or None))
+            scouting = _scouting_flag(item.get(SCOUTING), f"{where}.scouting")
+            image = b64_bytes(item[IMAGE_INPUT], f"{where}.image")
+            out.append(Instance(image, hint or None, scouting))
         else:
             out.append(Instance(b64_bytes(item, where)))
     return out
@@ -92,10 +99,17 @@ def _parse_v2(request: InferRequest) -> list[Instance]:
         hints = [v or None for v in values]
     elif request.parameters and isinstance(request.parameters.get(HINT_INPUT), str):
         hints = [request.parameters[HINT_INPUT]] * len(data)
+    scouting = _scouting_flag((request.parameters or {}).get(SCOUTING), "parameters.scouting")
     return [
-        Instance(b64_bytes(v, f"image[{i}]") if not isinstance(v, bytes) else v, hints[i])
+        Instance(b64_bytes(v, f"image[{i}]") if not isinstance(v, bytes) else v, hints[i], scouting)
         for i, v in enumerate(data)
     ]
+
+
+def _scouting_flag(value: object, where: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise InvalidRequest(f"{where} must be true or false, got {value!r}")
 
 
 def respond(

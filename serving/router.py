@@ -29,6 +29,7 @@ from aads.inference import InvalidRequest, check_image, resolve_model_dir
 from aads.router import CropRouter, load_router
 from serving.protocol import (
     IMAGE_INPUT,
+    SCOUTING_MODEL_NAME,
     Instance,
     answer_metadata,
     check_request_size,
@@ -120,13 +121,29 @@ class RouterTransformer(Model):
             ]
         except InvalidRequest as err:
             raise kserve.errors.InvalidInput(str(err)) from None
-        todo = [i for i, inst in enumerate(instances) if inst.crop_hint is None]
+        scouted = [i for i, inst in enumerate(instances) if self.scouts(inst)]
+        if scouted and not self.config.serving.scouting_url:
+            raise kserve.errors.InvalidInput(
+                "scouting was asked for, but this deployment has no scouting service "
+                "(serving.scouting_url; chart value scouting.enabled)"
+            )
+        todo = [
+            i
+            for i, inst in enumerate(instances)
+            if inst.crop_hint is None and i not in set(scouted)
+        ]
         assert self.route_batcher is not None
+        forwarded = {k: v for k, v in (headers or {}).items() if k.lower() in FORWARDED_HEADERS}
+        scouting = asyncio.ensure_future(
+            self._scout([instances[i] for i in scouted], forwarded) if scouted else _nothing()
+        )
         decisions = await self.route_batcher.submit([images[i] for i in todo]) if todo else []
         routes = route_dicts(instances, todo, decisions)
         answers: list[dict] = [{} for _ in instances]
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
         for i, route in enumerate(routes):
+            if i in scouted:
+                continue
             if route.get("is_ood"):
                 answers[i] = not_a_known_crop(route)
                 continue
@@ -135,7 +152,6 @@ class RouterTransformer(Model):
                 route["variant"] = "canary"
                 route["canary_version"] = self.config.serving.canaries[route["crop"]].version
             groups[(route["crop"], variant)].append(i)
-        forwarded = {k: v for k, v in (headers or {}).items() if k.lower() in FORWARDED_HEADERS}
         results = await asyncio.gather(
             *(
                 self._ask(crop, [instances[i] for i in idx], forwarded, variant)
@@ -145,7 +161,43 @@ class RouterTransformer(Model):
         for idx, crop_answers in zip(groups.values(), results, strict=True):
             for i, answer in zip(idx, crop_answers, strict=True):
                 answers[i] = {**answer, "routing": routes[i]}
+        for i, answer in zip(scouted, await scouting, strict=True):
+            answers[i] = answer
         return respond(payload, answers, self.name)
+
+    def scouts(self, instance: Instance) -> bool:
+        """Whether this image goes to the scouting stage: its own flag, else the default."""
+        if instance.scouting is not None:
+            return instance.scouting
+        return self.config.serving.scouting_default
+
+    async def _scout(self, instances: list[Instance], headers: dict[str, str]) -> list[dict]:
+        """One V1 call to the scouting service for these photos; it finds the regions and
+        sends each back through this router (with ``scouting: false``) for its diagnosis.
+        On failure, an error entry per photo, as for a predictor."""
+        serving = self.config.serving
+        url = serving.scouting_url.rstrip("/") + f"/v1/models/{SCOUTING_MODEL_NAME}:predict"
+        body = {
+            "instances": [
+                {"image": {"b64": base64.b64encode(inst.image).decode()}} for inst in instances
+            ]
+        }
+        try:
+            async with httpx.AsyncClient(timeout=serving.scouting_timeout_s) as client:
+                response = await client.post(url, json=body, headers=headers)
+            if response.status_code == 400:  # the photo itself: the caller's mistake
+                detail = response.json().get("error", response.text)
+                raise kserve.errors.InvalidInput(f"scouting: {detail}")
+            response.raise_for_status()
+            predictions = response.json()["predictions"]
+            if len(predictions) != len(instances):
+                raise ValueError(f"{len(predictions)} answers for {len(instances)} photos")
+        except (httpx.HTTPError, KeyError, ValueError) as err:
+            message = str(err).strip() or type(err).__name__
+            log.warning("scouting at %s failed: %s", url, message)
+            error = {"code": 503, "message": f"the scouting service at {url} failed: {message}"}
+            return [{"scouting": True, "error": error} for _ in instances]
+        return [scouting_answer(p) for p in predictions]
 
     def variant(self, crop: str, image: bytes) -> str:
         """``canary`` for the configured share of the crop's images, else ``stable``."""
@@ -202,6 +254,26 @@ class RouterTransformer(Model):
 
     def get_output_types(self) -> list[dict]:
         return answer_metadata()
+
+
+async def _nothing() -> list[dict]:
+    return []
+
+
+def scouting_answer(answer: dict) -> dict:
+    """A scouting answer with the flat fields every answer has (label, confidence, is_ood),
+    taken from its verdict, so V2 outputs and simple clients read it like a diagnosis."""
+    verdict = answer.get("verdict") or {}
+    status = verdict.get("status")
+    label = verdict.get("disease") if status in ("diseased", "healthy") else status
+    return {
+        "scouting": True,
+        "label": label or "unknown",
+        "confidence": verdict.get("confidence") or 0.0,
+        "is_ood": status in ("unknown", "no_regions"),
+        "crop": verdict.get("crop"),
+        **answer,
+    }
 
 
 def canary_bucket(image: bytes) -> float:

@@ -200,11 +200,26 @@ def test_a_knative_canary_uses_kserves_own_traffic_split():
     assert spec_of(docs)["serving"]["canaries"] == {}
 
 
+def test_the_scouting_service_is_its_own_gpu_inference_service_the_router_knows():
+    docs = scenario("scouting")
+    isvc = named(docs, "InferenceService", "aads-scouting")
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    assert container["command"] == ["python", "-m", "serving.scouting"]
+    assert "--router-url=http://aads-router-predictor.aads" in container["args"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    spec = parse_config_text(yaml.safe_dump(spec_of(docs)), "chart ConfigMap")
+    assert spec.serving.scouting_url == "http://aads-scouting-predictor.aads"
+    assert spec.scouting is not None and spec.scouting.sam2.source.startswith("s3://")
+    policy = named(docs, "NetworkPolicy", "aads-adapters")
+    assert "aads-scouting" in policy["spec"]["podSelector"]["matchExpressions"][0]["values"]
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
         ({"mlflow": {"backend": "postgresql"}}, "mlflow.postgresql.existingSecret"),
         ({"minio": {"enabled": False}}, "objectStore.endpoint is empty"),
+        ({"scouting": {"enabled": True}}, "spec.scouting is not set"),
         (
             {
                 "adapters": {

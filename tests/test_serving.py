@@ -27,6 +27,7 @@ from aads.data.ingest import ingest
 from aads.data.synth import synthesize
 from aads.ood.calibrate import calibrate_package
 from aads.router import train_router
+from aads.vlm.synthetic import field_image
 from serving.local import ServingFailed, wait_ready
 from serving.router import canary_bucket
 from tests.conftest import ROOT, free_port
@@ -92,7 +93,7 @@ def served(tmp_path_factory) -> Iterator[dict]:
     for crop in ("tomato", "corn"):
         pkg = train_phase1(config, crop, rows, tmp / "data", tmp / "adapters" / crop)
         calibrate_package(config, pkg, rows, tmp / "data", loco=False)
-    ports = {k: free_port() for k in ("router", "multi", "single")}
+    ports = {k: free_port() for k in ("router", "multi", "single", "scouting")}
     spec = {
         **SPEC,
         "serving": {
@@ -109,6 +110,13 @@ def served(tmp_path_factory) -> Iterator[dict]:
                     "version": "2",
                 }
             },
+            "scouting_url": f"http://127.0.0.1:{ports['scouting']}",
+        },
+        # The scouting service: vegetation proposals, random-weight SAM-2 and BioCLIP.
+        "scouting": {
+            "device": "cpu",
+            "sam2": {"source": "random:tiny"},
+            "bioclip": {"source": "random:tiny"},
         },
     }
     (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -128,6 +136,11 @@ def served(tmp_path_factory) -> Iterator[dict]:
             ["serving.router", "--router", str(tmp / "router"), *cfg],
             ports["router"],
             tmp / "router.log",
+        ),
+        start(
+            ["serving.scouting", "--router-url", f"http://127.0.0.1:{ports['router']}", *cfg],
+            ports["scouting"],
+            tmp / "scouting.log",
         ),
     ]
     images = {
@@ -182,6 +195,53 @@ def ood_image() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- scouting
+
+
+def field_jpeg(n_leaves: int, seed: int) -> tuple[bytes, list]:
+    field = field_image(n_leaves, seed=seed)
+    buf = io.BytesIO()
+    field.image.save(buf, format="JPEG", quality=95)
+    return buf.getvalue(), field.boxes
+
+
+def test_a_scouting_request_answers_one_region_per_leaf_through_the_router(served):
+    photo, boxes = field_jpeg(4, seed=7)
+    body = {"instances": [{"image": {"b64": b64(photo)}, "scouting": True}]}
+    status, answer = post(served["ports"]["router"], "/v1/models/aads:predict", body, timeout=60)
+    assert status == 200, answer
+    (scouted,) = answer["predictions"]
+    assert scouted["scouting"] is True and scouted["detector"] == "vegetation"
+    assert len(scouted["regions"]) == len(boxes) == scouted["verdict"]["regions"]
+    for region in scouted["regions"]:
+        x0, y0, x1, y1 = region["box"]
+        assert 0 <= x0 < x1 <= scouted["width"] and 0 <= y0 < y1 <= scouted["height"]
+        assert region["diagnosis"]["label"] and region["bioclip"]["probability"] > 0
+    assert scouted["label"] and "is_ood" in scouted  # the flat fields every answer has
+
+
+def test_scouted_and_plain_images_share_a_request_and_keep_their_order(served):
+    photo, _ = field_jpeg(2, seed=3)
+    leaf = served["images"]["tomato"][0]
+    body = {
+        "instances": [
+            {"image": {"b64": b64(leaf)}},
+            {"image": {"b64": b64(photo)}, "scouting": True},
+        ]
+    }
+    status, answer = post(served["ports"]["router"], "/v1/models/aads:predict", body, timeout=60)
+    assert status == 200
+    plain, scouted = answer["predictions"]
+    assert "regions" not in plain and plain["routing"]["source"] == "router"
+    assert len(scouted["regions"]) == 2
+
+
+def test_a_scouting_flag_that_is_not_a_boolean_is_a_400_naming_it(served):
+    body = {"instances": [{"image": {"b64": b64(served["images"]["corn"][0])}, "scouting": "yes"}]}
+    status, answer = post(served["ports"]["router"], "/v1/models/aads:predict", body)
+    assert status == 400 and "instances[0].scouting" in answer["error"]
 
 
 # --------------------------------------------------------------------------- round trips
@@ -327,6 +387,7 @@ def test_a_dead_predictor_costs_only_its_own_images_an_error(served):
     spec = yaml.safe_load((tmp / "spec.yaml").read_text())
     spec["serving"]["predictor_urls"]["corn"] = f"http://127.0.0.1:{corn_port}"
     spec["serving"]["canaries"] = {}
+    spec["serving"]["scouting_url"] = f"http://127.0.0.1:{free_port()}"  # nobody there
     (tmp / "dead.yaml").write_text(yaml.safe_dump(spec))
     corn = start(
         ["serving.predictor", "--adapter", f"corn={tmp / 'adapters' / 'corn'}", *cfg],
@@ -349,6 +410,11 @@ def test_a_dead_predictor_costs_only_its_own_images_an_error(served):
         assert body["predictions"][0]["error"]["code"] == 503
         status, body = post(router_port, "/v1/models/aads:predict", v1(tomato_img, hint="tomato"))
         assert status == 200 and "label" in body["predictions"][0]
+        mixed = v1(tomato_img, hint="tomato")
+        mixed["instances"].append({"image": {"b64": b64(corn_img)}, "scouting": True})
+        status, body = post(router_port, "/v1/models/aads:predict", mixed)
+        assert status == 200 and "label" in body["predictions"][0]
+        assert body["predictions"][1]["error"]["code"] == 503  # the scouting service is down
     finally:
         stop(router)
         shutil.rmtree(tmp / "unused", ignore_errors=True)

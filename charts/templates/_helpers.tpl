@@ -55,9 +55,13 @@ serving.kserve.io/deploymentMode: {{ .Values.kserve.deploymentMode }}
 {{- end -}}
 {{- end -}}
 
-{{/* Every adapter InferenceService: the crops' (or the multi one) and the split canaries. */}}
+{{/* Every InferenceService only the router calls: the crops' (or the multi one), the split
+canaries and the scouting service. */}}
 {{- define "aads.allAdapterServices" -}}
 {{- $names := fromJsonArray (include "aads.adapterServices" .) -}}
+{{- if .Values.scouting.enabled -}}
+{{- $names = append $names (printf "%s-scouting" (include "aads.fullname" .)) -}}
+{{- end -}}
 {{- range $crop, $c := .Values.adapters.crops -}}
 {{- if include "aads.canaryBySplit" (list $ $c) -}}
 {{- $names = append $names (printf "%s-%s-canary" (include "aads.fullname" $) $crop) -}}

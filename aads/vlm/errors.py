@@ -1,0 +1,21 @@
+"""Typed errors of the scouting stage, so serving maps each to an HTTP status in one place.
+
+Bad *input* (a corrupt upload) is `aads.inference.InvalidRequest`, as everywhere else in
+serving; these are about models and settings.
+"""
+
+from __future__ import annotations
+
+
+class VLMError(ValueError):
+    """A scouting model source, checkpoint or setting that cannot be used; the message says
+    which and what to do instead."""
+
+
+class VLMNotAvailable(VLMError):
+    """Weights that exist in principle (a Hub id) but cannot be read here: offline, gated or
+    not mirrored. The message names the id and how to mirror it into the object store."""
+
+    def __init__(self, message: str, *, source: str) -> None:
+        super().__init__(message)
+        self.source = source
