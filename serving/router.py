@@ -122,15 +122,14 @@ class RouterTransformer(Model):
         except InvalidRequest as err:
             raise kserve.errors.InvalidInput(str(err)) from None
         scouted = [i for i, inst in enumerate(instances) if self.scouts(inst)]
+        scouted_set = set(scouted)
         if scouted and not self.config.serving.scouting_url:
             raise kserve.errors.InvalidInput(
                 "scouting was asked for, but this deployment has no scouting service "
                 "(serving.scouting_url; chart value scouting.enabled)"
             )
         todo = [
-            i
-            for i, inst in enumerate(instances)
-            if inst.crop_hint is None and i not in set(scouted)
+            i for i, inst in enumerate(instances) if inst.crop_hint is None and i not in scouted_set
         ]
         assert self.route_batcher is not None
         forwarded = {k: v for k, v in (headers or {}).items() if k.lower() in FORWARDED_HEADERS}
@@ -142,7 +141,7 @@ class RouterTransformer(Model):
         answers: list[dict] = [{} for _ in instances]
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
         for i, route in enumerate(routes):
-            if i in scouted:
+            if i in scouted_set:
                 continue
             if route.get("is_ood"):
                 answers[i] = not_a_known_crop(route)
