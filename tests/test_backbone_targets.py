@@ -10,6 +10,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from aads.backbone import BackboneError, load_backbone, lora_target_regex, resolve_lora_targets
+from aads.backbone.targets import DINOV2_CHECKPOINT_NAMES
 from aads.config import BackboneSettings, resolve_blocks
 
 
@@ -90,9 +91,10 @@ def test_gate_proj_resolves_on_a_swiglu_model():
     assert names == ["model.layer.11.mlp.gate_proj"]
 
 
-@pytest.mark.parametrize("name", ["query", "key", "value"])
+@pytest.mark.parametrize("name", sorted(DINOV2_CHECKPOINT_NAMES))
 def test_dinov2_checkpoint_names_are_refused_with_the_role_names(name):
-    with pytest.raises(BackboneError, match=f"'{name}' is a DINOv2 module name.* use ._proj"):
+    role = DINOV2_CHECKPOINT_NAMES[name]
+    with pytest.raises(BackboneError, match=f"'{name}' is a DINOv2 module name.* use {role}"):
         lora_target_regex([0], [name])
 
 

@@ -24,7 +24,7 @@ from .base import Backbone
 from .errors import BackboneError
 from .generations import generation_of, module_names
 
-_DINOV2_NAMES = {
+DINOV2_CHECKPOINT_NAMES = {  # its checkpoint files' names -> the role to ask for
     "query": "q_proj",
     "key": "k_proj",
     "value": "v_proj",
@@ -138,10 +138,10 @@ def _check_modules(modules: Sequence[str]) -> set[str]:
         raise BackboneError("no LoRA modules given; choose from q_proj, k_proj, v_proj, ...")
     known = (*ATTENTION_MODULES, *MLP_MODULES)
     for m in modules:
-        if m in _DINOV2_NAMES:
+        if m in DINOV2_CHECKPOINT_NAMES:
             raise BackboneError(
                 f"'{m}' is a DINOv2 module name; LoRA modules are named by role in DINOv3's "
-                f"terms and mapped to each model's own layers: use {_DINOV2_NAMES[m]} "
+                f"terms and mapped to each model's own layers: use {DINOV2_CHECKPOINT_NAMES[m]} "
                 f"(attention: {', '.join(ATTENTION_MODULES)}; mlp: {', '.join(MLP_MODULES)})"
             )
         if m not in known:
