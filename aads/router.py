@@ -66,6 +66,42 @@ class RouteDecision:
     distance: float | None = None
     threshold: float | None = None
 
+    def as_dict(self) -> dict:
+        """The ``routing`` entry of an answer (what the router transformer and the scouting
+        stage report)."""
+        route = {
+            "crop": self.crop,
+            "crop_confidence": round(self.crop_confidence, 6),
+            "part": self.part,
+            "part_confidence": round(self.part_confidence, 6),
+            "source": "router",
+        }
+        if self.distance is not None:
+            route |= {
+                "is_ood": self.is_ood,
+                "distance": round(self.distance, 6),
+                "threshold": round(self.threshold or 0.0, 6),
+            }
+        return route
+
+
+def not_a_known_crop(route: dict) -> dict:
+    """The answer for an image the router's OOD check rejects (`route` from
+    `RouteDecision.as_dict`): no adapter is asked."""
+    return {
+        "crop": None,
+        "label": "unknown",
+        "is_ood": True,
+        "reason": "not one of the known crops",
+        "confidence": 0.0,
+        "ood": {
+            "distance": route["distance"],
+            "threshold": route["threshold"],
+            "nearest_class": route["crop"],
+        },
+        "routing": route,
+    }
+
 
 @dataclass
 class CropRouter:

@@ -26,7 +26,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 from aads.batching import DynamicBatcher
 from aads.config import PlatformConfig, load_config
 from aads.inference import InvalidRequest, check_image, resolve_model_dir
-from aads.router import CropRouter, load_router
+from aads.router import CropRouter, load_router, not_a_known_crop
 from serving.protocol import (
     IMAGE_INPUT,
     SCOUTING_MODEL_NAME,
@@ -286,37 +286,8 @@ def route_dicts(instances: list[Instance], routed: list[int], decisions: list) -
     caller's hint taken as given."""
     routes: list[dict] = [{"crop": inst.crop_hint, "source": "crop_hint"} for inst in instances]
     for i, d in zip(routed, decisions, strict=True):
-        routes[i] = {
-            "crop": d.crop,
-            "crop_confidence": round(d.crop_confidence, 6),
-            "part": d.part,
-            "part_confidence": round(d.part_confidence, 6),
-            "source": "router",
-        }
-        if d.distance is not None:
-            routes[i] |= {
-                "is_ood": d.is_ood,
-                "distance": round(d.distance, 6),
-                "threshold": round(d.threshold or 0.0, 6),
-            }
+        routes[i] = d.as_dict()
     return routes
-
-
-def not_a_known_crop(route: dict) -> dict:
-    """The answer for an image the router's OOD check rejects: no adapter is asked."""
-    return {
-        "crop": None,
-        "label": "unknown",
-        "is_ood": True,
-        "reason": "not one of the known crops",
-        "confidence": 0.0,
-        "ood": {
-            "distance": route["distance"],
-            "threshold": route["threshold"],
-            "nearest_class": route["crop"],
-        },
-        "routing": route,
-    }
 
 
 def main() -> None:

@@ -21,31 +21,13 @@ from PIL import Image
 
 from aads.config import StorageSettings
 from aads.inference import Diagnoser
-from aads.router import CropRouter, RouteDecision, load_router
+from aads.router import CropRouter, load_router, not_a_known_crop
 
 
 class RegionDiagnoser(Protocol):
     """Answers region crops, one dict per image in the same order."""
 
     def __call__(self, images: Sequence[Image.Image]) -> list[dict]: ...
-
-
-def route_dict(decision: RouteDecision) -> dict:
-    """The ``routing`` entry of an answer, as the router transformer writes it."""
-    route = {
-        "crop": decision.crop,
-        "crop_confidence": round(decision.crop_confidence, 6),
-        "part": decision.part,
-        "part_confidence": round(decision.part_confidence, 6),
-        "source": "router",
-    }
-    if decision.distance is not None:
-        route |= {
-            "is_ood": decision.is_ood,
-            "distance": round(decision.distance, 6),
-            "threshold": round(decision.threshold or 0.0, 6),
-        }
-    return route
 
 
 @dataclass
@@ -80,21 +62,9 @@ class LocalDiagnoser:
         answers: list[dict] = [{} for _ in images]
         groups: dict[str, list[int]] = defaultdict(list)
         for i, decision in enumerate(decisions):
-            route = route_dict(decision)
+            route = decision.as_dict()
             if decision.is_ood:
-                answers[i] = {
-                    "crop": None,
-                    "label": "unknown",
-                    "is_ood": True,
-                    "reason": "not one of the known crops",
-                    "confidence": 0.0,
-                    "ood": {
-                        "distance": route["distance"],
-                        "threshold": route["threshold"],
-                        "nearest_class": decision.crop,
-                    },
-                    "routing": route,
-                }
+                answers[i] = not_a_known_crop(route)
             elif decision.crop not in self.adapters:
                 message = f"no adapter is loaded for crop '{decision.crop}'"
                 answers[i] = {
