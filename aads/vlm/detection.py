@@ -52,19 +52,6 @@ class RegionDetector(Protocol):
 
     name: str
 
-    def _check_size(self, resized: Image.Image) -> None:
-        """Two-stage Grounding DINO picks its queries among the cells of its feature maps
-        (strides 8, 16, 32, then 64, ...): an input with fewer cells than queries cannot run."""
-        w, h = resized.size
-        levels = self.model.config.num_feature_levels
-        cells = sum(math.ceil(w / 2**s) * math.ceil(h / 2**s) for s in range(3, 3 + levels))
-        queries = self.model.config.num_queries
-        if cells < queries:
-            raise VLMError(
-                f"grounding_dino: a {w}x{h} input has {cells} feature cells, fewer than the "
-                f"model's {queries} queries; raise grounding_dino.shortest_edge"
-            )
-
     def detect(self, image: Image.Image) -> list[Detection]: ...
 
 
