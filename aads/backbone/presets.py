@@ -13,12 +13,14 @@ never touches the caller's global RNG state.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 from .errors import BackboneError
 from .variants import VARIANTS_BY_KEY
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -125,8 +127,13 @@ def build_random_model(preset: str, seed: int = 0) -> PreTrainedModel:
         "dinov3_convnext": DINOv3ConvNextModel,
         "dinov2": Dinov2Model,
     }[config.model_type]
+    return seeded(lambda: model_class(config), seed).float()
+
+
+def seeded(build: Callable[[], T], seed: int) -> T:
+    """Run `build` on the CPU with the CPU generator seeded, leaving the global RNG (CPU and
+    CUDA) as it was: random weights that are a pure function of the seed."""
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
         with torch.device("cpu"):
-            model = model_class(config)
-    return model.float()
+            return build()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
+from aads.backbone.presets import seeded
 
 from .errors import VLMError
 from .vocab import BERT_BASE_VOCAB, bert_tokenizer, load_clip_tokenizer, write_clip_bpe
@@ -50,14 +50,6 @@ class DetectorPreset:
 class ClipPreset:
     config: Callable[[int], CLIPConfig]  # vocabulary size -> config
     vocab_size: int | None  # None: just the in-code BPE
-
-
-def seeded(build: Callable[[], Any], seed: int) -> Any:
-    """Run `build` with the CPU generator seeded, leaving the global RNG as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(seed)
-        with torch.device("cpu"):
-            return build()
 
 
 def _unknown(kind: str, preset: str, presets: dict) -> VLMError:
