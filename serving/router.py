@@ -58,6 +58,8 @@ class RouterTransformer(Model):
         self.router_source, self.config, self.tracking_uri = router_source, config, tracking_uri
         self.router: CropRouter | None = None
         self.route_batcher: DynamicBatcher | None = None
+        # One pooled client for the scouting service, as `self.client` is for predictors.
+        self.scouting_client = httpx.AsyncClient(timeout=config.serving.scouting_timeout_s)
         serving = config.serving
         self.client = InferenceRESTClient(
             RESTConfig(
@@ -133,8 +135,10 @@ class RouterTransformer(Model):
         ]
         assert self.route_batcher is not None
         forwarded = {k: v for k, v in (headers or {}).items() if k.lower() in FORWARDED_HEADERS}
-        scouting = asyncio.ensure_future(
-            self._scout([instances[i] for i in scouted], forwarded) if scouted else _nothing()
+        scouting = (
+            asyncio.create_task(self._scout([instances[i] for i in scouted], forwarded))
+            if scouted
+            else None
         )
         decisions = await self.route_batcher.submit([images[i] for i in todo]) if todo else []
         routes = route_dicts(instances, todo, decisions)
@@ -160,8 +164,9 @@ class RouterTransformer(Model):
         for idx, crop_answers in zip(groups.values(), results, strict=True):
             for i, answer in zip(idx, crop_answers, strict=True):
                 answers[i] = {**answer, "routing": routes[i]}
-        for i, answer in zip(scouted, await scouting, strict=True):
-            answers[i] = answer
+        if scouting is not None:
+            for i, answer in zip(scouted, await scouting, strict=True):
+                answers[i] = answer
         return respond(payload, answers, self.name)
 
     def scouts(self, instance: Instance) -> bool:
@@ -182,8 +187,7 @@ class RouterTransformer(Model):
             ]
         }
         try:
-            async with httpx.AsyncClient(timeout=serving.scouting_timeout_s) as client:
-                response = await client.post(url, json=body, headers=headers)
+            response = await self.scouting_client.post(url, json=body, headers=headers)
             if response.status_code == 400:  # the photo itself: the caller's mistake
                 detail = response.json().get("error", response.text)
                 raise kserve.errors.InvalidInput(f"scouting: {detail}")
@@ -253,10 +257,6 @@ class RouterTransformer(Model):
 
     def get_output_types(self) -> list[dict]:
         return answer_metadata()
-
-
-async def _nothing() -> list[dict]:
-    return []
 
 
 def scouting_answer(answer: dict) -> dict:
