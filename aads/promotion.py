@@ -173,8 +173,7 @@ def promote(
         **({"Canary-Percent": str(canary)} if canary is not None else {}),
         **{f"Metric-{k}": v for k, v in sorted(metrics.items())[:8]},
     }
-    message = title + "\n\n" + "\n".join(f"{k}: {v}" for k, v in trailers.items())
-    commit = _write_pin_and_commit(config, repo, env, crop, entry, message, reason, crds)
+    commit = _write_pin_and_commit(repo, env, crop, entry, _message(title, trailers), reason, crds)
     _record(registry, found.name, found.version, env, canary=canary, commit=commit)
     return Promotion(crop, env, found.version, previous, found.uri, found.digest, commit)
 
@@ -194,14 +193,17 @@ def rollback(
     if "canary" in before:
         canary = before["canary"]
         entry = {k: v for k, v in before.items() if k != "canary"}
-        message = (
+        title = (
             f"Rollback canary {crop}: {canary.get('modelName', '')} v{canary.get('version')} "
-            f"in {env}\n\nModel-Name: {canary.get('modelName', '')}\n"
-            f"Model-Version: {before.get('version', '')}\n"
-            f"Previous-Version: {before.get('version', '')}\n"
-            f"Canary-Version: {canary.get('version', '')}"
+            f"in {env}"
         )
-        commit = _write_pin_and_commit(config, repo, env, crop, entry, message, "rollback", crds)
+        trailers = {
+            "Model-Name": str(canary.get("modelName", "")),
+            "Model-Version": str(before.get("version", "")),
+            "Canary-Version": str(canary.get("version", "")),
+        }
+        message = _message(title, trailers)
+        commit = _write_pin_and_commit(repo, env, crop, entry, message, "rollback", crds)
         registry = Registry(config.registry, tracking_uri=tracking_uri)
         name = adapter_model_name(config.registry, crop)
         registry.set_canary_alias(name, env, None)
@@ -215,11 +217,13 @@ def rollback(
             commit,
         )
     path = pin_path(repo, env, crop)
-    log = _git(repo, "log", "-1", "--format=%B", "--", str(path.relative_to(repo)))
+    log = _git(repo, "log", "--format=%B%x00", "--", str(path.relative_to(repo)))
+    # The last commit that changed the pinned version; canary commits leave it as it was.
+    pinning = next((m for m in log.split("\0") if _changes_the_pinned_version(m)), "")
     previous = next(
         (
             line.split(":", 1)[1].strip()
-            for line in log.splitlines()
+            for line in pinning.splitlines()
             if line.startswith("Previous-Version:")
         ),
         "none",
@@ -231,8 +235,17 @@ def rollback(
     )
 
 
+def _changes_the_pinned_version(message: str) -> bool:
+    lines = message.splitlines()
+    canary = any(line.startswith(("Canary-Percent:", "Canary-Version:")) for line in lines)
+    return not canary and any(line.startswith("Previous-Version:") for line in lines)
+
+
+def _message(title: str, trailers: dict[str, str]) -> str:
+    return title + "\n\n" + "\n".join(f"{k}: {v}" for k, v in trailers.items())
+
+
 def _write_pin_and_commit(
-    config: PlatformConfig,
     repo: Path,
     env: str,
     crop: str,

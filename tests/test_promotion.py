@@ -238,3 +238,10 @@ def test_promoting_the_canary_version_fully_ends_the_canary(world):
     pin = read_pin(world["repo"], "staging", CROP)
     assert pin["version"] == "2" and "canary" not in pin
     assert aliases(world)["staging"] == "2" and "staging-canary" not in aliases(world)
+
+
+def test_rollback_after_an_ended_canary_returns_to_the_version_before_the_pinned_one(world):
+    run_promote(world, "1", canary=30)  # staging holds v2, which replaced v1
+    run_rollback(world)  # ends the canary; v2 stays
+    result = run_rollback(world)
+    assert result.version == "1" and read_pin(world["repo"], "staging", CROP)["version"] == "1"
