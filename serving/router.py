@@ -200,7 +200,7 @@ class RouterTransformer(Model):
             log.warning("scouting at %s failed: %s", url, message)
             error = {"code": 503, "message": f"the scouting service at {url} failed: {message}"}
             return [{"scouting": True, "error": error} for _ in instances]
-        return [scouting_answer(p) for p in predictions]
+        return predictions
 
     def variant(self, crop: str, image: bytes) -> str:
         """``canary`` for the configured share of the crop's images, else ``stable``."""
@@ -257,22 +257,6 @@ class RouterTransformer(Model):
 
     def get_output_types(self) -> list[dict]:
         return answer_metadata()
-
-
-def scouting_answer(answer: dict) -> dict:
-    """A scouting answer with the flat fields every answer has (label, confidence, is_ood),
-    taken from its verdict, so V2 outputs and simple clients read it like a diagnosis."""
-    verdict = answer.get("verdict") or {}
-    status = verdict.get("status")
-    label = verdict.get("disease") if status in ("diseased", "healthy") else status
-    return {
-        "scouting": True,
-        "label": label or "unknown",
-        "confidence": verdict.get("confidence") or 0.0,
-        "is_ood": status in ("unknown", "no_regions"),
-        "crop": verdict.get("crop"),
-        **answer,
-    }
 
 
 def canary_bucket(image: bytes) -> float:

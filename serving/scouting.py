@@ -24,18 +24,22 @@ from collections.abc import Sequence
 import httpx
 import kserve
 from kserve import Model, ModelServer
+from kserve.protocol.infer_type import InferRequest, InferResponse
 from PIL import Image
 
 from aads.config import PlatformConfig, load_config
 from aads.inference import InvalidRequest
 from aads.vlm.diagnosis import LocalDiagnoser, RegionDiagnoser
 from aads.vlm.errors import VLMError
+from aads.vlm.response import ScoutingAnswer
 from aads.vlm.scouting import Scout, load_scout
 from serving.protocol import (
     SCOUTING_MODEL_NAME,
+    answer_metadata,
     check_request_size,
     image_metadata,
     parse_instances,
+    respond,
 )
 
 log = logging.getLogger("aads.serving.scouting")
@@ -83,10 +87,10 @@ class ScoutingModel(Model):
 
     async def predict(
         self,
-        payload: dict,
+        payload: dict | InferRequest,
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
-    ) -> dict:
+    ) -> dict | InferResponse:
         assert self.scout is not None
         check_request_size(headers, self.config.serving)
         instances = parse_instances(payload, self.config.serving)
@@ -94,16 +98,34 @@ class ScoutingModel(Model):
         try:
             answers = await asyncio.to_thread(
                 lambda: [
-                    scout.scout(inst.image, f"instances[{i}]").model_dump(mode="json")
+                    scouting_answer(scout.scout(inst.image, f"instances[{i}]"))
                     for i, inst in enumerate(instances)
                 ]
             )
         except (InvalidRequest, VLMError) as err:
             raise kserve.errors.InvalidInput(str(err)) from None
-        return {"predictions": answers}
+        return respond(payload, answers, self.name)
 
     def get_input_types(self) -> list[dict]:
         return image_metadata()
+
+    def get_output_types(self) -> list[dict]:
+        return answer_metadata()
+
+
+def scouting_answer(answer: ScoutingAnswer) -> dict:
+    """A scouting answer with the flat fields every answer has (label, confidence, is_ood),
+    taken from its verdict, so V2 outputs and simple clients read it like a diagnosis."""
+    verdict = answer.verdict
+    label = verdict.disease if verdict.status in ("diseased", "healthy") else verdict.status
+    return {
+        "scouting": True,
+        "label": label or "unknown",
+        "confidence": verdict.confidence or 0.0,
+        "is_ood": verdict.status in ("unknown", "no_regions"),
+        "crop": verdict.crop,
+        **answer.model_dump(mode="json"),
+    }
 
 
 def build_diagnoser(args: argparse.Namespace, config: PlatformConfig) -> RegionDiagnoser:
