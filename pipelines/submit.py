@@ -22,31 +22,35 @@ def upload(host: str, version_name: str, *, namespace: str | None = None) -> tup
     and reported, so a Helm hook or a retried CI job can run this any number of times.
     """
     import kfp
-    from kfp import compiler
 
     try:
-        client = kfp.Client(host=host, namespace=namespace)
-        pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
-        if pipeline_id is not None:
-            existing = _version_named(client, pipeline_id, version_name)
-            if existing is not None:
-                return pipeline_id, existing, False
-        with tempfile.TemporaryDirectory() as tmp:
-            package = str(Path(tmp) / "pipeline.yaml")
-            compiler.Compiler().compile(training_pipeline, package)
-            if pipeline_id is None:
-                pipeline = client.upload_pipeline(
-                    package,
-                    pipeline_name=PIPELINE_NAME,
-                    description="AADS continual training: router, phases 1-3, OOD, gate, register",
-                    namespace=namespace,
-                )
-                pipeline_id = pipeline.pipeline_id
-            version = client.upload_pipeline_version(
-                package, pipeline_version_name=version_name, pipeline_id=pipeline_id
-            )
+        return _upload(kfp.Client(host=host, namespace=namespace), version_name, namespace)
     except Exception as err:  # kfp raises urllib3/ApiException/ValueError; report one line
         raise SubmitError(f"KFP at {host}: {type(err).__name__}: {str(err)[:300]}") from None
+
+
+def _upload(client, version_name: str, namespace: str | None) -> tuple[str, str, bool]:  # noqa: ANN001 - kfp.Client
+    from kfp import compiler
+
+    pipeline_id = client.get_pipeline_id(PIPELINE_NAME)
+    if pipeline_id is not None:
+        existing = _version_named(client, pipeline_id, version_name)
+        if existing is not None:
+            return pipeline_id, existing, False
+    with tempfile.TemporaryDirectory() as tmp:
+        package = str(Path(tmp) / "pipeline.yaml")
+        compiler.Compiler().compile(training_pipeline, package)
+        if pipeline_id is None:
+            pipeline = client.upload_pipeline(
+                package,
+                pipeline_name=PIPELINE_NAME,
+                description="AADS continual training: router, phases 1-3, OOD, gate, register",
+                namespace=namespace,
+            )
+            pipeline_id = pipeline.pipeline_id
+        version = client.upload_pipeline_version(
+            package, pipeline_version_name=version_name, pipeline_id=pipeline_id
+        )
     return pipeline_id, version.pipeline_version_id, True
 
 
@@ -76,9 +80,9 @@ def submit(
     config = parse_config_text(config_text, "config")
     crops = crops or config.crop_names
     version_name = f"{PIPELINE_NAME}-{(git_sha or 'dev')[:12]}-{int(time.time())}"
-    pipeline_id, version_id, _ = upload(host, version_name, namespace=namespace)
     try:
         client = kfp.Client(host=host, namespace=namespace)
+        pipeline_id, version_id, _ = _upload(client, version_name, namespace)
         exp = client.create_experiment(experiment, namespace=namespace)
         run = client.run_pipeline(
             experiment_id=exp.experiment_id,
