@@ -54,13 +54,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from aads.errors import Unavailable
+
 __all__ = ["BatchStats", "BatcherClosed", "DynamicBatcher"]
 
 In = TypeVar("In")
 Out = TypeVar("Out")
 
 
-class BatcherClosed(RuntimeError):
+class BatcherClosed(Unavailable):
     """`submit` on a batcher that has been closed (or is closing)."""
 
 

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import yaml
 
+from aads.errors import BadInput
+
 KSERVE_KINDS = {"InferenceService", "ServingRuntime", "ClusterServingRuntime", "InferenceGraph"}
 KUBE_VERSION = "1.32.0"
 
 
-class ChartError(ValueError):
+class ChartError(BadInput):
     """The chart did not render or an object is invalid; the message names which."""
 
 

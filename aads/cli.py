@@ -29,6 +29,7 @@ from rich.progress import Progress as ProgressDisplay
 from rich.table import Table
 
 from aads.config import ConfigError, PlatformConfig, load_config
+from aads.errors import AADSError, exit_code
 from aads.progress import Progress
 
 # PEFT 0.21 calls a transformers API renamed in 5.x; harmless until transformers 6.
@@ -67,48 +68,6 @@ ConfigOpt = Annotated[
 ]
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean 'bad input': reported in one line, exit code 2."""
-    from aads.adapters.package import PackageError
-    from aads.adapters.phases.common import AdapterTrainingError
-    from aads.backbone import BackboneError, ImageDecodeError
-    from aads.chart import ChartError
-    from aads.data.dataset import DataError
-    from aads.data.layout import LayoutError
-    from aads.data.manifest import ManifestError
-    from aads.data.synth import SynthError
-    from aads.features import FeatureCacheError
-    from aads.ood import OODError
-    from aads.promotion import PromotionError
-    from aads.registry import RegistryError
-    from aads.router import RouterError
-    from aads.steps import StepError
-    from aads.storage import StorageError
-    from aads.training import CheckpointMismatch
-
-    return (
-        ConfigError,
-        BackboneError,
-        ImageDecodeError,
-        DataError,
-        LayoutError,
-        ManifestError,
-        SynthError,
-        StorageError,
-        PackageError,
-        AdapterTrainingError,
-        FeatureCacheError,
-        RouterError,
-        CheckpointMismatch,
-        OODError,
-        PromotionError,
-        ChartError,
-        RegistryError,
-        StepError,
-        FileNotFoundError,
-    )
-
-
 def _fail(err: BaseException, code: int) -> NoReturn:
     """Print the reason unwrapped (one line, grep-able) and exit; never a traceback."""
     err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
@@ -116,19 +75,15 @@ def _fail(err: BaseException, code: int) -> NoReturn:
 
 
 def reports_errors(fn: F) -> F:
-    """Map typed errors to `error: ...` + exit code; 3 when a store is unreachable."""
+    """Map errors to `error: ...` + the exit code of their kind (`aads.errors`): 2 for bad
+    input or something that does not exist, 3 for a store or server that is down."""
 
     @wraps(fn)
     def wrapper(*args: object, **kwargs: object) -> object:
-        from aads.registry import RegistryUnavailable
-        from aads.storage import StoreUnavailable
-
         try:
             return fn(*args, **kwargs)
-        except (StoreUnavailable, RegistryUnavailable) as err:
-            _fail(err, 3)
-        except _user_errors() as err:
-            _fail(err, 2)
+        except (AADSError, FileNotFoundError) as err:
+            _fail(err, exit_code(err))
 
     return wrapper  # type: ignore[return-value]
 

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from aads.errors import BadInput
 from aads.vlm.settings import ScoutingSettings
 
 SLUG = r"^[a-z][a-z0-9_]*$"
@@ -62,7 +63,7 @@ def named_generation(source: str) -> str | None:
     return None
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     """A spec file that cannot be used; the message names the file and every bad field."""
 
 

@@ -22,12 +22,13 @@ from aads.atomic import atomic_write
 from aads.backbone import Backbone, FeatureExtractor, preprocess_image
 from aads.data.dataset import ManifestDataset, make_loader
 from aads.data.manifest import ManifestRow
+from aads.errors import BadInput
 from aads.progress import Progress
 
 FORMAT = "aads-features/1"
 
 
-class FeatureCacheError(ValueError):
+class FeatureCacheError(BadInput):
     """A feature file that does not match what the caller needs."""
 
 

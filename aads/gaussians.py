@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from aads.errors import BadInput
 
-class GaussianStatsError(ValueError):
+
+class GaussianStatsError(BadInput):
     """Statistics that are empty, inconsistent or of the wrong width."""
 
 

@@ -22,13 +22,18 @@ from PIL import Image
 from aads.adapters.loading import LoadedAdapter, load_adapter
 from aads.backbone import ImageDecodeError, open_image, preprocess_image
 from aads.config import RegistrySettings, ServingSettings, StorageSettings
+from aads.errors import BadInput, NotFound
 
 KSERVE_MODEL_DIR = Path("/mnt/models")
 SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP"}
 
 
-class InvalidRequest(ValueError):
+class InvalidRequest(BadInput):
     """Input a caller must fix (HTTP 400): the message names the instance and the problem."""
+
+
+class ModelSourceNotFound(NotFound, FileNotFoundError):
+    """A model source folder that does not exist (HTTP 404, exit code 2)."""
 
 
 # --------------------------------------------------------------------------- images
@@ -135,7 +140,7 @@ def resolve_model(
         return ResolvedModel(registry_client.download(name, version.version, dst), version.version)
     path = Path(text)
     if not path.is_dir():
-        raise FileNotFoundError(f"model source {text}: no such folder")
+        raise ModelSourceNotFound(f"model source {text}: no such folder")
     return ResolvedModel(path)
 
 

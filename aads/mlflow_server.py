@@ -20,10 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from aads.errors import Unavailable
+
 START_TIMEOUT_S = 90.0
 
 
-class MLflowServerError(RuntimeError):
+class MLflowServerError(Unavailable):
     """The local MLflow server did not come up; the message carries its last log lines."""
 
 

@@ -30,6 +30,7 @@ import yaml
 from aads.atomic import atomic_write_text
 from aads.chart import ChartError, application_value_files, environment_values, render, validate
 from aads.config import PlatformConfig
+from aads.errors import BadInput
 from aads.registry import Registry, RegistryError, adapter_model_name
 from aads.storage import CHECKSUM_FILE
 
@@ -37,7 +38,7 @@ LOADABLE_SCHEMES = ("s3://", "gs://", "https://", "http://", "pvc://")
 CHAMPION_ENV = "production"
 
 
-class PromotionError(ValueError):
+class PromotionError(BadInput):
     """A promotion or rollback that must not happen; the message says why."""
 
 

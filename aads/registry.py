@@ -51,6 +51,7 @@ from tenacity import (
 
 from aads.adapters.package import PackageError, verify_package
 from aads.config import RegistrySettings
+from aads.errors import BadInput, NotFound, Unavailable
 from aads.storage import CHECKSUM_FILE
 
 if TYPE_CHECKING:
@@ -96,11 +97,11 @@ _EXISTS = "RESOURCE_ALREADY_EXISTS"
 T = TypeVar("T")
 
 
-class RegistryUnavailable(RuntimeError):
+class RegistryUnavailable(Unavailable):
     """The tracking server did not answer after all retries."""
 
 
-class RegistryError(ValueError):
+class RegistryError(BadInput):
     """A request the registry cannot satisfy as asked (unknown model, alias, version...).
 
     `code` is MLflow's error code when the server gave one (e.g. ``RESOURCE_DOES_NOT_EXIST``).
@@ -109,6 +110,13 @@ class RegistryError(ValueError):
     def __init__(self, message: str, code: str = ""):
         super().__init__(message)
         self.code = code
+
+
+class RegistryNotFound(NotFound, RegistryError):
+    """The registry has no such model, alias or version (the message lists what exists)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, code=_NOT_FOUND)
 
 
 @dataclass
@@ -583,10 +591,9 @@ class Registry:
                 "list registered models",
                 lambda: sorted(m.name for m in self.client.search_registered_models()),
             )
-            raise RegistryError(
+            raise RegistryNotFound(
                 f"{self.description} has no registered model {name!r}; "
-                f"registered: {', '.join(names) or '(none)'}",
-                code=_NOT_FOUND,
+                f"registered: {', '.join(names) or '(none)'}"
             ) from None
         return model
 
@@ -609,7 +616,7 @@ class Registry:
             version = str(aliases[ref])
         else:
             shown = ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())) or "(none)"
-            raise RegistryError(f"{name} has no alias {ref!r}; aliases: {shown}", code=_NOT_FOUND)
+            raise RegistryNotFound(f"{name} has no alias {ref!r}; aliases: {shown}")
         try:
             mv = self._call(
                 f"get {name} v{version}", lambda: self.client.get_model_version(name, version)
@@ -618,8 +625,8 @@ class Registry:
             if err.code != _NOT_FOUND:
                 raise
             versions = ", ".join(self.versions(name)) or "(none)"
-            raise RegistryError(
-                f"{name} has no version {version}; versions: {versions}", code=_NOT_FOUND
+            raise RegistryNotFound(
+                f"{name} has no version {version}; versions: {versions}"
             ) from None
         return self._version(mv)
 

@@ -25,6 +25,7 @@ from aads.atomic import atomic_write, atomic_write_text
 from aads.backbone import Backbone, FeatureExtractor, ImageInput, load_backbone
 from aads.config import BackboneSettings, PlatformConfig, StorageSettings, TrainingSettings
 from aads.data.manifest import ManifestRow, select
+from aads.errors import BadInput
 from aads.features import FeatureTable, backbone_signature, extract_manifest_features
 from aads.metrics import classification_summary, save_confusion_matrix
 from aads.ood.detector import OODDetector, fit_detector, load_detector, save_detector
@@ -37,7 +38,7 @@ META_FILE = "router.json"
 OOD_DIR = "ood"
 
 
-class RouterError(ValueError):
+class RouterError(BadInput):
     """A router that cannot be trained or loaded as asked."""
 
 

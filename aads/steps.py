@@ -20,6 +20,7 @@ from aads.adapters.package import AdapterMeta, read_meta, verify_package
 from aads.config import PlatformConfig
 from aads.data.ingest import ingest, load_ingest_summary, write_ingest_outputs
 from aads.data.manifest import ManifestRow, read_manifest
+from aads.errors import BadInput
 from aads.gate import GateResult, adapter_gate, router_gate
 from aads.progress import Progress
 from aads.storage import fetch_dir_cached
@@ -29,7 +30,7 @@ MANIFEST_FILE = "manifest.csv"
 DATA_URI_KEY = "data_uri"
 
 
-class StepError(ValueError):
+class StepError(BadInput):
     """A step that cannot run with these inputs; the message says which input and why."""
 
 

@@ -41,6 +41,7 @@ from tenacity import (
 
 from aads.atomic import atomic_write, atomic_write_bytes
 from aads.config import StorageSettings
+from aads.errors import BadInput, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,16 @@ _CHUNK = 1 << 20
 T = TypeVar("T")
 
 
-class StorageError(RuntimeError):
+class StorageError(BadInput):
     """A storage operation that cannot succeed as asked (missing object, bad checksum...)."""
 
 
-class StoreUnavailable(StorageError):
+class StoreUnavailable(Unavailable, StorageError):
     """The store did not answer after all retries."""
+
+
+class ObjectNotFound(NotFound, StorageError):
+    """No object (or no published package) under that key or prefix."""
 
 
 class ChecksumMismatch(StorageError):
@@ -192,7 +197,7 @@ class LocalStore(ObjectStore):
     def get_file(self, key: str, local: Path, expected_sha256: str | None = None) -> str:
         src = self._path(key)
         if not src.is_file():
-            raise StorageError(f"{self.description}: no object {key!r}")
+            raise ObjectNotFound(f"{self.description}: no object {key!r}")
         return _verified_copy(lambda tmp: shutil.copyfile(src, tmp), local, expected_sha256, key)
 
     def list(self, prefix: str) -> list[ObjectInfo]:
@@ -293,9 +298,8 @@ class S3Store(ObjectStore):
             from minio.error import S3Error
 
             if isinstance(err, S3Error):
-                raise StorageError(
-                    f"{self.description}: {what}: {err.code}: {err.message}"
-                ) from None
+                kind = ObjectNotFound if err.code in ("NoSuchKey", "NoSuchBucket") else StorageError
+                raise kind(f"{self.description}: {what}: {err.code}: {err.message}") from None
             raise
 
     def ensure_bucket(self) -> None:
@@ -397,7 +401,7 @@ def get_dir(store: ObjectStore, prefix: str, local_dir: Path) -> dict[str, str]:
     """Download a published folder, verifying every file against its ``SHA256SUMS``."""
     sums_key = _join(prefix, CHECKSUM_FILE)
     if not store.exists(sums_key):
-        raise StorageError(
+        raise ObjectNotFound(
             f"{store.description}: {prefix!r} has no {CHECKSUM_FILE}: not published "
             "(or the upload did not finish)"
         )
@@ -434,7 +438,7 @@ def fetch_dir_cached(uri: str, settings: StorageSettings) -> Path:
             return dest
         raise
     if not remote:
-        raise StorageError(f"nothing under {uri}")
+        raise ObjectNotFound(f"nothing under {uri}")
     fingerprint = {rel: o.etag for rel, o in remote.items()}
     if cached and cached.get("fingerprint") == fingerprint and _cache_intact(dest, cached):
         return dest

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aads.config import PlatformConfig, parse_config_text
+from aads.errors import Unavailable
 
 API_GROUP = "trainer.kubeflow.org"
 API_VERSION = "v1alpha1"
@@ -26,7 +27,7 @@ PLURAL = "trainjobs"
 CONFIG_ENV = "AADS_CONFIG"
 
 
-class TrainJobError(RuntimeError):
+class TrainJobError(Unavailable):
     """The TrainJob failed, timed out, or could not be created; the message says which."""
 
 

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aads.config import PlatformConfig, parse_config_text
+from aads.errors import AADSError
 from aads.mlflow_server import local_mlflow_server
 
 
-class PipelineFailed(RuntimeError):
+class PipelineFailed(AADSError, RuntimeError):
     """A task failed; the message names it and where its outputs are."""
 
 

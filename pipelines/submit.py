@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 from aads.config import parse_config_text
+from aads.errors import Unavailable
 from pipelines.training import PIPELINE_NAME, training_pipeline
 
 
-class SubmitError(RuntimeError):
+class SubmitError(Unavailable):
     """KFP could not be reached or refused the upload; the message names the host."""
 
 

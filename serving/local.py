@@ -20,12 +20,13 @@ from pathlib import Path
 
 import yaml
 
+from aads.errors import Unavailable
 from aads.mlflow_server import free_port
 
 READY_TIMEOUT_S = 180.0
 
 
-class ServingFailed(RuntimeError):
+class ServingFailed(Unavailable):
     """A server process did not start; the message carries the end of its log."""
 
 

@@ -68,5 +68,9 @@ def test_grown_head_keeps_old_logits_and_adds_neutral_new_ones():
     head = torch.nn.Linear(8, 3)
     grown = grow_head(head, 2)
     x = torch.randn(4, 8)
-    assert torch.equal(grown(x)[:, :3], head(x))
+    # The old rows are the old parameters bit for bit; the logits agree to rounding (a GEMM of
+    # another output width may pick another kernel, so bitwise equality of outputs is not
+    # something the head can promise on every CPU).
+    assert torch.equal(grown.weight[:3], head.weight) and torch.equal(grown.bias[:3], head.bias)
+    torch.testing.assert_close(grown(x)[:, :3], head(x), rtol=0, atol=1e-6)
     assert torch.allclose(grown(x)[:, 3], grown(x)[:, 4])

@@ -37,6 +37,7 @@ from torch import nn
 from aads.atomic import atomic_write, atomic_write_text
 from aads.backbone import Backbone, load_backbone
 from aads.config import BackboneSettings, StorageSettings
+from aads.errors import BadInput
 from aads.features import backbone_signature
 from aads.storage import CHECKSUM_FILE, StorageError, verify_checksums, write_checksums
 
@@ -50,7 +51,7 @@ OOD_DIR = "ood"
 METRICS_DIR = "metrics"
 
 
-class PackageError(ValueError):
+class PackageError(BadInput):
     """A package that is incomplete, corrupt, or does not fit what it is loaded with."""
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aads.errors import BadInput
 
-class BackboneError(ValueError):
+
+class BackboneError(BadInput):
     """A backbone source, setting or request that cannot be honoured; the message says why and
     what to do instead."""
 
@@ -20,7 +22,7 @@ class BackboneNotAvailable(BackboneError):
         self.source = source
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(BadInput):
     """An input that is not a decodable image (corrupt, truncated, not an image, too large).
 
     Kept apart from `BackboneError`: it is a data problem, and serving maps it to a 4xx."""

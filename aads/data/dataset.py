@@ -15,11 +15,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from aads.data.manifest import ManifestRow
+from aads.errors import BadInput
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
 
-class DataError(ValueError):
+class DataError(BadInput):
     """An image listed in the manifest cannot be used now (changed or removed since ingest)."""
 
 

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from aads.errors import BadInput
+
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF"})
 
 
-class ImageRejected(ValueError):
+class ImageRejected(BadInput):
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason

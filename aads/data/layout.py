@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Literal
 
 from aads.config import BASE_DOMAIN
+from aads.errors import BadInput
 
 Layout = Literal["auto", "plantvillage", "crop-class", "crop-part-class"]
 LAYOUT_MARKER = "aads-layout.json"
 _LABEL_DEPTH = {"plantvillage": 1, "crop-class": 2, "crop-part-class": 3}
 
 
-class LayoutError(ValueError):
+class LayoutError(BadInput):
     """The folder does not look like any layout we read; says what was found."""
 
 

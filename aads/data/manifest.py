@@ -14,12 +14,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from aads.atomic import atomic_write_text
+from aads.errors import BadInput
 
 SPLITS = ("train", "val", "test")
 PHASES = ("1", "2", "3", "ood", "")
 
 
-class ManifestError(ValueError):
+class ManifestError(BadInput):
     """A manifest file that cannot be read; the message names file, line and column."""
 
 

@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from aads.atomic import atomic_write, atomic_write_text
 from aads.config import BASE_DOMAIN, PlatformConfig, SynthSettings
 from aads.data.layout import LAYOUT_MARKER
+from aads.errors import BadInput
 
 JPEG_QUALITY = 92
 _SUPERSAMPLE = 2
@@ -46,7 +47,7 @@ Point = tuple[float, float]
 Array = np.ndarray
 
 
-class SynthError(ValueError):
+class SynthError(BadInput):
     """A request the synthesizer cannot draw; the message names what it can draw instead."""
 
 

@@ -30,6 +30,8 @@ from typing import Literal, get_args
 import numpy as np
 from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
+from aads.errors import BadInput
+
 Covariance = Literal["shared_ledoit_wolf", "shared_empirical", "diagonal", "per_class"]
 FeatureSpace = Literal["raw", "l2"]
 COVARIANCES: tuple[str, ...] = get_args(Covariance)
@@ -40,7 +42,7 @@ DIAGONAL_FLOOR = 1e-6
 PER_CLASS_CHUNK_BYTES = 64 * 2**20
 
 
-class OODError(ValueError):
+class OODError(BadInput):
     """Features or calibration data an OOD estimator cannot use; the message says why."""
 
 

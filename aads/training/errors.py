@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from aads.errors import BadInput
 
-class TrainingError(RuntimeError):
+
+class TrainingError(BadInput, RuntimeError):
     """A run that cannot start or cannot go on with these settings (the message says why)."""
 
 

@@ -6,8 +6,10 @@ serving; these are about models and settings.
 
 from __future__ import annotations
 
+from aads.errors import BadInput
 
-class VLMError(ValueError):
+
+class VLMError(BadInput):
     """A scouting model source, checkpoint or setting that cannot be used; the message says
     which and what to do instead."""
 

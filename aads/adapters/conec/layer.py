@@ -23,11 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aads.errors import BadInput
+
 RowGroups = list[tuple[int, torch.Tensor | None]]
 """(domain, row indices) per domain present in a batch; indices None means every row."""
 
 
-class ConecError(ValueError):
+class ConecError(BadInput):
     """A CONEC-LoRA model, state file or selector that cannot be used as asked."""
 
 

@@ -20,11 +20,12 @@ from aads.backbone import Backbone, preprocess_image
 from aads.config import BASE_DOMAIN, TrainingSettings
 from aads.data.dataset import ManifestDataset, make_loader
 from aads.data.manifest import ManifestRow, select
+from aads.errors import BadInput
 from aads.metrics import save_confusion_matrix
 from aads.training import FitResult, make_train_loader
 
 
-class AdapterTrainingError(ValueError):
+class AdapterTrainingError(BadInput):
     """A phase that cannot start with this data, config or previous package."""
 
 

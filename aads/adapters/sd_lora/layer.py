@@ -31,10 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aads.errors import BadInput
+
 _NORM_FLOOR = 1e-12
 
 
-class SDLoRAError(ValueError):
+class SDLoRAError(BadInput):
     """An SD-LoRA operation that cannot be done as asked; the message says what and where."""
 
 

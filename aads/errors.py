@@ -1,0 +1,71 @@
+"""One error hierarchy for AADS: every error a caller can act on is an `AADSError` of one kind,
+chosen by what the caller should do about it, not by where it was raised.
+
+| kind          | the caller should          | HTTP | CLI exit |
+|---------------|----------------------------|------|----------|
+| `BadInput`    | fix the input or settings  | 400  | 2        |
+| `TooLarge`    | send less                  | 413  | 2        |
+| `NotFound`    | name something that exists | 404  | 2        |
+| `Unavailable` | retry later (store, server)| 503  | 3        |
+
+Each module keeps its own error class (``StorageError``, ``PackageError`` ...) so messages and
+``except`` clauses stay specific, but it derives from one kind, so the servers and the CLI map
+errors to a status or an exit code in one place (`http_status`, `exit_code`) instead of
+listing classes by hand. Anything that is not an `AADSError` is a bug: a 500 and a traceback.
+
+The kinds also derive from the builtin they replace (``ValueError``, ``LookupError``,
+``RuntimeError``) so code written against the builtins keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class AADSError(Exception):
+    """Base of every error AADS raises on purpose; the message says what and what to do."""
+
+    http_status: ClassVar[int] = 500
+    exit_code: ClassVar[int] = 1
+
+
+class BadInput(AADSError, ValueError):
+    """Input, a file or settings the caller must fix: HTTP 400, exit code 2."""
+
+    http_status = 400
+    exit_code = 2
+
+
+class TooLarge(BadInput):
+    """A request or an image over a configured limit: HTTP 413, exit code 2."""
+
+    http_status = 413
+
+
+class NotFound(AADSError, LookupError):
+    """A model, version, alias, object or file that does not exist: HTTP 404, exit code 2."""
+
+    http_status = 404
+    exit_code = 2
+
+
+class Unavailable(AADSError, RuntimeError):
+    """A store, server or model that is down or not ready; retrying later may work:
+    HTTP 503, exit code 3."""
+
+    http_status = 503
+    exit_code = 3
+
+
+def http_status(err: BaseException) -> int:
+    """The HTTP status an error maps to: its kind's, else 500 (a bug)."""
+    return err.http_status if isinstance(err, AADSError) else 500
+
+
+def exit_code(err: BaseException) -> int:
+    """The CLI exit code an error maps to: its kind's, 2 for a missing local file, else 1."""
+    if isinstance(err, AADSError):
+        return err.exit_code
+    if isinstance(err, FileNotFoundError):
+        return 2
+    return 1
