@@ -6,10 +6,13 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.aads-installed
+# Linters with heavy pins (checkov) live in their own virtualenv; tests call their binaries.
+TOOLS  ?= .venv-tools
+TOOLS_STAMP := $(TOOLS)/.aads-tools-installed
 CONFIG ?= config/demo.yaml
 WORKDIR ?= .aads/demo
 
-.PHONY: setup demo test bench lint format clean
+.PHONY: setup tools demo test bench lint format clean
 
 setup: $(STAMP)
 
@@ -20,10 +23,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): requirements/tools.txt
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet -r requirements/tools.txt
+	@touch $(TOOLS_STAMP)
+
 demo: setup
 	$(BIN)/aads pipeline demo
 
-test: setup
+test: setup tools
 	$(BIN)/python -m pytest
 
 bench: setup
