@@ -125,3 +125,27 @@ def load_cluster(path: Path | None = None) -> ClusterSettings:
             f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors()
         )
         raise ClusterFileError(f"{path}: {fields}") from None
+
+
+def spec_text(uri: str, override: str = "") -> str:
+    """The platform spec a pipeline run uses, validated: `override` (YAML text) when given,
+    else the file at `uri`: a path (the chart's ConfigMap mounted at /etc/aads/spec.yaml) or
+    ``s3://bucket/key.yaml`` (read with the storage Secret's keys and endpoint from env)."""
+    from aads.config import StorageSettings, parse_config_text
+    from aads.storage import open_store
+
+    if override.strip():
+        text, where = override, "config_yaml parameter"
+    elif uri.startswith("s3://"):
+        store, key = open_store(uri, StorageSettings())
+        text, where = store.read_bytes(key).decode("utf-8"), uri
+    else:
+        try:
+            text, where = Path(uri).read_text(encoding="utf-8"), uri
+        except OSError as err:
+            raise ClusterFileError(
+                f"config_uri {uri}: {err.strerror}; mount the platform spec ConfigMap "
+                "(kfp.createSecrets in the chart), give an s3:// URI, or paste config_yaml"
+            ) from None
+    parse_config_text(text, where)  # refuse a bad spec before any step runs
+    return text

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 from helm_python import Chart, HelmError, lint
 
 from aads import chart
-from aads.chart import KSERVE_KINDS, KUBE_VERSION, ChartError, crd_schemas
+from aads.chart import KSERVE_KINDS, KUBE_VERSION, ChartError, crd_validators
 from aads.config import parse_config_text
 from tests.conftest import ROOT
 
@@ -44,12 +43,11 @@ def test_every_core_object_is_valid_kubernetes(scenario):
 @pytest.mark.skipif(not CRDS.is_dir(), reason=f"KServe CRD schemas not found at {CRDS}")
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_every_kserve_object_matches_its_crd_schema(scenario):
-    schemas = crd_schemas(CRDS)
+    validators = crd_validators(CRDS)
     checked = 0
     for doc in render(load_scenario(scenario)):
         if doc["kind"] in KSERVE_KINDS:
-            schema = schemas[f"{doc['apiVersion']}/{doc['kind']}"]
-            jsonschema.validate(doc, schema)
+            validators[f"{doc['apiVersion']}/{doc['kind']}"].validate(doc)
             checked += 1
     if scenario.stem != "platform-only":
         assert checked >= 3  # runtime, router, at least one adapter service
@@ -195,6 +193,7 @@ def test_the_kfp_upload_job_publishes_this_release_with_a_pipelines_token():
     assert container["args"] == [
         "--host=http://ml-pipeline.kubeflow.svc.cluster.local:8888",
         "--cluster=/etc/aads-cluster/cluster.yaml",  # the chart's own config/cluster.yaml
+        "--spec=/etc/aads/spec.yaml",  # the release's spec: its crops are the default
         "--namespace=agri-ml",
     ]  # no --version-name: the Job uses the one naming scheme of `aads pipeline upload`
     (token,) = [v for v in pod["volumes"] if v["name"] == "kfp-token"]
@@ -556,6 +555,8 @@ def test_chart_metadata_is_complete_for_artifact_hub():
     notes_ = meta["annotations"]
     assert notes_["artifacthub.io/license"] == "Apache-2.0"
     images = yaml.safe_load(notes_["artifacthub.io/images"])
-    assert f"aads-serving:{meta['appVersion']}" in images[0]["image"]
+    registry = yaml.safe_load((ROOT / "config" / "cluster.yaml").read_text())["registry"]
+    assert images[0]["image"] == f"{registry}/aads-serving:{meta['appVersion']}"
+    assert images[1]["image"] == f"{registry}/aads-components:{meta['appVersion']}"
     icon = ROOT / "docs" / "images" / "aads-icon.svg"
     assert icon.is_file() and meta["icon"].endswith("docs/images/aads-icon.svg")
