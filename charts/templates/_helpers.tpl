@@ -172,6 +172,11 @@ pod has, the user's `spec` values over it, then where the predictors, canaries, 
 and MLflow are, filled in from the rest of the values. */}}
 {{- define "aads.specDict" -}}
 {{- $base := .Files.Get "files/platform-spec.yaml" | fromYaml -}}
+{{- if not (include "aads.mlflowEnabled" .) -}}
+{{- /* The shipped spec's artifact_store is the chart's own MLflow's; an external MLflow's
+is only what the values say. */ -}}
+{{- $_ := set $base "registry" (omit (default dict $base.registry) "artifact_store") -}}
+{{- end -}}
 {{- $auto := dict "device" "auto" "dtype" "auto" -}}
 {{- $spec := mergeOverwrite (deepCopy $base) (dict "router" (deepCopy $auto) "adapter" (dict "backbone" (deepCopy $auto))) (deepCopy (default dict .Values.spec)) -}}
 {{- $urls := dict -}}
