@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -274,6 +275,18 @@ def snapshot(repo) -> dict:
     }
 
 
+@contextmanager
+def values_file(world, env: str, append: bytes = b"", replace: bytes | None = None):
+    """The environment's values file edited by hand (broken) for one test, then restored."""
+    path = world["repo"] / "manifests" / "environments" / env / "values.yaml"
+    original = path.read_bytes()
+    path.write_bytes(replace if replace is not None else original + append)
+    try:
+        yield path
+    finally:
+        path.write_bytes(original)
+
+
 def test_trailers_carry_the_headline_metrics_and_the_gate(world):
     run_promote(world, "1", env="production")
     message = git(world["repo"], "log", "-1", "--format=%B")
@@ -284,18 +297,12 @@ def test_trailers_carry_the_headline_metrics_and_the_gate(world):
 
 
 def test_a_malformed_values_file_leaves_the_repository_byte_identical(world):
-    repo = world["repo"]
-    values = repo / "manifests" / "environments" / "staging" / "values.yaml"
-    original = values.read_bytes()
-    values.write_bytes(original + b"adapters: {mode: [unclosed\n")
-    try:
-        before = snapshot(repo)
+    with values_file(world, "staging", append=b"adapters: {mode: [unclosed\n"):
+        before = snapshot(world["repo"])
         with pytest.raises(PromotionError) as refused:
             run_promote(world, "2", canary=40)
-        assert snapshot(repo) == before
+        assert snapshot(world["repo"]) == before
         assert "values.yaml" in str(refused.value) and "\n" not in str(refused.value)
-    finally:
-        values.write_bytes(original)
 
 
 def test_the_cli_reports_a_malformed_values_file_in_one_line_and_exit_2(world, tmp_path):
@@ -303,26 +310,20 @@ def test_the_cli_reports_a_malformed_values_file_in_one_line_and_exit_2(world, t
 
     from aads.cli import app
 
-    repo = world["repo"]
-    values = repo / "manifests" / "environments" / "staging" / "values.yaml"
-    original = values.read_bytes()
-    values.write_bytes(b"router: [\n")
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(world["config"].model_dump(mode="json")))
-    try:
-        before = snapshot(repo)
+    with values_file(world, "staging", replace=b"router: [\n"):
+        before = snapshot(world["repo"])
         result = CliRunner().invoke(
             app,
             ["promote", "--crop", CROP, "--version", "2", "--env", "staging"]
-            + ["--repo", str(repo), "--config", str(spec), "--tracking-uri", world["uri"]],
+            + ["--repo", str(world["repo"]), "--config", str(spec), "--tracking-uri", world["uri"]],
         )
         assert result.exit_code == 2, result.output
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and "values.yaml" in lines[0]
         assert "Traceback" not in result.output
-        assert snapshot(repo) == before
-    finally:
-        values.write_bytes(original)
+        assert snapshot(world["repo"]) == before
 
 
 def test_a_refused_commit_leaves_the_repository_byte_identical(world):
@@ -340,17 +341,11 @@ def test_a_refused_commit_leaves_the_repository_byte_identical(world):
 
 
 def test_a_release_that_would_not_deploy_leaves_the_repository_byte_identical(world):
-    repo = world["repo"]
-    values = repo / "manifests" / "environments" / "production" / "values.yaml"
-    original = values.read_bytes()
-    values.write_bytes(original + b"kserve: {deploymentMode: Serverless}\n")
-    try:
-        before = snapshot(repo)
+    with values_file(world, "production", append=b"kserve: {deploymentMode: Serverless}\n"):
+        before = snapshot(world["repo"])
         with pytest.raises(PromotionError, match="would not deploy"):
             run_promote(world, "2", env="production")
-        assert snapshot(repo) == before
-    finally:
-        values.write_bytes(original)
+        assert snapshot(world["repo"]) == before
 
 
 def test_yaml_edits_keep_comments_and_flow_style(world):
