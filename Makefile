@@ -6,10 +6,27 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.aads-installed
+# Linters with heavy pins (checkov) live in their own virtualenv; tests call their binaries.
+TOOLS  ?= .venv-tools
+TOOLS_STAMP := $(TOOLS)/.aads-tools-installed
 CONFIG ?= config/demo.yaml
 WORKDIR ?= .aads/demo
 
-.PHONY: setup demo test bench lint format clean
+.PHONY: setup tools demo test bench lint format clean images image-serving image-components \
+	lock chart print-registry print-version
+
+# Images: the registry and organisation are named once, in config/cluster.yaml; override with
+# `make images REGISTRY=registry.example.com/org` (PUSH=1 pushes instead of loading locally).
+REGISTRY ?= $(shell sed -n 's/^registry: *//p' config/cluster.yaml)
+VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# The commit time, not the build time: the same commit builds the same labels.
+CREATED  ?= $(shell git log -1 --format=%cI 2>/dev/null || echo unknown)
+PLATFORM ?= linux/amd64
+DOCKER   ?= docker
+PUSH     ?=
+# Extra buildx flags, e.g. CACHE="--cache-from type=gha --cache-to type=gha,mode=max" in CI.
+CACHE    ?=
 
 setup: $(STAMP)
 
@@ -20,10 +37,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): requirements/tools.txt
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet -r requirements/tools.txt
+	@touch $(TOOLS_STAMP)
+
 demo: setup
 	$(BIN)/aads pipeline demo
 
-test: setup
+test: setup tools
 	$(BIN)/python -m pytest
 
 bench: setup
@@ -46,3 +71,29 @@ format: setup
 
 clean:
 	rm -rf .aads .pytest_cache .ruff_cache
+
+images: image-serving image-components
+
+BUILD = $(DOCKER) buildx build --platform $(PLATFORM) $(CACHE) \
+	--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) --build-arg CREATED=$(CREATED) \
+	$(if $(PUSH),--push,--load)
+
+image-serving:
+	$(BUILD) -f serving/Dockerfile -t $(REGISTRY)/aads-serving:$(VERSION) .
+
+image-components:
+	$(BUILD) -f components/Dockerfile -t $(REGISTRY)/aads-components:$(VERSION) .
+
+# Re-pin what the images install (requirements/serving.txt, requirements/components.txt).
+lock: setup
+	$(BIN)/python requirements/lock.py --sizes
+
+# The chart as an OCI artifact: dist/aads-<version>.tgz (needs the helm binary).
+chart:
+	helm package charts --version $(VERSION) --app-version $(VERSION) -d dist
+
+print-registry:
+	@echo $(REGISTRY)
+
+print-version:
+	@echo $(VERSION)

@@ -118,3 +118,25 @@ def _plot_confusion(summary: dict, title: str, path: Path) -> None:
         fig.savefig(path, format="png")
     finally:
         plt.close(fig)
+
+
+HEADLINE = {
+    "accuracy": ("phase3_mean_accuracy", "phase2_test_accuracy", "phase1_test_accuracy"),
+    "retention": ("phase3_protected_retention", "phase2_retention"),
+    "near_ood_auroc": ("ood_near_auroc",),
+    "far_ood_auroc": ("ood_far_auroc",),
+}
+"""The numbers a person decides a model by, each from the last phase that measured it: test
+accuracy (mean over domains after phase 3), old-class retention, AUROC against the crop's
+unseen diseases (near) and against other crops (far)."""
+
+
+def headline_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """{accuracy, retention, near_ood_auroc, far_ood_auroc} for those the run measured
+    (missing and NaN values are left out, never reported as 0)."""
+    out = {}
+    for name, keys in HEADLINE.items():
+        value = next((metrics[k] for k in keys if k in metrics), None)
+        if value is not None and value == value:
+            out[name] = float(value)
+    return out

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aads.cluster import STORAGE_KEYS
 from aads.config import PlatformConfig, parse_config_text
 from aads.errors import Unavailable
 
@@ -63,11 +64,9 @@ def render_trainjob(spec: TrainJobSpec, config_text: str) -> dict[str, Any]:
     args = ["--crop", spec.crop, "--phase", spec.phase, "--scratch", spec.scratch]
     if spec.has_previous:
         args.append("--has-previous")
-    secret_env = [
-        ("AWS_ACCESS_KEY_ID", "accesskey"),
-        ("AWS_SECRET_ACCESS_KEY", "secretkey"),
-        ("AWS_ENDPOINT_URL_S3", "endpoint"),
-    ]
+    # The storage Secret's keys are the variables they fill (aads.cluster: one layout for the
+    # chart, the pipeline and TrainJobs).
+    secret_env = [(key, key) for key in STORAGE_KEYS]
     # The spec travels as an env var: it holds no secrets (credentials come from the Secret).
     env = [{"name": CONFIG_ENV, "value": config_text}] + [
         {

@@ -9,7 +9,7 @@ components, i.e. ones with a ``target_image``, so none is set).
 """
 
 from components.adapter import calibrate_ood, evaluate_adapter, train_adapter_phase
-from components.data import preprocess
+from components.data import preprocess, resolve_config
 from components.registry import gate_failure_report, register_adapter, register_router
 from components.router import train_router
 
@@ -20,6 +20,7 @@ __all__ = [
     "preprocess",
     "register_adapter",
     "register_router",
+    "resolve_config",
     "train_adapter_phase",
     "train_router",
 ]

@@ -6,7 +6,6 @@ package never imports the pipeline code.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Annotated
 
@@ -20,29 +19,35 @@ app = typer.Typer(help="Compile, run locally, or submit the KFP training pipelin
 console = Console()
 
 
-def git_sha(repo: Path = Path(".")) -> str:
-    """The checkout's commit, or "" outside a git checkout (recorded on every version)."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster",
+        help="cluster settings YAML: images, GPU scheduling, resources, retries, Secret names "
+        "(default: config/cluster.yaml)",
+    ),
+]
+SpecOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--spec",
+        help="platform spec whose crops are the pipeline's default (default: "
+        "config/production.yaml, the spec the chart installs)",
+    ),
+]
 
 
 @app.command("compile")
 @reports_errors
 def compile_cmd(
     namespace: Annotated[str, typer.Option(help="namespace of the Pipeline objects")] = "kubeflow",
+    cluster: ClusterOpt = None,
+    spec: SpecOpt = None,
 ) -> None:
     """Write pipelines/training.yaml and the Pipeline/PipelineVersion manifests."""
     from pipelines.compile import compile_all
 
-    for path in compile_all(namespace):
+    for path in compile_all(namespace, cluster, spec):
         console.print(f"wrote {path}")
 
 
@@ -86,6 +91,7 @@ def run_cmd(
 def _run_quietly(workdir: Path, config_text: str, data: str, **options):  # noqa: ANN003, ANN202
     """Run with task logs in ``<workdir>/pipeline.log`` and one line per task on screen."""
     from pipelines.local import PipelineFailed, last_error, output_to, run_local
+    from pipelines.submit import git_sha
 
     log_path = workdir / "pipeline.log"
     console.print(f"running the pipeline locally (task logs: {log_path})")
@@ -98,6 +104,8 @@ def _run_quietly(workdir: Path, config_text: str, data: str, **options):  # noqa
 
 
 def print_summary(run) -> None:  # noqa: ANN001 - pipelines.local.LocalRun
+    from aads.metrics import headline_metrics
+
     table = Table(
         "model",
         "accuracy",
@@ -117,21 +125,12 @@ def print_summary(run) -> None:  # noqa: ANN001 - pipelines.local.LocalRun
         _version(r.version),
     )
     for c in run.crops.values():
-        m = c.metrics
-        accuracy = next(
-            (
-                m[k]
-                for k in ("phase3_mean_accuracy", "phase2_test_accuracy", "phase1_test_accuracy")
-                if k in m
-            ),
-            None,
-        )
-        retention = m.get("phase3_protected_retention", m.get("phase2_retention"))
+        m = headline_metrics(c.metrics)
         table.add_row(
             c.crop,
-            _fmt(accuracy),
-            _fmt(retention),
-            f"{_fmt(m.get('ood_near_auroc'))} / {_fmt(m.get('ood_far_auroc'))}",
+            _fmt(m.get("accuracy")),
+            _fmt(m.get("retention")),
+            f"{_fmt(m.get('near_ood_auroc'))} / {_fmt(m.get('far_ood_auroc'))}",
             _gate(c.passed) + ("" if c.passed or not c.gate else f" ({c.gate})"),
             _version(c.version),
         )
@@ -233,18 +232,26 @@ def upload_cmd(
         str, typer.Option(help="KFP API endpoint, e.g. http://ml-pipeline.kubeflow:8888")
     ],
     version_name: Annotated[
-        str | None, typer.Option(help="pipeline version name; default: aads-training-<git sha>")
+        str | None,
+        typer.Option(
+            help="pipeline version name; default: aads-training-v<version>[-g<git sha>] "
+            "(the one scheme of upload, submit, the chart's Job and the manifests)"
+        ),
     ] = None,
     namespace: Annotated[str | None, typer.Option(help="KFP namespace (multi-user)")] = None,
+    cluster: ClusterOpt = None,
+    spec: SpecOpt = None,
 ) -> None:
     """Publish the training pipeline to KFP as a new version (kept if it already exists), so
     users can start runs from the UI. The chart's upload Job runs this."""
-    from pipelines.submit import SubmitError, upload
+    from pipelines.submit import SubmitError, upload, version_name_here
     from pipelines.training import PIPELINE_NAME
 
-    name = version_name or f"{PIPELINE_NAME}-{git_sha()[:12] or 'dev'}"
+    name = version_name or version_name_here()
     try:
-        pipeline_id, version_id, created = upload(host, name, namespace=namespace)
+        pipeline_id, version_id, created = upload(
+            host, name, namespace=namespace, cluster=cluster, spec=spec
+        )
     except SubmitError as err:
         _fail(err, 3)
     state = "uploaded" if created else "already there"
@@ -260,26 +267,45 @@ def submit_cmd(
         str, typer.Option(help="KFP API endpoint, e.g. https://kubeflow.example/pipeline")
     ],
     data: Annotated[str, typer.Option(help="s3://bucket/prefix of the images")],
-    config: ConfigOpt = Path("config/production.yaml"),
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="platform spec YAML sent with the run (overrides --config-uri)"
+        ),
+    ] = None,
+    config_uri: Annotated[
+        str,
+        typer.Option(
+            help="spec the run reads by reference: the chart's ConfigMap (/etc/aads/spec.yaml) "
+            "or s3://bucket/key.yaml"
+        ),
+    ] = "",
     crop: CropsOpt = None,
     phase: PhasesOpt = None,
     experiment: Annotated[str, typer.Option(help="KFP experiment")] = "aads",
     namespace: Annotated[str | None, typer.Option(help="KFP namespace (multi-user)")] = None,
+    cluster: ClusterOpt = None,
+    spec: SpecOpt = None,
 ) -> None:
-    """Upload a pipeline version (named after the git commit) and start a run; print its URL."""
-    from pipelines.submit import SubmitError, submit
+    """Upload this checkout's pipeline version (aads-training-v<version>-g<git sha>, kept if
+    present) and start a run; print its URL."""
+    from pipelines.submit import SubmitError, git_sha, submit, version_name_here
 
-    text = config.read_text(encoding="utf-8")
+    text = config.read_text(encoding="utf-8") if config else ""
     try:
         url = submit(
             host,
-            text,
             data,
+            version_name_here(),
+            config_text=text,
+            config_uri=config_uri,
             crops=crop,
             phases=phase,
             experiment=experiment,
             namespace=namespace,
             git_sha=git_sha(),
+            cluster=cluster,
+            spec=spec,
         )
     except SubmitError as err:
         _fail(err, 3)

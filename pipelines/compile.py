@@ -9,27 +9,26 @@ always what the Python says.
 from __future__ import annotations
 
 import tempfile
-from importlib.metadata import version
 from pathlib import Path
 
 from kfp import compiler
 from kfp.compiler.compiler_utils import KubernetesManifestOptions
 
 from aads.atomic import atomic_write_text
-from pipelines.training import PIPELINE_NAME, training_pipeline
+from pipelines.training import PIPELINE_NAME, default_pipeline, pipeline_version_name
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_YAML = ROOT / "pipelines" / "training.yaml"
 MANIFEST_YAML = ROOT / "manifests" / "base" / "pipelines" / "aads-training.yaml"
 
 
-def pipeline_version_name() -> str:
-    """``aads-training-v0-1-0``: one PipelineVersion per released package version."""
-    return f"{PIPELINE_NAME}-v{version('aads').replace('.', '-').replace('+', '-')}"
-
-
-def compiled_texts(namespace: str = "kubeflow") -> dict[Path, str]:
-    """{path: YAML text} of both outputs, compiled in a temporary folder."""
+def compiled_texts(
+    namespace: str = "kubeflow", cluster: str | None = None, spec: str | None = None
+) -> dict[Path, str]:
+    """{path: YAML text} of both outputs, compiled in a temporary folder with the cluster
+    settings in `cluster` (default: config/cluster.yaml). The PipelineVersion is named by
+    the one scheme (`pipeline_version_name`: one per released package version)."""
+    training_pipeline = default_pipeline(cluster, spec)
     with tempfile.TemporaryDirectory() as tmp:
         ir, k8s = Path(tmp) / "ir.yaml", Path(tmp) / "k8s.yaml"
         compiler.Compiler().compile(training_pipeline, str(ir))
@@ -48,9 +47,11 @@ def compiled_texts(namespace: str = "kubeflow") -> dict[Path, str]:
         return {PIPELINE_YAML: ir.read_text(), MANIFEST_YAML: k8s.read_text()}
 
 
-def compile_all(namespace: str = "kubeflow") -> list[Path]:
+def compile_all(
+    namespace: str = "kubeflow", cluster: str | None = None, spec: str | None = None
+) -> list[Path]:
     written = []
-    for path, text in compiled_texts(namespace).items():
+    for path, text in compiled_texts(namespace, cluster, spec).items():
         atomic_write_text(path, text)
         written.append(path)
     return written

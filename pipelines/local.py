@@ -136,7 +136,7 @@ def run_local(
     """Run the pipeline; `echo` gets one line per finished task (progress for terminals)."""
     from kfp import local
 
-    from pipelines.training import training_pipeline
+    from pipelines.training import default_pipeline
 
     config = parse_config_text(config_text, "config")  # fail before any task on a bad spec
     crops = crops or config.crop_names
@@ -162,8 +162,8 @@ def run_local(
     with server as started:
         uri = tracking_uri or str(started)
         try:
-            training_pipeline(
-                config=config_text,
+            default_pipeline(local=True)(
+                config_yaml=config_text,
                 data_uri=str(data_uri),
                 crops=list(crops),
                 phases=list(phases or ["1", "2", "3"]),

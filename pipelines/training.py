@@ -2,21 +2,33 @@
 
 Control flow at a glance::
 
-    preprocess ──> train_router ──> If(passed): register_router   Else: gate_failure_report
-              └──> ParallelFor(crops):
-                     phase 1 (DoRA) -> phase 2 (SD-LoRA) -> phase 3 (CONEC-LoRA)
-                     -> calibrate_ood -> evaluate_adapter
-                     -> If(passed): register_adapter (alias candidate)   Else: gate_failure_report
+    resolve_config ──> preprocess ──> train_router ──> If(passed): register_router
+                                                      Else: gate_failure_report
+                   └──> ParallelFor(crops, parallelism=max_parallel_crops):
+                          phase 1 (DoRA) -> phase 2 (SD-LoRA) -> phase 3 (CONEC-LoRA)
+                          -> calibrate_ood -> evaluate_adapter
+                          -> If(passed): register_adapter (alias candidate)
+                             Else: gate_failure_report
 
-Steps that read mutable state (the data URI, the registry) never use KFP's cache; training
-steps do, keyed by their inputs. GPU steps request ``nvidia.com/gpu`` and land on GPU nodes
-through a node selector and toleration; credentials reach steps only as Secret-backed env vars.
+A run started from the KFP UI needs only `data_uri`: the platform spec comes by reference
+(the ConfigMap the chart installs, mounted at /etc/aads/spec.yaml, or an ``s3://`` URI; YAML
+text in `config_yaml` overrides it) and the crops default to every crop it configures.
+
+Where steps run (image, GPU label and toleration, requests and limits, retries, the crops
+loop's parallelism, the Secret and ConfigMap names) comes from ``config/cluster.yaml``
+(`aads.cluster`), applied when the pipeline is compiled: change the file and recompile, never
+the code. Steps that read mutable state (the spec, the data URI, the registry) never use KFP's
+cache; training steps do, keyed by their inputs. Credentials reach steps only as Secret-backed
+environment variables.
 """
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from pathlib import Path
 
 from kfp import dsl, kubernetes
 
+from aads.cluster import SPEC_MOUNT, ClusterSettings, StepResources, load_cluster, package_version
+from aads.config import load_config
 from components import (
     calibrate_ood,
     evaluate_adapter,
@@ -24,166 +36,231 @@ from components import (
     preprocess,
     register_adapter,
     register_router,
+    resolve_config,
     train_adapter_phase,
     train_router,
 )
 
 PIPELINE_NAME = "aads-training"
+DEFAULT_CONFIG_URI = f"{SPEC_MOUNT}/spec.yaml"
+PLATFORM_SPEC = Path(__file__).resolve().parents[1] / "config" / "production.yaml"
+"""The platform spec the chart installs (charts/files/platform-spec.yaml links it): the
+compiled pipeline's default crops are its crops."""
 
 
-@dataclass(frozen=True)
-class ClusterSettings:
-    """Where steps run on a cluster; kfp.local ignores all of it."""
-
-    gpu_resource: str = "nvidia.com/gpu"
-    gpus_per_step: int = 1
-    gpu_node_selector: tuple[str, str] = ("nvidia.com/gpu.present", "true")
-    gpu_toleration_key: str = "nvidia.com/gpu"
-    cpu_limit: str = "8"
-    memory_limit: str = "64G"
-    s3_secret: str = "aads-s3"
-    mlflow_secret: str = "aads-mlflow"
-    s3_env: dict[str, str] = field(
-        default_factory=lambda: {
-            "accesskey": "AWS_ACCESS_KEY_ID",
-            "secretkey": "AWS_SECRET_ACCESS_KEY",
-            "endpoint": "AWS_ENDPOINT_URL_S3",
-        }
-    )
-    mlflow_env: dict[str, str] = field(
-        default_factory=lambda: {
-            "tracking_uri": "MLFLOW_TRACKING_URI",
-            "s3_endpoint": "MLFLOW_S3_ENDPOINT_URL",
-        }
-    )
+def pipeline_version_name(git_sha: str = "", dirty: bool = False, stamp: int = 0) -> str:
+    """The one naming scheme of pipeline versions (`aads pipeline upload`/`submit`, the chart's
+    upload Job, the committed manifests): ``aads-training-v0-1-0`` for a released package;
+    from a git checkout ``...-g<sha12>``, and ``-dirty-<unix time>`` when it has uncommitted
+    changes (that code has no commit to name)."""
+    name = f"{PIPELINE_NAME}-v{package_version().replace('.', '-').replace('+', '-')}"
+    if git_sha:
+        name += f"-g{git_sha[:12]}"
+        if dirty:
+            name += f"-dirty-{stamp}"
+    return name
 
 
-CLUSTER = ClusterSettings()
+class _Placement:
+    """Applies the cluster settings to tasks; kfp.local ignores all of it."""
 
+    def __init__(self, cluster: ClusterSettings) -> None:
+        self.cluster = cluster
 
-def _storage_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    kubernetes.use_secret_as_env(
-        task, secret_name=CLUSTER.s3_secret, secret_key_to_env=CLUSTER.s3_env
-    )
-    return task
-
-
-def _registry_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    _storage_env(task)
-    kubernetes.use_secret_as_env(
-        task, secret_name=CLUSTER.mlflow_secret, secret_key_to_env=CLUSTER.mlflow_env
-    )
-    return task.set_caching_options(False)
-
-
-def _on_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    task.set_accelerator_type(CLUSTER.gpu_resource).set_accelerator_limit(CLUSTER.gpus_per_step)
-    task.set_cpu_limit(CLUSTER.cpu_limit).set_memory_limit(CLUSTER.memory_limit)
-    key, value = CLUSTER.gpu_node_selector
-    kubernetes.add_node_selector(task, label_key=key, label_value=value)
-    kubernetes.add_toleration(
-        task, key=CLUSTER.gpu_toleration_key, operator="Exists", effect="NoSchedule"
-    )
-    return _storage_env(task)
-
-
-@dsl.pipeline(
-    name=PIPELINE_NAME,
-    description="Continual training of AADS crop adapters (DoRA, SD-LoRA, CONEC-LoRA) with "
-    "Mahalanobis OOD calibration, gated registration in MLflow.",
-)
-def training_pipeline(
-    config: str,
-    data_uri: str,
-    crops: list = ["tomato"],  # noqa: B006 - KFP pipeline parameter default, never mutated
-    phases: list = ["1", "2", "3"],  # noqa: B006
-    tracking_uri: str = "",
-    git_sha: str = "",
-    trainer_nodes: int = 0,
-    trainer_gpus_per_node: int = 8,
-):
-    """`config`: the platform spec (YAML text); `data_uri`: image folder or s3:// prefix;
-    `crops`: which crops' adapters to train; `phases`: which phases to run (others pass the
-    previous package through); `tracking_uri`: MLflow (empty: from the env/Secret);
-    `trainer_nodes` > 0: each phase runs as a Kubeflow Trainer TrainJob (torchrun DDP) on that
-    many nodes x `trainer_gpus_per_node` GPUs, for backbones one GPU cannot train."""
-    prep = preprocess(config=config, data_uri=data_uri).set_caching_options(False)
-    _storage_env(prep)
-    manifest = prep.outputs["manifest"]
-
-    router = _on_gpu(train_router(config=config, manifest=manifest))
-    with dsl.If(router.outputs["passed"] == True):  # noqa: E712 - KFP condition syntax
-        _registry_env(
-            register_router(
-                config=config,
-                router=router.outputs["router"],
-                tracking_uri=tracking_uri,
-                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                git_sha=git_sha,
-            )
+    def _common(self, task: dsl.PipelineTask, resources: StepResources) -> dsl.PipelineTask:
+        task.set_container_image(self.cluster.component_image_ref)
+        task.set_cpu_request(resources.cpu_request).set_cpu_limit(resources.cpu_limit)
+        task.set_memory_request(resources.memory_request)
+        task.set_memory_limit(resources.memory_limit)
+        secrets = self.cluster.secrets
+        kubernetes.use_secret_as_env(
+            task, secret_name=secrets.storage, secret_key_to_env=secrets.storage_env
         )
-    with dsl.Else():
-        gate_failure_report(subject="router", gate=router.outputs["gate"])
-
-    trainer = {
-        "trainer_nodes": trainer_nodes,
-        "trainer_gpus_per_node": trainer_gpus_per_node,
-        "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-    }
-    with dsl.ParallelFor(crops) as crop:
-        # After the router: both load the same backbone, and on a first run the router step
-        # fills the shared backbone cache instead of every crop downloading it at once.
-        p1 = _on_gpu(
-            train_adapter_phase(
-                config=config,
-                manifest=manifest,
-                crop=crop,
-                phase="1",
-                phases=phases,
-                **trainer,
-            )
-        ).set_display_name("phase 1: DoRA")
-        p1.after(router)
-        p2 = _on_gpu(
-            train_adapter_phase(
-                config=config,
-                manifest=manifest,
-                crop=crop,
-                phase="2",
-                phases=phases,
-                previous=p1.outputs["adapter"],
-                **trainer,
-            )
-        ).set_display_name("phase 2: SD-LoRA")
-        p3 = _on_gpu(
-            train_adapter_phase(
-                config=config,
-                manifest=manifest,
-                crop=crop,
-                phase="3",
-                phases=phases,
-                previous=p2.outputs["adapter"],
-                **trainer,
-            )
-        ).set_display_name("phase 3: CONEC-LoRA")
-        calibrated = _on_gpu(
-            calibrate_ood(config=config, manifest=manifest, adapter=p3.outputs["adapter"])
-        ).set_display_name("OOD calibration")
-        evaluation = evaluate_adapter(
-            config=config,
-            adapter=calibrated.outputs["calibrated"],
-            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            git_sha=git_sha,
+        kubernetes.use_config_map_as_volume(
+            task, config_map_name=self.cluster.spec_config_map, mount_path=SPEC_MOUNT, optional=True
         )
-        with dsl.If(evaluation.outputs["passed"] == True):  # noqa: E712
-            _registry_env(
-                register_adapter(
+        return task
+
+    def cpu(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        return self._common(task, self.cluster.resources.cpu_step)
+
+    def gpu(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        gpu, retries = self.cluster.gpu, self.cluster.retries
+        self._common(task, self.cluster.resources.gpu_step)
+        task.set_accelerator_type(gpu.resource).set_accelerator_limit(gpu.per_step)
+        for key, value in gpu.node_selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for t in gpu.tolerations:
+            kubernetes.add_toleration(
+                task, key=t.key, operator=t.operator, value=t.value or None, effect=t.effect or None
+            )
+        if retries.gpu_steps:
+            task.set_retry(
+                retries.gpu_steps,
+                backoff_duration=retries.backoff,
+                backoff_factor=retries.backoff_factor,
+                backoff_max_duration=retries.backoff_max,
+            )
+        # TrainJobs (trainer_nodes > 0) run the same image as the step that creates them.
+        return task.set_env_variable("AADS_IMAGE", self.cluster.component_image_ref)
+
+    def registry(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        self.cpu(task)
+        secrets = self.cluster.secrets
+        kubernetes.use_secret_as_env(
+            task, secret_name=secrets.registry, secret_key_to_env=secrets.registry_env
+        )
+        return task.set_caching_options(False)
+
+
+def build_pipeline(cluster: ClusterSettings, default_crops: list[str]) -> Callable:
+    """The pipeline function with `cluster`'s placement compiled in; `crops` defaults to
+    `default_crops` (the platform spec's crops)."""
+    place = _Placement(cluster)
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Continual training of AADS crop adapters (DoRA, SD-LoRA, CONEC-LoRA) with "
+        "Mahalanobis OOD calibration, gated registration in MLflow.",
+    )
+    def training_pipeline(
+        data_uri: str,
+        config_uri: str = DEFAULT_CONFIG_URI,
+        config_yaml: str = "",
+        crops: list = default_crops,
+        phases: list = ["1", "2", "3"],  # noqa: B006
+        tracking_uri: str = "",
+        git_sha: str = "",
+        trainer_nodes: int = 0,
+        trainer_gpus_per_node: int = 8,
+    ):
+        """Train, calibrate, gate and register the router and every crop's adapter.
+
+        Args:
+            data_uri: The images: an s3://bucket/prefix (or a folder the steps can read) in
+                one of the layouts `aads data ingest` reads (plantvillage, crop-class,
+                crop-part-class).
+            config_uri: Where the platform spec is: the ConfigMap the Helm chart installs
+                (mounted at /etc/aads/spec.yaml, the default) or an s3://bucket/key.yaml.
+            config_yaml: Optional: a whole platform spec as YAML text; when set it is used
+                instead of config_uri.
+            crops: Crops to train, e.g. ["tomato", "corn"]; the default is every crop of the
+                platform spec the chart installs. Each must be a crop of the run's spec.
+            phases: Phases to run ("1" DoRA, "2" SD-LoRA, "3" CONEC-LoRA); a phase left out
+                passes the previous package through.
+            tracking_uri: MLflow tracking URI; empty: the aads-mlflow Secret's
+                MLFLOW_TRACKING_URI, then the spec's registry.tracking_uri.
+            git_sha: The commit of the code that built this pipeline, recorded on every
+                registered version.
+            trainer_nodes: 0: each phase trains in its own step on one GPU. N > 0: each phase
+                runs as a Kubeflow Trainer TrainJob (torchrun DDP) on N nodes, for backbones
+                one GPU cannot train.
+            trainer_gpus_per_node: GPUs per node of a TrainJob (with trainer_nodes > 0).
+        """
+        spec = place.cpu(
+            resolve_config(config_uri=config_uri, config_yaml=config_yaml, crops=crops)
+        ).set_caching_options(False)
+        spec.set_display_name("platform spec")
+        config = spec.output
+        prep = place.cpu(preprocess(config=config, data_uri=data_uri)).set_caching_options(False)
+        manifest = prep.outputs["manifest"]
+
+        router = place.gpu(train_router(config=config, manifest=manifest))
+        with dsl.If(router.outputs["passed"] == True):  # noqa: E712 - KFP condition syntax
+            place.registry(
+                register_router(
                     config=config,
-                    adapter=calibrated.outputs["calibrated"],
+                    router=router.outputs["router"],
                     tracking_uri=tracking_uri,
                     kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                     git_sha=git_sha,
                 )
             )
         with dsl.Else():
-            gate_failure_report(subject=crop, gate=evaluation.outputs["gate"])
+            place.cpu(gate_failure_report(subject="router", gate=router.outputs["gate"]))
+
+        trainer = {
+            "trainer_nodes": trainer_nodes,
+            "trainer_gpus_per_node": trainer_gpus_per_node,
+            "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        }
+        with dsl.ParallelFor(crops, parallelism=cluster.max_parallel_crops) as crop:
+            # The spec again inside the loop: a step's string output does not reach into a
+            # ParallelFor under kfp.local (artifacts and parameters do), and one cheap read
+            # per crop keeps local and cluster runs the same graph.
+            config = place.cpu(
+                resolve_config(config_uri=config_uri, config_yaml=config_yaml, crops=[])
+            ).set_caching_options(False)
+            config.set_display_name("platform spec")
+            config = config.output
+            # After the router: both load the same backbone, and on a first run the router
+            # step fills the shared backbone cache instead of every crop downloading it at once.
+            p1 = place.gpu(
+                train_adapter_phase(
+                    config=config, manifest=manifest, crop=crop, phase="1", phases=phases, **trainer
+                )
+            ).set_display_name("phase 1: DoRA")
+            p1.after(router)
+            p2 = place.gpu(
+                train_adapter_phase(
+                    config=config,
+                    manifest=manifest,
+                    crop=crop,
+                    phase="2",
+                    phases=phases,
+                    previous=p1.outputs["adapter"],
+                    **trainer,
+                )
+            ).set_display_name("phase 2: SD-LoRA")
+            p3 = place.gpu(
+                train_adapter_phase(
+                    config=config,
+                    manifest=manifest,
+                    crop=crop,
+                    phase="3",
+                    phases=phases,
+                    previous=p2.outputs["adapter"],
+                    **trainer,
+                )
+            ).set_display_name("phase 3: CONEC-LoRA")
+            calibrated = place.gpu(
+                calibrate_ood(config=config, manifest=manifest, adapter=p3.outputs["adapter"])
+            ).set_display_name("OOD calibration")
+            evaluation = place.cpu(
+                evaluate_adapter(
+                    config=config,
+                    adapter=calibrated.outputs["calibrated"],
+                    kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    git_sha=git_sha,
+                )
+            )
+            with dsl.If(evaluation.outputs["passed"] == True):  # noqa: E712
+                place.registry(
+                    register_adapter(
+                        config=config,
+                        adapter=calibrated.outputs["calibrated"],
+                        tracking_uri=tracking_uri,
+                        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                        git_sha=git_sha,
+                    )
+                )
+            with dsl.Else():
+                place.cpu(gate_failure_report(subject=crop, gate=evaluation.outputs["gate"]))
+
+    return training_pipeline
+
+
+def default_pipeline(
+    cluster_file: str | None = None, spec_file: str | None = None, *, local: bool = False
+) -> Callable:
+    """The pipeline placed by `cluster_file` (default: the repository's config/cluster.yaml),
+    its crops defaulting to those of `spec_file` (default: config/production.yaml). `local`:
+    for kfp.local on this machine, where a retry only repeats a deterministic failure after
+    minutes of backoff."""
+    spec = Path(spec_file) if spec_file else PLATFORM_SPEC
+    crops = load_config(spec).crop_names if spec_file or spec.is_file() else []
+    cluster = load_cluster(cluster_file)
+    if local:
+        retries = cluster.retries.model_copy(update={"gpu_steps": 0})
+        cluster = cluster.model_copy(update={"retries": retries})
+    return build_pipeline(cluster, crops)

@@ -3,14 +3,17 @@ register gated versions in a real MLflow server, with data and MLflow artifacts 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import yaml
+from helm_python import Chart
 from mlflow import MlflowClient
 from PIL import Image
 
-from aads.config import SynthSettings, parse_config
+from aads.cluster import ClusterFileError, load_cluster, spec_text
+from aads.config import ConfigError, SynthSettings, load_config, parse_config
 from aads.data.synth import synthesize
 from aads.inference import Diagnoser, resolve_model
 from aads.mlflow_server import local_mlflow_server
@@ -18,6 +21,7 @@ from aads.ood import UNKNOWN
 from aads.storage import open_store, put_dir
 from pipelines.compile import MANIFEST_YAML, PIPELINE_YAML, compiled_texts
 from pipelines.local import run_local
+from tests.conftest import ROOT
 
 TINY = {"source": "random:tiny", "image_size": 32}
 BACKBONES = {
@@ -81,8 +85,9 @@ def test_compiled_pipeline_loads_with_kfp():
     pipeline = load_component_from_file(str(PIPELINE_YAML))
     assert pipeline.name == "aads-training"
     assert set(pipeline.component_spec.inputs) == {
-        "config",
         "data_uri",
+        "config_uri",
+        "config_yaml",
         "crops",
         "phases",
         "tracking_uri",
@@ -92,23 +97,168 @@ def test_compiled_pipeline_loads_with_kfp():
     }
 
 
+def compiled() -> list[dict]:
+    return list(yaml.safe_load_all(PIPELINE_YAML.read_text()))
+
+
+def test_every_parameter_a_ui_user_fills_has_a_description():
+    inputs = compiled()[0]["root"]["inputDefinitions"]["parameters"]
+    for name, spec in inputs.items():
+        assert len(spec.get("description", "").split()) >= 5, name
+
+
+def test_a_ui_run_needs_only_the_data_the_spec_comes_by_reference():
+    inputs = compiled()[0]["root"]["inputDefinitions"]["parameters"]
+    required = {name for name, spec in inputs.items() if not spec.get("isOptional")}
+    assert required == {"data_uri"}
+    assert inputs["config_uri"]["defaultValue"] == "/etc/aads/spec.yaml"
+    assert inputs["config_yaml"]["defaultValue"] == ""
+    # Every crop of the spec the chart installs, not ['tomato'].
+    production = load_config(ROOT / "config" / "production.yaml")
+    assert inputs["crops"]["defaultValue"] == production.crop_names
+
+
+def test_the_spec_configmap_is_mounted_into_every_step():
+    cluster = load_cluster()
+    executors = compiled()[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(executors) >= 9
+    for name, executor in executors.items():
+        (mount,) = executor["configMapAsVolume"]
+        assert mount["configMapName"] == cluster.spec_config_map, name
+        assert mount["mountPath"] == "/etc/aads" and mount["optional"] is True
+
+
+def test_every_step_requests_cpu_and_memory_and_gpu_steps_a_gpu():
+    executors = compiled()[0]["deploymentSpec"]["executors"]
+    gpu_steps = 0
+    for name, executor in executors.items():
+        resources = executor["container"]["resources"]
+        assert resources["resourceCpuRequest"] and resources["resourceMemoryRequest"], name
+        assert resources["resourceCpuLimit"] and resources["resourceMemoryLimit"], name
+        if "accelerator" in resources:
+            gpu_steps += 1
+            assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert gpu_steps == 5  # router, phases 1-3, OOD calibration
+
+
+def gpu_task_retries(docs: list[dict]) -> dict[str, dict]:
+    found = {}
+
+    def walk(tasks: dict) -> None:
+        for name, task in tasks.items():
+            if "retryPolicy" in task:
+                found[name] = task["retryPolicy"]
+
+    walk(docs[0]["root"]["dag"]["tasks"])
+    for component in docs[0]["components"].values():
+        walk(component.get("dag", {}).get("tasks", {}))
+    return found
+
+
+def test_gpu_steps_are_retried_and_the_crops_loop_is_capped():
+    docs = compiled()
+    retried = gpu_task_retries(docs)
+    assert set(retried) == {
+        "train-router",
+        "train-adapter-phase",
+        "train-adapter-phase-2",
+        "train-adapter-phase-3",
+        "calibrate-ood",
+    }
+    assert all(r["maxRetryCount"] == load_cluster().retries.gpu_steps for r in retried.values())
+    loop = next(t for t in docs[0]["root"]["dag"]["tasks"].values() if "parameterIterator" in t)
+    assert loop["iteratorPolicy"]["parallelismLimit"] == load_cluster().max_parallel_crops
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("crops")
+
+
 def test_training_steps_request_a_gpu_and_registration_never_uses_the_cache():
-    docs = list(yaml.safe_load_all(PIPELINE_YAML.read_text()))
-    executors = docs[0]["deploymentSpec"]["executors"]
-    train = executors["exec-train-adapter-phase"]["container"]["resources"]
-    assert train["accelerator"]["resourceCount"] == "1"
-    assert "nvidia.com/gpu" in train["accelerator"]["resourceType"]
+    docs = compiled()
     dag = docs[0]["root"]["dag"]["tasks"]
     assert dag["preprocess"]["cachingOptions"] == {}  # enableCache absent = off
+    assert dag["resolve-config"]["cachingOptions"] == {}
     platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     secrets = platform["exec-register-adapter"]["secretAsEnv"]
     assert {s["secretName"] for s in secrets} == {"aads-s3", "aads-mlflow"}
     assert "nodeSelector" in platform["exec-train-adapter-phase"]
 
 
+def test_cluster_settings_change_the_compiled_pipeline_without_code(tmp_path):
+    settings = yaml.safe_load((ROOT / "config" / "cluster.yaml").read_text())
+    settings["registry"] = "registry.example.com/agri"
+    settings["secrets"] = {"storage": "agri-s3", "registry": "agri-mlflow"}
+    settings["gpu"]["node_selector"] = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    settings["max_parallel_crops"] = 2
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    text = compiled_texts(cluster=str(path))[PIPELINE_YAML]
+    assert "image: registry.example.com/agri/aads-components:" in text
+    assert "image: ghcr.io" not in text
+    assert "secretName: agri-s3" in text and "secretName: agri-mlflow" in text
+    assert "cloud.google.com/gke-accelerator" in text and "parallelismLimit: 2" in text
+
+
+def test_a_bad_cluster_settings_file_names_the_field(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text("registry: ''\n")
+    with pytest.raises(ClusterFileError, match="registry"):
+        load_cluster(path)
+
+
+def test_one_pipeline_version_name_for_upload_submit_the_chart_job_and_the_manifests(tmp_path):
+    from pipelines.submit import version_name_here
+    from pipelines.training import pipeline_version_name
+
+    (manifest_version,) = [
+        d for d in yaml.safe_load_all(MANIFEST_YAML.read_text()) if d["kind"] == "PipelineVersion"
+    ]
+    assert manifest_version["metadata"]["name"] == pipeline_version_name()
+    notes = Chart.load(ROOT / "charts").render(
+        {"kfp": {"uploadPipeline": True}}, name="aads", namespace="aads"
+    )["aads/templates/NOTES.txt"]
+    assert f"as aads-training version {pipeline_version_name()}." in notes
+    os.chdir(tmp_path)  # the upload Job's image has no git checkout: the released name
+    try:
+        assert version_name_here() == pipeline_version_name()
+    finally:
+        os.chdir(ROOT)
+    assert pipeline_version_name("0123456789abcdef") == f"{pipeline_version_name()}-g0123456789ab"
+    dirty = pipeline_version_name("0123456789abcdef", dirty=True, stamp=7)
+    assert dirty.endswith("-g0123456789ab-dirty-7")
+
+
 def test_gitops_manifests_are_a_pipeline_and_its_version():
     kinds = [d["kind"] for d in yaml.safe_load_all(MANIFEST_YAML.read_text())]
     assert kinds == ["Pipeline", "PipelineVersion"]
+
+
+# --------------------------------------------------------------------------- the spec by reference
+
+
+def test_the_spec_comes_from_the_override_then_the_uri(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec(tmp_path)))
+    assert spec_text(str(path)) == path.read_text()
+    override = yaml.safe_dump(spec(tmp_path, name="override"))
+    assert spec_text(str(path), override) == override
+
+
+def test_the_spec_is_read_from_s3(s3_settings, tmp_path, monkeypatch):
+    from aads.storage import S3Store
+
+    store = S3Store(s3_settings.bucket, s3_settings)
+    store.ensure_bucket()
+    text = yaml.safe_dump(spec(tmp_path))
+    store.write_bytes("specs/platform.yaml", text.encode())
+    # As in a step: endpoint and keys from the storage Secret's environment variables.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{s3_settings.endpoint}")
+    assert spec_text(f"s3://{s3_settings.bucket}/specs/platform.yaml") == text
+
+
+def test_a_missing_or_bad_spec_is_refused_naming_what_to_do(tmp_path):
+    with pytest.raises(ClusterFileError, match="mount the platform spec ConfigMap"):
+        spec_text(str(tmp_path / "absent.yaml"))
+    with pytest.raises(ConfigError, match="crops"):
+        spec_text("", "router: {source: random:tiny}\n")
 
 
 # --------------------------------------------------------------------------- local runs

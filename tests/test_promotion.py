@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -37,7 +38,12 @@ def world(mlflow_server, tmp_path_factory):
             "crops": [{"name": CROP, "phase1_classes": ["healthy", "rust"]}],
             "router": {"source": "random:tiny"},
             "adapter": {"backbone": {"source": "random:tiny"}},
-            "registry": {"experiment": "promotion-test", "artifact_store": "s3://aads/mlflow"},
+            # The registry's server stores artifacts at artifact_store: proxied sources map there.
+            "registry": {
+                "experiment": "promotion-test",
+                "artifact_store": "s3://aads/mlflow",
+                "tracking_uri": mlflow_server,
+            },
         }
     )
     registry = Registry(config.registry, tracking_uri=mlflow_server)
@@ -54,9 +60,14 @@ def world(mlflow_server, tmp_path_factory):
         registry.register_package(
             pkg,
             name=NAME,
-            tags={"gate": gate, "gate_detail": f"{gate}: accuracy", "metric.accuracy": "0.9"},
+            tags={
+                "gate": gate,
+                "gate_detail": f"{gate}: accuracy",
+                "metric.phase1_test_accuracy": "0.9",
+                "metric.ood_far_auroc": "0.97",
+            },
             description="# card",
-            metrics={"accuracy": 0.9},
+            metrics={"phase1_test_accuracy": 0.9, "ood_far_auroc": 0.97, "ood_near_auroc": 0.81},
             kfp_run_id=f"run-{i}",
         )
     repo = tmp / "gitops"
@@ -245,3 +256,164 @@ def test_rollback_after_an_ended_canary_returns_to_the_version_before_the_pinned
     run_rollback(world)  # ends the canary; v2 stays
     result = run_rollback(world)
     assert result.version == "1" and read_pin(world["repo"], "staging", CROP)["version"] == "1"
+
+
+# --------------------------------------------------------------------------- atomic and readable
+
+
+def snapshot(repo) -> dict:
+    """Every byte of the work tree, the HEAD commit and the index: what must not change."""
+    files = {
+        p.relative_to(repo).as_posix(): p.read_bytes()
+        for p in sorted(repo.rglob("*"))
+        if p.is_file() and ".git" not in p.relative_to(repo).parts
+    }
+    return {
+        "files": files,
+        "head": git(repo, "rev-parse", "HEAD"),
+        "status": git(repo, "status", "--porcelain"),
+    }
+
+
+@contextmanager
+def values_file(world, env: str, append: bytes = b"", replace: bytes | None = None):
+    """The environment's values file edited by hand (broken) for one test, then restored."""
+    path = world["repo"] / "manifests" / "environments" / env / "values.yaml"
+    original = path.read_bytes()
+    path.write_bytes(replace if replace is not None else original + append)
+    try:
+        yield path
+    finally:
+        path.write_bytes(original)
+
+
+def test_trailers_carry_the_headline_metrics_and_the_gate(world):
+    run_promote(world, "1", env="production")
+    message = git(world["repo"], "log", "-1", "--format=%B")
+    assert "Metric-accuracy: 0.9000" in message and "Metric-far_ood_auroc: 0.9700" in message
+    assert "Metric-near_ood_auroc: 0.8100" in message  # from the registering run's metrics
+    assert "Metric-retention" not in message  # not measured: not reported as 0
+    assert "Gate: passed (passed: accuracy)" in message
+
+
+def test_a_malformed_values_file_leaves_the_repository_byte_identical(world):
+    with values_file(world, "staging", append=b"adapters: {mode: [unclosed\n"):
+        before = snapshot(world["repo"])
+        with pytest.raises(PromotionError) as refused:
+            run_promote(world, "2", canary=40)
+        assert snapshot(world["repo"]) == before
+        assert "values.yaml" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_cli_reports_a_malformed_values_file_in_one_line_and_exit_2(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from aads.cli import app
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(world["config"].model_dump(mode="json")))
+    with values_file(world, "staging", replace=b"router: [\n"):
+        before = snapshot(world["repo"])
+        result = CliRunner().invoke(
+            app,
+            ["promote", "--crop", CROP, "--version", "2", "--env", "staging"]
+            + ["--repo", str(world["repo"]), "--config", str(spec), "--tracking-uri", world["uri"]],
+        )
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and "values.yaml" in lines[0]
+        assert "Traceback" not in result.output
+        assert snapshot(world["repo"]) == before
+
+
+def test_a_refused_commit_leaves_the_repository_byte_identical(world):
+    repo = world["repo"]
+    hook = repo / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\necho 'policy: no commits today' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    try:
+        before = snapshot(repo)
+        with pytest.raises(PromotionError, match="nothing was changed: git commit"):
+            run_promote(world, "2", env="production", canary=15)
+        assert snapshot(repo) == before
+    finally:
+        hook.unlink()
+
+
+def test_a_release_that_would_not_deploy_leaves_the_repository_byte_identical(world):
+    with values_file(world, "production", append=b"kserve: {deploymentMode: Serverless}\n"):
+        before = snapshot(world["repo"])
+        with pytest.raises(PromotionError, match="would not deploy"):
+            run_promote(world, "2", env="production")
+        assert snapshot(world["repo"]) == before
+
+
+def test_yaml_edits_keep_comments_and_flow_style(world):
+    repo = world["repo"]
+    pin = repo / "manifests" / "environments" / "production" / "pins" / f"{CROP}.yaml"
+    app = repo / "manifests" / "argocd" / "production.yaml"
+    text = pin.read_text().replace(
+        "      version:", "      # reviewed by the agronomy team\n      version:"
+    )
+    text += "    other: {storageUri: 's3://aads/x', version: '4'}  # a flow-style neighbour\n"
+    pin.write_text(text)
+    git(repo, "commit", "-qam", "hand edit")
+    app_before = app.read_text()
+    run_promote(world, "2", env="production", canary=25)
+    after = pin.read_text()
+    assert "# reviewed by the agronomy team" in after
+    assert "other: {storageUri: 's3://aads/x', version: '4'}  # a flow-style neighbour" in after
+    assert after.startswith("# Promoted model for")
+    assert app.read_text() == app_before  # already listed: untouched, comments and all
+    run_rollback(world, env="production")
+
+
+def test_a_promotion_changes_the_routers_pod_template_checksum(world):
+    from aads.chart import environment_values, render
+
+    repo = world["repo"]
+
+    def router_checksum() -> str:
+        docs = render(repo / "charts", environment_values(repo, "staging"), namespace="aads")
+        (router,) = [
+            d
+            for d in docs
+            if d["kind"] == "InferenceService" and d["metadata"]["name"] == "aads-router"
+        ]
+        return router["spec"]["predictor"]["annotations"]["checksum/spec"]
+
+    run_promote(world, "1")  # staging pins v1 (a no-op after the tests above)
+    before = router_checksum()
+    run_promote(world, "2", canary=35)
+    assert router_checksum() != before
+    run_rollback(world)
+    assert router_checksum() == before
+
+
+def test_a_model_registered_by_the_demo_is_published_to_the_store_and_pinned(
+    world, s3_settings, tmp_path
+):
+    """`make demo`'s MLflow keeps artifacts on its own disk (no artifact_store): promote
+    copies the verified package to the serving store and pins that."""
+    from aads.storage import S3Store, verify_checksums
+
+    demo = world["config"].model_copy(
+        update={
+            "registry": world["config"].registry.model_copy(
+                update={"artifact_store": None, "tracking_uri": None}
+            ),
+            "storage": s3_settings,
+        }
+    )
+    S3Store(s3_settings.bucket, s3_settings).ensure_bucket()
+    result = promote(
+        demo, world["repo"], CROP, "2", "staging", tracking_uri=world["uri"], crds=CRDS
+    )
+    expected = f"s3://{s3_settings.bucket}/models/adapters/{CROP}/v2"
+    assert result.storage_uri == expected
+    assert read_pin(world["repo"], "staging", CROP)["storageUri"] == expected
+    from aads.storage import get_dir
+
+    local = tmp_path / "published"
+    get_dir(S3Store(s3_settings.bucket, s3_settings), f"models/adapters/{CROP}/v2", local)
+    verify_checksums(local)
