@@ -22,7 +22,7 @@ import torch
 from machine import load_average, machine
 from torch import nn
 
-from aads.adapters.sd_lora import (
+from aads.adapters.sd_lora.model import (
     apply_sd_lora,
     finish_task,
     merge_sd_lora,

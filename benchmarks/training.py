@@ -59,7 +59,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from aads.adapters.classifier import AdapterClassifier, ConecClassifier
-from aads.adapters.conec import (
+from aads.adapters.conec.model import (
     ConecHeads,
     apply_conec,
     conec_logits,
@@ -67,17 +67,12 @@ from aads.adapters.conec import (
     distillation_loss,
     snapshot_shared,
     start_domain,
-    unit_features,
 )
-from aads.adapters.conec import trainable_parameters as conec_trainable
-from aads.adapters.dora import apply_dora, dora_config, merge_dora, save_dora
-from aads.adapters.sd_lora import (
-    apply_sd_lora,
-    finish_task,
-    sd_lora_state_dict,
-    start_task,
-)
-from aads.adapters.sd_lora import trainable_parameters as sd_lora_trainable
+from aads.adapters.conec.model import trainable_parameters as conec_trainable
+from aads.adapters.conec.selector import unit_features
+from aads.adapters.dora.model import apply_dora, dora_config, merge_dora, save_dora
+from aads.adapters.sd_lora.model import apply_sd_lora, finish_task, sd_lora_state_dict, start_task
+from aads.adapters.sd_lora.model import trainable_parameters as sd_lora_trainable
 from aads.atomic import atomic_write_text
 from aads.backbone import (
     VARIANTS_BY_KEY,

@@ -12,10 +12,15 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import Dinov2Config, Dinov2Model
 
-from aads.adapters.conec import ConecHeads, apply_conec, conec_logits, start_domain
-from aads.adapters.conec import trainable_parameters as conec_parameters
-from aads.adapters.dora import apply_dora
-from aads.adapters.sd_lora import apply_sd_lora, sd_lora_layers, start_task, trainable_parameters
+from aads.adapters.conec.model import ConecHeads, apply_conec, conec_logits, start_domain
+from aads.adapters.conec.model import trainable_parameters as conec_parameters
+from aads.adapters.dora.model import apply_dora
+from aads.adapters.sd_lora.model import (
+    apply_sd_lora,
+    sd_lora_layers,
+    start_task,
+    trainable_parameters,
+)
 from aads.backbone import (
     LVD142M,
     LVD1689M,

@@ -13,15 +13,10 @@ from sklearn.covariance import LedoitWolf
 from torch import nn
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-from aads.adapters.conec import (
-    ConecError,
+from aads.adapters.conec.layer import ConecError, DomainLoRALinear, DomainRouting, SharedLoRALinear
+from aads.adapters.conec.model import (
     ConecHeads,
     ConecState,
-    DomainLoRALinear,
-    DomainRouting,
-    LinearDomainSelector,
-    MahalanobisDomainSelector,
-    SharedLoRALinear,
     apply_conec,
     boundary_features,
     conec_logits,
@@ -31,6 +26,10 @@ from aads.adapters.conec import (
     snapshot_shared,
     start_domain,
     trainable_parameters,
+)
+from aads.adapters.conec.selector import (
+    LinearDomainSelector,
+    MahalanobisDomainSelector,
     unit_features,
 )
 from aads.config import CONECSettings

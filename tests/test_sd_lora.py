@@ -10,9 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from aads.adapters.sd_lora import (
-    SDLoRAError,
-    SDLoRALinear,
+from aads.adapters.sd_lora.layer import SDLoRAError, SDLoRALinear
+from aads.adapters.sd_lora.model import (
     apply_sd_lora,
     finish_task,
     load_sd_lora_state_dict,

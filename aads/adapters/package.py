@@ -137,7 +137,7 @@ def update_package(pkg_dir: Path, change: Callable[[Path, AdapterMeta], AdapterM
 
 
 def _write_contents(c: PackageContents, d: Path) -> None:
-    from aads.adapters.dora import ADAPTER_DIR, save_dora
+    from aads.adapters.dora.model import ADAPTER_DIR, save_dora
 
     atomic_write_text(d / META_FILE, c.meta.model_dump_json(indent=2) + "\n")
     _save_tensors(c.heads, d / HEADS_FILE)

@@ -57,8 +57,9 @@ from aads.backbone import (
     resolve_lora_targets,
     vit_blocks,
 )
-from aads.config import CONECSettings, complement_blocks, resolve_blocks
+from aads.config import complement_blocks, resolve_blocks
 
+from .config import CONECSettings
 from .layer import ConecError, DomainLoRALinear, DomainRouting, LoRAPair, SharedLoRALinear
 from .selector import DomainSelector, build_selector
 

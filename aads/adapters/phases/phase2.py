@@ -42,7 +42,7 @@ from aads.adapters.phases.common import (
     val_accuracy,
     write_phase_metrics,
 )
-from aads.adapters.sd_lora import (
+from aads.adapters.sd_lora.model import (
     apply_sd_lora,
     finish_task,
     sd_lora_layers,

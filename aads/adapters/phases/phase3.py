@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aads.adapters.classifier import ConecClassifier
-from aads.adapters.conec import (
+from aads.adapters.conec.model import (
     ConecHeads,
     ConecState,
     apply_conec,

@@ -27,8 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from aads.config import SDLoRASettings
-
+from .config import SDLoRASettings
 from .layer import SDLoRAError, SDLoRALinear
 
 _KEY = re.compile(r"(?P<module>.+)\.sd_lora\.(?:(?P<kind>[AB])\.(?P<index>\d+)|alphas)")
