@@ -39,6 +39,7 @@ PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
 HF_MODEL_FILES = ("*.json", "*.safetensors", "*.txt", "*.model")
 """What a Hub snapshot fetches: configs, weights, tokenizer files; never pickles."""
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?")
+_HUB_ID_MAX = 96  # huggingface_hub's limit on a repo id
 _TRUE = {"1", "true", "yes", "on"}
 _LISTED = 5
 
@@ -143,9 +144,9 @@ def _classify(source: str, kind: ModelKind) -> SourceKind:
             f"unsupported source scheme in '{source}': use a Hugging Face id, a directory, "
             "s3://bucket/prefix, random:<preset> or synthetic:<preset>"
         )
-    if Path(source).expanduser().exists() or source.startswith(("/", ".", "~")):
+    if _existing_path(source) or source.startswith(("/", ".", "~")):
         return "local"
-    if _HUB_ID.fullmatch(source):
+    if len(source) <= _HUB_ID_MAX and _HUB_ID.fullmatch(source):
         return "hub"
     raise kind.fail(f"'{source}' is neither a Hugging Face id nor an existing directory")
 
@@ -179,10 +180,22 @@ def source_dir(
         return _hub_snapshot(source, revision, patterns, kind)
     if found == "s3":
         return _fetch_mirror(source.rstrip("/"), storage, kind)
-    directory = Path(source).expanduser().resolve()
-    if not directory.is_dir():
+    try:
+        directory = Path(source).expanduser().resolve()
+        present = directory.is_dir()
+    except (OSError, RuntimeError) as err:  # a name too long, ~user of no such user, a loop
+        raise kind.fail(f"'{source}' is not a usable directory ({err})") from None
+    if not present:
         raise kind.fail(f"directory {directory} does not exist")
     return directory
+
+
+def _existing_path(source: str) -> bool:
+    """Whether `source` names something on disk; a string no filesystem accepts does not."""
+    try:
+        return Path(source).expanduser().exists()
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 def _hub_snapshot(
@@ -274,7 +287,11 @@ def load_pretrained(
     """A transformers model saved with ``save_pretrained`` in `directory`: one of
     `model_types`, safetensors only, every weight present with the config's shape."""
     directory = Path(directory)
-    if not directory.is_dir():
+    try:
+        present = directory.is_dir()
+    except OSError as err:
+        raise kind.fail(f"{directory} is not a usable directory ({err})") from None
+    if not present:
         raise kind.fail(f"directory {directory} does not exist")
     if not (directory / "config.json").is_file():
         raise kind.fail(f"{directory} has no config.json: save models with save_pretrained")

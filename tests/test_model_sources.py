@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
+from transformers import AutoModel
 
 from aads.backbone import (
     BackboneError,
@@ -20,7 +23,7 @@ from aads.backbone import (
 )
 from aads.backbone.hub import BACKBONE
 from aads.config import BackboneSettings
-from aads.model_sources import hub_offline, source_dir
+from aads.model_sources import hub_offline, load_pretrained, source_dir, source_kind
 from aads.vlm.errors import VLMError, VLMNotAvailable, model_kind
 from aads.vlm.presets import build_sam2
 from aads.vlm.segmentation import load_sam2
@@ -143,3 +146,71 @@ def test_a_gated_dinov3_id_names_its_licence_in_the_mirroring_steps(offline_cach
     hf_id = "facebook/dinov3-vitl16-pretrain-lvd1689m"
     with pytest.raises(BackboneNotAvailable, match="granted access to the gated repo \\(DINOv3"):
         load_backbone(BackboneSettings(source=hf_id))
+
+
+# --------------------------------------------------------------------------- hostile sources
+
+KINDS = {"random", "synthetic", "s3", "local", "hub"}
+ODD_SOURCES = st.one_of(
+    st.text(max_size=300),
+    st.sampled_from(["a" * 300, "~no-such-user-aads/x", "x/" + "a" * 5000, "a\x00b", "..", "/"]),
+    st.builds(lambda s: f"s3://{s}", st.text(max_size=80)),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(source=ODD_SOURCES)
+def test_any_source_string_is_classified_or_refused_as_a_backbone_error(source):
+    try:
+        assert source_kind(source, BACKBONE) in KINDS
+    except BackboneError:
+        pass
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(source=ODD_SOURCES)
+def test_any_source_string_gives_a_folder_or_the_callers_error(source, offline_cache):
+    kind = model_kind("sam2")
+    try:
+        folder = source_dir(source, None, kind)
+    except VLMError:  # VLMNotAvailable included
+        return
+    assert folder.is_dir()
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(config=st.binary(max_size=300))
+def test_any_config_file_bytes_are_refused_as_a_backbone_error(config, tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_bytes(config)
+    save_file({"w": torch.zeros(1)}, folder / "model.safetensors")
+    with pytest.raises(BackboneError):
+        load_pretrained(
+            AutoModel, folder, BACKBONE, model_types=["dinov3_vit"], dtype=torch.float32
+        )
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(weights=st.binary(max_size=200))
+def test_any_weights_file_bytes_are_refused_as_a_backbone_error(weights, tmp_path):
+    folder = tmp_path / "model"
+    if not folder.exists():
+        build_random_model("tiny", 0).config.save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(weights)
+    with pytest.raises(BackboneError, match="cannot load weights|do not match"):
+        load_pretrained(
+            AutoModel, folder, BACKBONE, model_types=["dinov3_vit"], dtype=torch.float32
+        )
