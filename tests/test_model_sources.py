@@ -151,6 +151,10 @@ def test_a_gated_dinov3_id_names_its_licence_in_the_mirroring_steps(offline_cach
 # --------------------------------------------------------------------------- hostile sources
 
 KINDS = {"random", "synthetic", "s3", "local", "hub"}
+FUZZ = settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 ODD_SOURCES = st.one_of(
     st.text(max_size=300),
     st.sampled_from(["a" * 300, "~no-such-user-aads/x", "x/" + "a" * 5000, "a\x00b", "..", "/"]),
@@ -158,7 +162,7 @@ ODD_SOURCES = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(FUZZ, max_examples=300)
 @given(source=ODD_SOURCES)
 def test_any_source_string_is_classified_or_refused_as_a_backbone_error(source):
     try:
@@ -167,11 +171,7 @@ def test_any_source_string_is_classified_or_refused_as_a_backbone_error(source):
         pass
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(FUZZ, max_examples=150)
 @given(source=ODD_SOURCES)
 def test_any_source_string_gives_a_folder_or_the_callers_error(source, offline_cache):
     kind = model_kind("sam2")
@@ -182,11 +182,7 @@ def test_any_source_string_gives_a_folder_or_the_callers_error(source, offline_c
     assert folder.is_dir()
 
 
-@settings(
-    max_examples=100,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(FUZZ, max_examples=100)
 @given(config=st.binary(max_size=300))
 def test_any_config_file_bytes_are_refused_as_a_backbone_error(config, tmp_path):
     folder = tmp_path / "model"
@@ -199,11 +195,7 @@ def test_any_config_file_bytes_are_refused_as_a_backbone_error(config, tmp_path)
         )
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(FUZZ, max_examples=25)
 @given(weights=st.binary(max_size=200))
 def test_any_weights_file_bytes_are_refused_as_a_backbone_error(weights, tmp_path):
     folder = tmp_path / "model"

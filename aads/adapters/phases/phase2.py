@@ -141,21 +141,10 @@ def train_phase2(
         classes = [*classes, *batch]
         data = phase_rows(rows, crop, "2", str(task))
 
-        setup = partial(
-            _batch_setup,
-            model=model,
-            head=head,
-            data=data,
-            classes=classes,
-            n_old=n_old,
-            backbone=backbone,
-            settings=settings,
-            root=data_root,
-        )
         outcome = train_task(
             method,
             task,
-            setup,
+            partial(_batch_setup, model, head, data, classes, n_old, backbone, settings, data_root),
             settings=settings,
             checkpoint_dir=checkpoint_dir / f"task{task}" if checkpoint_dir else None,
             fingerprint={
@@ -238,7 +227,6 @@ def train_phase2(
 
 
 def _batch_setup(
-    *,
     model: nn.Module,
     head: nn.Linear,
     data: PhaseData,
