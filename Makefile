@@ -57,6 +57,7 @@ bench: setup
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/continual.py
 	$(BIN)/python benchmarks/ood.py
+	$(BIN)/python benchmarks/gaussians.py
 	$(BIN)/python benchmarks/pipeline.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/vlm.py

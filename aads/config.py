@@ -27,20 +27,15 @@ from pydantic import (
     model_validator,
 )
 
+from aads.adapters.conec.config import CONECSettings
+from aads.adapters.config import BlockSelection
+from aads.adapters.dora.config import DoRASettings
+from aads.adapters.sd_lora.config import SDLoRASettings
 from aads.errors import BadInput
 from aads.vlm.settings import ScoutingSettings
 
 SLUG = r"^[a-z][a-z0-9_]*$"
 Slug = Annotated[str, Field(pattern=SLUG, min_length=1, max_length=48)]
-
-BlockSelection = Literal["all", "first_half", "second_half"] | list[Annotated[int, Field(ge=0)]]
-"""Which transformer blocks an adapter touches: a named range or explicit 0-based indices."""
-
-ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_MODULES = ("up_proj", "down_proj", "gate_proj")
-LoraModule = Literal["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"]
-"""LoRA targets by role, in DINOv3's names; on DINOv2 `aads.backbone.targets` maps them to its
-own (a GELU MLP's up_proj / down_proj are fc1 / fc2 there)."""
 
 PATCH_SIZES = {"DINOv3": 16, "DINOv2": 14}
 
@@ -138,53 +133,7 @@ class BackboneSettings(_Model):
 
 
 # --------------------------------------------------------------------------- adapters
-
-
-class DoRASettings(_Model):
-    """Phase 1: PEFT LoRA with ``use_dora=True`` on the named modules of the chosen blocks."""
-
-    r: int = Field(16, ge=1, le=512)
-    alpha: float = Field(32.0, gt=0)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    blocks: BlockSelection = "all"
-    modules: list[LoraModule] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
-    loraplus_lr_ratio: float = Field(16.0, ge=1.0, description="LoRA+ lr(B) / lr(A)")
-
-
-class SDLoRASettings(_Model):
-    """Phase 2: SD-LoRA (Wu et al., ICLR 2025) on q and v of every block."""
-
-    rank: int = Field(10, ge=1, le=512)
-    variant: Literal["plain", "rr", "kd"] = Field(
-        "plain", description="plain, -RR (rank shrinks per task), -KD (fold spanned directions)"
-    )
-    rank_schedule: list[Annotated[int, Field(ge=1)]] | None = Field(
-        None, description="ranks per task for the rr variant, e.g. [10, 8, 6]"
-    )
-    alpha_init: float = Field(0.8, gt=0)
-    kd_threshold: float = Field(
-        0.9, gt=0, le=1, description="-KD: fold when this share of a new direction is spanned"
-    )
-    modules: list[LoraModule] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
-
-    @model_validator(mode="after")
-    def _schedule_for_rr(self) -> SDLoRASettings:
-        if self.variant == "rr" and not self.rank_schedule:
-            raise ValueError("rank_schedule is required when variant is 'rr' (e.g. [10, 8, 6])")
-        return self
-
-
-class CONECSettings(_Model):
-    """Phase 3: CONEC-LoRA. Early blocks share LoRAs trained under distillation; late blocks
-    get one LoRA set per domain; a selector picks the set at inference."""
-
-    shared_blocks: BlockSelection = "first_half"
-    rank: int = Field(8, ge=1, le=512)
-    alpha: float = Field(16.0, gt=0)
-    modules: list[LoraModule] = Field(default_factory=lambda: ["q_proj", "v_proj"], min_length=1)
-    distill_weight: float = Field(1.0, ge=0)
-    distill_temperature: float = Field(2.0, gt=0)
-    selector: Literal["mahalanobis", "linear"] = "mahalanobis"
+# Each method's settings live beside its code: `aads/adapters/{dora,sd_lora,conec}/config.py`.
 
 
 class ThresholdSettings(_Model):

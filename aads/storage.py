@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import uuid
@@ -39,7 +38,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from aads.atomic import atomic_write, atomic_write_bytes
+from aads.atomic import atomic_dir, atomic_write, atomic_write_bytes
 from aads.config import StorageSettings
 from aads.errors import BadInput, NotFound, Unavailable
 
@@ -449,23 +448,15 @@ def fetch_dir_cached(uri: str, settings: StorageSettings) -> Path:
         else None
     )
     wanted = sorted(published) if published is not None else sorted(remote)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".fetch-"))
-    try:
+    with atomic_dir(dest) as staging:
         files = {
             rel: store.get_file(
-                _join(prefix, rel), tmp_dir / _safe_relpath(rel), (published or {}).get(rel)
+                _join(prefix, rel), staging / _safe_relpath(rel), (published or {}).get(rel)
             )
             for rel in wanted
         }
         record = {"uri": uri, "fingerprint": fingerprint, "files": files}
-        (tmp_dir / CACHE_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp_dir, dest)
-    finally:
-        if tmp_dir.exists():
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+        (staging / CACHE_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True))
     return dest
 
 

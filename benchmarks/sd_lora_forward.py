@@ -22,13 +22,7 @@ import torch
 from machine import load_average, machine
 from torch import nn
 
-from aads.adapters.sd_lora import (
-    apply_sd_lora,
-    finish_task,
-    merge_sd_lora,
-    sd_lora_layers,
-    start_task,
-)
+from aads.adapters.sd_lora.model import SDLoRA, apply_sd_lora, merge_sd_lora, sd_lora_layers
 from aads.atomic import atomic_write_text
 from aads.backbone import load_backbone, resolve_lora_targets
 from aads.config import BackboneSettings, SDLoRASettings
@@ -82,11 +76,12 @@ def run(warmup: int, repeats: int) -> dict[str, Any]:
     targets = resolve_lora_targets(model, list(range(12)), SETTINGS.modules)
     apply_sd_lora(model, targets)
     generator = torch.Generator().manual_seed(0)
+    method = SDLoRA(model, SETTINGS, generator)
     unmerged = []
     for task in range(MAX_TASKS):
-        start_task(model, SETTINGS, task, generator)
+        method.start_task(task)
         trained_like(model, generator)  # a task's pair opens at B = 0; give it a real direction
-        finish_task(model, SETTINGS)
+        method.finish_task()
         unmerged.append({"pairs": task + 1, **paired_medians(plain, model, x, warmup, repeats)})
     with torch.inference_mode():
         reference = model(pixel_values=x).pooler_output

@@ -59,25 +59,16 @@ from safetensors.torch import save_file
 from torch import nn
 
 from aads.adapters.classifier import AdapterClassifier, ConecClassifier
-from aads.adapters.conec import (
+from aads.adapters.conec.model import (
     ConecHeads,
+    ConecLoRA,
     apply_conec,
     conec_logits,
     conec_state_dict,
-    distillation_loss,
-    snapshot_shared,
-    start_domain,
-    unit_features,
 )
-from aads.adapters.conec import trainable_parameters as conec_trainable
-from aads.adapters.dora import apply_dora, dora_config, merge_dora, save_dora
-from aads.adapters.sd_lora import (
-    apply_sd_lora,
-    finish_task,
-    sd_lora_state_dict,
-    start_task,
-)
-from aads.adapters.sd_lora import trainable_parameters as sd_lora_trainable
+from aads.adapters.conec.selector import unit_features
+from aads.adapters.dora.model import apply_dora, dora_config, merge_dora, save_dora
+from aads.adapters.sd_lora.model import SDLoRA, apply_sd_lora, sd_lora_state_dict
 from aads.atomic import atomic_write_text
 from aads.backbone import (
     VARIANTS_BY_KEY,
@@ -197,13 +188,13 @@ def phase2_sd_lora(settings: BackboneSettings, batch: int, precision: Precision)
     backbone = load_backbone(settings)
     model = merge_dora(apply_dora(backbone.model, DORA, backbone.depth))
     apply_sd_lora(model, resolve_lora_targets(model, range(backbone.depth), SD_LORA.modules))
-    generator = torch.Generator().manual_seed(0)
+    method = SDLoRA(model, SD_LORA, torch.Generator().manual_seed(0))
     for task in range(PREVIOUS_TASKS + 1):
-        start_task(model, SD_LORA, task, generator)
+        method.start_task(task)
     known = CLASSES + PREVIOUS_TASKS * TASK_CLASSES
     head = nn.Linear(backbone.feature_dim, known + TASK_CLASSES).to(backbone.device)
     network = AdapterClassifier(model, head, backbone.pooling, backbone.prefix_tokens).train()
-    params = [*sd_lora_trainable(model), *head.parameters()]
+    params = [*method.trainable_parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
     pixels, labels = random_batch(backbone, batch, TASK_CLASSES)
     labels = labels + known
@@ -232,14 +223,12 @@ def phase3_conec(
     model = backbone.model
     state = apply_conec(model, CONEC, backbone.pooling)
     heads = ConecHeads(nn.Linear(backbone.feature_dim, CLASSES).to(backbone.device))
-    start_domain(state)  # domain 1: the previously learned one
-    heads.add_domain()
-    teacher = snapshot_shared(state)
-    previous = state.num_domains - 1
-    domain = start_domain(state)
-    heads.add_domain()
+    method = ConecLoRA(model, state, heads)
+    method.start_task(1)  # domain 1: the previously learned one
+    method.finish_task()
+    method.start_task(2)  # domain 1's network is the teacher
     network = ConecClassifier(model, state, heads).train()
-    params = [*conec_trainable(state), *heads.heads[domain].parameters()]
+    params = method.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
     pixels, labels = random_batch(backbone, batch, CLASSES)
 
@@ -247,9 +236,7 @@ def phase3_conec(
         logits = conec_logits(network.backbone, state, heads, pixels)
         value = nn.functional.cross_entropy(logits, labels)
         if distill:
-            value = value + CONEC.distill_weight * distillation_loss(
-                model, state, pixels, logits, teacher, previous, heads, CONEC.distill_temperature
-            )
+            value = value + CONEC.distill_weight * method.distillation_loss(pixels, logits)
         return value
 
     return Trial(
@@ -262,8 +249,8 @@ def phase3_conec(
             "modules": CONEC.modules,
             "shared_blocks": state.shared_blocks,
             "late_blocks": state.late_blocks,
-            "training_domain": domain,
-            "teacher_domain": previous if distill else None,
+            "training_domain": state.num_domains - 1,
+            "teacher_domain": method.teacher_domain if distill else None,
         },
     )
 
@@ -563,10 +550,10 @@ def package_for(key: str, directory: Path) -> dict[str, Any]:
     # SD-LoRA: 3 pairs on q/v of every block.
     model = empty_vit(key)
     apply_sd_lora(model, resolve_lora_targets(model, range(depth), SD_PACKAGE.modules))
-    generator = torch.Generator().manual_seed(0)
+    method = SDLoRA(model, SD_PACKAGE, torch.Generator().manual_seed(0))
     for task in range(PACKAGE_SD_PAIRS):
-        start_task(model, SD_PACKAGE, task, generator)
-    finish_task(model, SD_PACKAGE)  # a package holds closed pairs only
+        method.start_task(task)
+    method.finish_task()  # a package holds closed pairs only
     state = sd_lora_state_dict(model)
     parts["sd_lora"] = _part(
         n["sd_lora"] * 4,
@@ -581,8 +568,9 @@ def package_for(key: str, directory: Path) -> dict[str, Any]:
     # are added directly (the file stores only them; skipping `_refresh` avoids 3 pinv's).
     model = empty_vit(key)
     conec = apply_conec(model, CONEC_PACKAGE)
-    for _ in range(PACKAGE_CONEC_DOMAINS):
-        start_domain(conec)
+    method = ConecLoRA(model, conec, ConecHeads(nn.Linear(feature, CLASSES)))
+    for domain in range(1, PACKAGE_CONEC_DOMAINS + 1):
+        method.start_task(domain)
     generator = torch.Generator().manual_seed(0)
     for _ in range(domains):
         conec.selector.stats.add(unit_features(torch.randn(16, feature, generator=generator)))

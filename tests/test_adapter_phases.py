@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from aads.adapters.classifier import AdapterClassifier
-from aads.adapters.dora import apply_dora
+from aads.adapters.dora.model import apply_dora
 from aads.adapters.loading import load_adapter
 from aads.adapters.package import (
     AdapterMeta,

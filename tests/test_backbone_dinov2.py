@@ -12,10 +12,9 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import Dinov2Config, Dinov2Model
 
-from aads.adapters.conec import ConecHeads, apply_conec, conec_logits, start_domain
-from aads.adapters.conec import trainable_parameters as conec_parameters
-from aads.adapters.dora import apply_dora
-from aads.adapters.sd_lora import apply_sd_lora, sd_lora_layers, start_task, trainable_parameters
+from aads.adapters.conec.model import ConecHeads, ConecLoRA, apply_conec, conec_logits
+from aads.adapters.dora.model import apply_dora
+from aads.adapters.sd_lora.model import SDLoRA, apply_sd_lora, sd_lora_layers
 from aads.backbone import (
     LVD142M,
     LVD1689M,
@@ -268,11 +267,12 @@ def test_sd_lora_wraps_q_and_v_of_every_dinov2_block_and_trains_a_step():
     model = load_backbone(settings()).model
     targets = resolve_lora_targets(model, [0, 1], SDLoRASettings().modules)
     apply_sd_lora(model, targets)
-    start_task(model, SDLoRASettings(rank=2), 0, torch.Generator().manual_seed(0))
+    method = SDLoRA(model, SDLoRASettings(rank=2), torch.Generator().manual_seed(0))
+    method.start_task(0)
     assert sorted(sd_lora_layers(model)) == [
         f"encoder.layer.{i}.attention.{m}" for i in (0, 1) for m in ("q_proj", "v_proj")
     ]
-    params = trainable_parameters(model)
+    params = method.trainable_parameters()
     before = [p.detach().clone() for p in params]
     one_step(params, model(pixel_values=pixels()).pooler_output.square().mean())
     assert any(not torch.equal(a, b) for a, b in zip(before, params, strict=True))
@@ -285,9 +285,9 @@ def test_conec_shares_the_first_dinov2_block_and_trains_a_new_domain():
     assert sorted(state.late) == [f"encoder.layer.1.attention.{m}" for m in ("q_proj", "v_proj")]
     assert state.prefix_tokens == 1
     heads = ConecHeads(nn.Linear(backbone.feature_dim, 3))
-    domain = start_domain(state)
-    heads.add_domain()
-    params = [*conec_parameters(state), *heads.heads[domain].parameters()]
+    method = ConecLoRA(backbone.model, state, heads)
+    method.start_task(1)
+    params = method.trainable_parameters()
     before = [p.detach().clone() for p in params]
     logits = conec_logits(backbone.model, state, heads, pixels())
     one_step(params, F.cross_entropy(logits, torch.tensor([0, 2])))

@@ -13,15 +13,11 @@ from sklearn.covariance import LedoitWolf
 from torch import nn
 from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-from aads.adapters.conec import (
-    ConecError,
+from aads.adapters.conec.layer import ConecError, DomainLoRALinear, DomainRouting, SharedLoRALinear
+from aads.adapters.conec.model import (
     ConecHeads,
+    ConecLoRA,
     ConecState,
-    DomainLoRALinear,
-    DomainRouting,
-    LinearDomainSelector,
-    MahalanobisDomainSelector,
-    SharedLoRALinear,
     apply_conec,
     boundary_features,
     conec_logits,
@@ -29,8 +25,10 @@ from aads.adapters.conec import (
     distillation_loss,
     load_conec_state_dict,
     snapshot_shared,
-    start_domain,
-    trainable_parameters,
+)
+from aads.adapters.conec.selector import (
+    LinearDomainSelector,
+    MahalanobisDomainSelector,
     unit_features,
 )
 from aads.config import CONECSettings
@@ -72,9 +70,10 @@ def conec_with_domains(
     model = vit(seed=seed)
     state = apply_conec(model, settings)
     heads = ConecHeads(nn.Linear(2 * WIDTH, CLASSES))
-    for _ in range(domains - 1):
-        start_domain(state)
-        heads.add_domain()
+    method = ConecLoRA(model, state, heads)
+    for domain in range(1, domains):
+        method.start_task(domain)
+        method.finish_task()
     late = [t for layer in state.late.values() for t in layer.domains.parameters()]
     shared = [t for layer in state.shared.values() for t in layer.lora.parameters()]
     randomise(late + shared + list(heads.parameters()), seed=seed + 100)
@@ -119,12 +118,36 @@ def test_shared_blocks_must_precede_late_blocks() -> None:
         apply_conec(vit(), CONECSettings(shared_blocks=[0, 2]))
 
 
+def test_a_task_adds_one_late_set_and_head_and_trains_only_the_newest() -> None:
+    model, state, heads = conec_with_domains(2)
+    method = ConecLoRA(model, state, heads)
+
+    method.start_task(2)
+
+    assert (state.num_domains, heads.num_domains, state.domain) == (3, 3, 2)
+    expected = [
+        *(p for layer in state.shared.values() for p in (layer.lora.A, layer.lora.B)),
+        *(p for layer in state.late.values() for p in (layer.pair(2).A, layer.pair(2).B)),
+        *heads.heads[2].parameters(),
+    ]
+    assert [id(p) for p in method.trainable_parameters()] == [id(p) for p in expected]
+    assert not any(p.requires_grad for p in heads.heads[1].parameters())
+    assert method.finish_task() == {"rank": float(SETTINGS.rank)} and method.teacher is None
+
+
+def test_domains_are_learned_in_order() -> None:
+    model, state, heads = conec_with_domains(2)
+    with pytest.raises(ConecError, match="the next CONEC domain is 2, not 3"):
+        ConecLoRA(model, state, heads).start_task(3)
+    assert state.num_domains == 2
+
+
 def test_domain_zero_reproduces_the_base_model_exactly() -> None:
     batch = pixels(4)
     expected = vit()(pixel_values=batch).last_hidden_state
     model = vit()
     state = apply_conec(model, SETTINGS)
-    start_domain(state)
+    ConecLoRA(model, state, ConecHeads(nn.Linear(2 * WIDTH, CLASSES))).start_task(1)
     randomise([t for layer in state.late.values() for t in layer.domains.parameters()], seed=3)
 
     state.use_domain(0)
@@ -140,10 +163,9 @@ def test_training_a_new_domain_leaves_earlier_domain_sets_bit_identical() -> Non
     frozen = {k: v for k, v in conec_state_dict(state, heads).items() if k.startswith(earlier)}
     shared_before = snapshot_shared(state)
 
-    domain = start_domain(state)
-    heads.add_domain()
-    params = [*trainable_parameters(state), *heads.heads[domain].parameters()]
-    optimiser = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    method = ConecLoRA(model, state, heads)
+    method.start_task(2)
+    optimiser = torch.optim.AdamW(method.trainable_parameters(), lr=1e-2, weight_decay=0.1)
     for _ in range(3):
         loss = nn.functional.cross_entropy(conec_logits(model, state, heads, batch), labels)
         optimiser.zero_grad()
@@ -269,19 +291,19 @@ def test_distillation_loss_is_zero_when_the_student_is_the_teacher() -> None:
 def test_distillation_loss_is_positive_and_trains_the_shared_loras_once_they_drift() -> None:
     model, state, heads = conec_with_domains(2)
     batch = pixels(4)
-    teacher = snapshot_shared(state)
-    domain = start_domain(state)
-    heads.add_domain()
+    method = ConecLoRA(model, state, heads)
+    method.start_task(2)  # the teacher: domain 1's network as it was
     shared = [t for layer in state.shared.values() for t in (layer.lora.A, layer.lora.B)]
     randomise(shared, seed=7)
 
     student = conec_logits(model, state, heads, batch)
-    loss = distillation_loss(model, state, batch, student, teacher, domain - 1, heads, 2.0)
+    loss = method.distillation_loss(batch, student)
     loss.backward()
 
+    assert method.teacher_domain == 1
     assert loss.item() > 1e-4
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in shared)
-    assert state.mode == "fixed" and state.domain == domain, "routing restored after the teacher"
+    assert state.mode == "fixed" and state.domain == 2, "routing restored after the teacher"
 
 
 # --------------------------------------------------------------------------- state file

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aads.adapters.classifier import grow_head
-from aads.adapters.dora import apply_dora, load_dora, merge_dora, save_dora
+from aads.adapters.dora.model import apply_dora, load_dora, merge_dora, save_dora
 from aads.backbone import BackboneError, build_random_model
 from aads.config import DoRASettings
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
-import aads.ood.mahalanobis as mahalanobis
+import aads.gaussians as gaussians
 from aads.ood import MahalanobisEstimator, OODError
 
 COVARIANCES = ["shared_ledoit_wolf", "shared_empirical", "diagonal", "per_class"]
@@ -126,7 +126,7 @@ def test_chunked_per_class_scoring_equals_a_per_sample_loop(monkeypatch):
     est = MahalanobisEstimator("per_class", "raw").fit(x, y)
     unchunked = est.score_samples(x)
     # 3 samples per chunk: 45 samples run in 15 chunks.
-    monkeypatch.setattr(mahalanobis, "PER_CLASS_CHUNK_BYTES", 3 * 8 * CLASSES * WIDTH)
+    monkeypatch.setattr(gaussians, "PER_GROUP_CHUNK_BYTES", 3 * 8 * CLASSES * WIDTH)
     chunked = est.score_samples(x)
     pairs = list(zip(est.means_, est.precision_, strict=True))
     looped = np.array([[(v - m) @ p @ (v - m) for m, p in pairs] for v in x])

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aads.adapters import loading
+from aads.adapters import loading, method
 from aads.adapters.loading import load_adapter
 from aads.adapters.package import (
     CONEC_FILE,
@@ -109,13 +109,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
     p2 = train_phase2(earlier, "tomato", rows, root, p1, tmp / "p2")
     networks = []
     with pytest.MonkeyPatch.context() as mp:
-        real_fit = phase3.fit
+        real_fit = method.fit  # the shared task driver's training loop
 
         def recording_fit(model: torch.nn.Module, *args: object, **kwargs: object) -> object:
             networks.append(model)
             return real_fit(model, *args, **kwargs)
 
-        mp.setattr(phase3, "fit", recording_fit)
+        mp.setattr(method, "fit", recording_fit)
         field = train_phase3(
             config_with(domains=["field"]), "tomato", rows, root, p2, tmp / "p3-field"
         )

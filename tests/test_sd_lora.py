@@ -10,18 +10,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from aads.adapters.sd_lora import (
-    SDLoRAError,
-    SDLoRALinear,
+from aads.adapters.sd_lora.layer import SDLoRAError, SDLoRALinear
+from aads.adapters.sd_lora.model import (
+    SDLoRA,
     apply_sd_lora,
-    finish_task,
     load_sd_lora_state_dict,
     merge_sd_lora,
     rank_for_task,
     sd_lora_layers,
     sd_lora_state_dict,
-    start_task,
-    trainable_parameters,
 )
 from aads.backbone import build_random_model, resolve_lora_targets
 from aads.config import SDLoRASettings
@@ -77,11 +74,18 @@ def as_if_trained(model: nn.Module, seed: int) -> None:
                 layer.B[-1].copy_(torch.randn(layer.B[-1].shape, generator=gen))
 
 
+def start(model: nn.Module, settings: SDLoRASettings, task: int, seed: int | None = None) -> SDLoRA:
+    """Start `task` with pairs drawn from a generator seeded `seed` (None: torch's global)."""
+    method = SDLoRA(model, settings, None if seed is None else seeded(seed))
+    method.start_task(task)
+    return method
+
+
 def run_tasks(model: nn.Module, settings: SDLoRASettings, tasks: int) -> None:
     for t in range(tasks):
-        start_task(model, settings, t, seeded(t))
+        method = start(model, settings, t, seed=t)
         as_if_trained(model, t)
-        finish_task(model, settings)
+        method.finish_task()
 
 
 def images(seed: int = 0) -> torch.Tensor:
@@ -196,7 +200,7 @@ def test_rr_ranks_follow_the_schedule_then_repeat_the_last():
     settings = SDLoRASettings(variant="rr", rank_schedule=[10, 8, 6])
     model = nn.Sequential(nn.Linear(16, 16))
     apply_sd_lora(model, ["0"])
-    ranks = [start_task(model, settings, t, seeded(t)) for t in range(5)]
+    ranks = [start(model, settings, t, seed=t).rank for t in range(5)]
     assert ranks == [10, 8, 6, 6, 6]
     assert model[0].ranks == [10, 8, 6, 6, 6]
 
@@ -211,19 +215,19 @@ def test_finish_task_folds_spanned_pairs_only_for_the_kd_variant():
     model = nn.Sequential(nn.Linear(12, 12), nn.Linear(12, 12))
     apply_sd_lora(model, ["0", "1"])
     run_tasks(model, SDLoRASettings(rank=3), 1)
-    start_task(model, SDLoRASettings(rank=3), 1, seeded(1))
+    start(model, SDLoRASettings(rank=3), 1, seed=1)
     as_if_trained(model, 1)
     spanned = model[0]
     with torch.no_grad():  # layer 0's newest pair repeats its first direction
         spanned.A[1].copy_(spanned.A[0])
         spanned.B[1].copy_(3 * spanned.B[0])
 
-    plain = finish_task(model, SDLoRASettings(variant="plain"))
-    kd = finish_task(model, SDLoRASettings(variant="kd", kd_threshold=0.9))
+    plain = SDLoRA(model, SDLoRASettings(variant="plain"))
+    assert plain.finish_task()["folded_layers"] == 0 and plain.folds == {}
+    kd = SDLoRA(model, SDLoRASettings(variant="kd", kd_threshold=0.9))
+    assert kd.finish_task()["folded_layers"] == 1
 
-    assert plain["folded"] == 0 and plain["layers"] == {}
-    assert (kd["folded"], kd["kept"]) == (1, 1)
-    assert kd["layers"]["0"]["folded"] and not kd["layers"]["1"]["folded"]
+    assert kd.folds["0"]["folded"] and not kd.folds["1"]["folded"]
     assert [model[0].num_pairs, model[1].num_pairs] == [1, 2]
 
 
@@ -299,11 +303,11 @@ def test_only_the_resolved_dinov3_projections_are_wrapped():
 def test_trainable_parameters_are_the_newest_pairs_and_all_alphas():
     model, targets = tiny_backbone()
     layers = apply_sd_lora(model, targets)
-    start_task(model, SDLoRASettings(rank=2), 0, seeded(0))
-    start_task(model, SDLoRASettings(rank=2), 1, seeded(1))
+    start(model, SDLoRASettings(rank=2), 0, seed=0)
+    method = start(model, SDLoRASettings(rank=2), 1, seed=1)
     expected = {id(p) for layer in layers.values() for p in (layer.A[1], layer.B[1], layer.alphas)}
-    assert {id(p) for p in trainable_parameters(model)} == expected
-    assert len(trainable_parameters(model)) == 3 * len(targets)
+    assert {id(p) for p in method.trainable_parameters()} == expected
+    assert len(method.trainable_parameters()) == 3 * len(targets)
     assert {id(p) for p in model.parameters() if p.requires_grad} == expected
 
 
@@ -311,10 +315,10 @@ def test_a_training_step_changes_only_new_pairs_and_alphas():
     model, targets = tiny_backbone()
     apply_sd_lora(model, targets)
     run_tasks(model, SDLoRASettings(rank=2), 1)
-    start_task(model, SDLoRASettings(rank=2), 1, seeded(1))
+    method = start(model, SDLoRASettings(rank=2), 1, seed=1)
     as_if_trained(model, 1)  # mid-task: B != 0, so A moves too
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    optimizer = torch.optim.SGD(trainable_parameters(model), lr=0.1)
+    optimizer = torch.optim.SGD(method.trainable_parameters(), lr=0.1)
 
     model(images()).pooler_output.square().mean().backward()
     optimizer.step()
@@ -327,8 +331,8 @@ def test_a_training_step_changes_only_new_pairs_and_alphas():
 def test_merging_the_backbone_removes_wrappers_and_keeps_the_output():
     model, targets = tiny_backbone()
     apply_sd_lora(model, targets)
-    start_task(model, SDLoRASettings(rank=3), 0, seeded(0))
-    start_task(model, SDLoRASettings(rank=3), 1, seeded(1))
+    start(model, SDLoRASettings(rank=3), 0, seed=0)
+    start(model, SDLoRASettings(rank=3), 1, seed=1)
     with torch.inference_mode():
         expected = model(images()).last_hidden_state
         merge_sd_lora(model)
@@ -380,8 +384,8 @@ def test_open_pair_trains_like_lora_and_old_magnitudes_train_with_it():
 def test_saving_while_a_task_is_open_is_refused():
     model, targets = tiny_backbone()
     apply_sd_lora(model, targets)
-    start_task(model, SDLoRASettings(rank=2), 0)
+    method = start(model, SDLoRASettings(rank=2), 0)
     with pytest.raises(SDLoRAError, match="still open"):
         sd_lora_state_dict(model)
-    finish_task(model, SDLoRASettings(rank=2))
+    method.finish_task()
     assert sd_lora_state_dict(model)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aads.adapters.conec import ConecHeads, ConecState, conec_logits
+from aads.adapters.conec.model import ConecHeads, ConecState, conec_logits
 from aads.backbone import Pooling, pool_tokens
 
 

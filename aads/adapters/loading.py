@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from aads.adapters.classifier import AdapterClassifier, ConecClassifier
-from aads.adapters.conec import ConecHeads, ConecState, apply_conec, load_conec_state_dict
-from aads.adapters.dora import ADAPTER_DIR, load_dora, merge_dora
+from aads.adapters.conec.model import ConecHeads, ConecState, apply_conec, load_conec_state_dict
+from aads.adapters.dora.model import ADAPTER_DIR, load_dora, merge_dora
 from aads.adapters.package import (
     CONEC_FILE,
     HEADS_FILE,
@@ -29,7 +29,7 @@ from aads.adapters.package import (
     read_tensors,
     verify_package,
 )
-from aads.adapters.sd_lora import apply_sd_lora, load_sd_lora_state_dict, merge_sd_lora
+from aads.adapters.sd_lora.model import apply_sd_lora, load_sd_lora_state_dict, merge_sd_lora
 from aads.backbone import Backbone
 from aads.config import CONECSettings, StorageSettings
 from aads.ood.detector import OODDetector, Verdict, load_detector

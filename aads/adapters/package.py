@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,7 +33,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from aads.atomic import atomic_write, atomic_write_text
+from aads.atomic import atomic_dir, atomic_write, atomic_write_text
 from aads.backbone import Backbone, load_backbone
 from aads.config import BackboneSettings, StorageSettings
 from aads.errors import BadInput
@@ -114,17 +113,9 @@ class PackageContents:
 def write_package(contents: PackageContents, out_dir: Path) -> Path:
     """Write the package to a temporary sibling, checksum it, then rename it into `out_dir`."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_dir(out_dir) as staging:
         _write_contents(contents, staging)
-        _seal(staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        write_checksums(staging)  # last: its presence marks a complete package
     return out_dir
 
 
@@ -136,35 +127,17 @@ def update_package(pkg_dir: Path, change: Callable[[Path, AdapterMeta], AdapterM
     """
     pkg_dir = Path(pkg_dir)
     verify_package(pkg_dir)
-    staging = Path(tempfile.mkdtemp(dir=pkg_dir.parent, prefix=f".{pkg_dir.name}."))
-    retired = staging.with_name(staging.name + ".old")
-    try:
+    with atomic_dir(pkg_dir) as staging:
         shutil.copytree(pkg_dir, staging, dirs_exist_ok=True)
         (staging / CHECKSUM_FILE).unlink()
         meta = change(staging, read_meta(staging))
         atomic_write_text(staging / META_FILE, meta.model_dump_json(indent=2) + "\n")
-        _seal(staging)
-        pkg_dir.rename(retired)
-        try:
-            staging.rename(pkg_dir)
-        except OSError:
-            retired.rename(pkg_dir)
-            raise
-    finally:
-        for leftover in (staging, retired):
-            if leftover.exists() and pkg_dir.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
+        write_checksums(staging)
     return pkg_dir
 
 
-def _seal(staging: Path) -> None:
-    """Write SHA256SUMS over every file, last: its presence marks a complete package."""
-    write_checksums(staging)
-    staging.chmod(0o755)
-
-
 def _write_contents(c: PackageContents, d: Path) -> None:
-    from aads.adapters.dora import ADAPTER_DIR, save_dora
+    from aads.adapters.dora.model import ADAPTER_DIR, save_dora
 
     atomic_write_text(d / META_FILE, c.meta.model_dump_json(indent=2) + "\n")
     _save_tensors(c.heads, d / HEADS_FILE)

@@ -28,7 +28,6 @@ from .generations import (
     prefix_token_count,
     vit_blocks,
 )
-from .hub import hub_environment, hub_offline, mirror_instructions
 from .loading import load_backbone, load_local_dir, save_backbone, source_kind
 from .normalization import (
     LVD142M,
@@ -82,13 +81,10 @@ __all__ = [
     "forward_features",
     "generation_of",
     "get_variant",
-    "hub_environment",
-    "hub_offline",
     "load_backbone",
     "load_local_dir",
     "lora_target_regex",
     "lora_target_regex_for",
-    "mirror_instructions",
     "normalization_for",
     "open_image",
     "pool_tokens",

@@ -16,7 +16,7 @@ Facts checked in transformers 5 (``Dinov2Model``, ``DINOv3ViTModel``):
 - Patch 16 with RoPE (DINOv3); patch 14 with learned position embeddings (DINOv2, trained at
   518 px and interpolated bicubically to any other grid).
 
-AADS names LoRA modules by role with DINOv3's names (`aads.config.LoraModule`);
+AADS names LoRA modules by role with DINOv3's names (`aads.adapters.config.LoraModule`);
 `module_names` maps them to the names a given model really uses.
 """
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from aads.atomic import atomic_dir
 from aads.progress import Progress
 
 from .errors import BackboneError
@@ -85,19 +85,10 @@ def ensure_synthetic_backbone(
     config = preset_config(preset)
     if MODEL_TYPES.get(config.model_type) != "vit":
         raise BackboneError(f"synthetic:{preset}: only ViT presets can be pretrained here")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    # keep_existing: another process that finished first made the identical folder.
+    with atomic_dir(target, keep_existing=True) as staging:
         record = pretrain(preset, seed, image_size, staging, progress=progress)
         (staging / "pretraining.json").write_text(json.dumps(record, indent=2) + "\n")
-        staging.chmod(0o755)
-        try:
-            staging.rename(target)
-        except OSError:  # another process finished first: its result is identical
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

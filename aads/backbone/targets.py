@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from aads.config import ATTENTION_MODULES, MLP_MODULES
+from aads.adapters.config import ATTENTION_MODULES, MLP_MODULES
 
 from .base import Backbone
 from .errors import BackboneError

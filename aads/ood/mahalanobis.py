@@ -1,10 +1,12 @@
 """Class-conditional Gaussian (Mahalanobis) scores for OOD detection, scikit-learn style.
 
 `MahalanobisEstimator.fit(X, y)` learns class means and a covariance; `score_samples(X)`
-returns squared Mahalanobis distances of N samples to C classes, (N, C), in float64. Scoring is
-one or two matrix products: the precision is factored once (P = L L^T) at fit or load time, so
-d_k(x) = ||L^T x||^2 - 2 (L^T x).(L^T m_k) + ||L^T m_k||^2 with no loop over samples or
-classes (per-class covariances loop over memory-bounded chunks of samples only).
+returns squared Mahalanobis distances of N samples to C classes, (N, C), in float64. The
+Gaussian maths is `aads.gaussians` (shared with classifier alignment and CONEC's domain
+selector): the precision is factored once (P = L L^T) at fit or load time, so scoring is one or
+two matrix products with no loop over samples or classes (per-class covariances loop over
+memory-bounded chunks of samples only). Arrays in and out are numpy; the maths runs on torch
+views of them (no copies).
 
 Covariance estimators (Lee et al. 2018 use one shared covariance; DESIGN.md section 4):
 
@@ -28,9 +30,10 @@ from collections.abc import Sequence
 from typing import Literal, get_args
 
 import numpy as np
-from sklearn.covariance import EmpiricalCovariance, LedoitWolf
+import torch
 
 from aads.errors import BadInput
+from aads.gaussians import SharedCovarianceGaussians, precision_factor, squared_distances
 
 Covariance = Literal["shared_ledoit_wolf", "shared_empirical", "diagonal", "per_class"]
 FeatureSpace = Literal["raw", "l2"]
@@ -38,8 +41,6 @@ COVARIANCES: tuple[str, ...] = get_args(Covariance)
 FEATURE_SPACES: tuple[str, ...] = get_args(FeatureSpace)
 MIN_PER_CLASS_SAMPLES = 2
 DIAGONAL_FLOOR = 1e-6
-# Peak bytes of the (chunk, C, F) float64 block per-class scoring materialises.
-PER_CLASS_CHUNK_BYTES = 64 * 2**20
 
 
 class OODError(BadInput):
@@ -86,34 +87,35 @@ class MahalanobisEstimator:
         if (counts == 0).any():
             empty = np.flatnonzero(counts == 0).tolist()
             raise OODError(f"every class needs calibration samples; classes {empty} have none")
-        means = (np.eye(classes)[y].T @ x) / counts[:, None]
-        residuals = x - means[y]
-        if not np.any(residuals):
+        xt, yt = _tensor(x), torch.from_numpy(y.astype(np.int64))
+        stats = SharedCovarianceGaussians.from_groups(xt, yt)
+        if not bool((stats.scatter.diagonal() > 0).any()):
             raise OODError(
                 "features have no within-class variance (constant features, or one sample per "
                 "class): a covariance cannot be estimated"
             )
         self.n_features_in_ = x.shape[1]
         self.counts_ = counts
-        self.means_ = means
+        self.means_ = stats.means().numpy()
         self.fallback_classes_: list[int] = []
         self.shrinkage_ = 0.0
         if self.covariance == "per_class":
-            shared, self.shrinkage_ = _precision("shared_ledoit_wolf", residuals)
+            shared, self.shrinkage_ = _precision("shared_ledoit_wolf", stats)
             precisions = []
             for c in range(classes):
                 if counts[c] < MIN_PER_CLASS_SAMPLES:
                     self.fallback_classes_.append(c)
                     precisions.append(shared)
                 else:
-                    precisions.append(_precision("per_class", x[y == c] - means[c])[0])
+                    precisions.append(_precision("per_class", _one_group(xt[yt == c]))[0])
             self.precision_ = np.stack(precisions)
         else:
-            self.precision_, self.shrinkage_ = _precision(self.covariance, residuals)
+            self.precision_, self.shrinkage_ = _precision(self.covariance, stats)
         if self.relative:
-            self.background_mean_ = x.mean(0)
+            background = _one_group(xt)
+            self.background_mean_ = background.means()[0].numpy()
             kind = "shared_ledoit_wolf" if self.covariance == "per_class" else self.covariance
-            self.background_precision_, _ = _precision(kind, x - self.background_mean_)
+            self.background_precision_, _ = _precision(kind, background)
         self._factor()
         return self
 
@@ -146,14 +148,12 @@ class MahalanobisEstimator:
     def score_samples(self, features: np.ndarray) -> np.ndarray:
         """(N, C) squared Mahalanobis distances, minus the background's when ``relative``."""
         self._check_fitted()
-        x = self.transform(features)
-        if self.precision_.ndim == 3:
-            d = _per_class_distances(x, self.means_, self._class_factors)
-        else:
-            d = _shared_distances(x, self.means_, self._shared_factor)
+        x = _tensor(self.transform(features))
+        d = squared_distances(x, _tensor(self.means_), self._factor_)
         if self.relative:
-            d = d - _shared_distances(x, self.background_mean_[None], self._background_factor)
-        return d
+            background = _tensor(self.background_mean_[None])
+            d = d - squared_distances(x, background, self._background_factor_)
+        return d.numpy()
 
     def min_distance(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(nearest class, its score) per sample: the OOD score is the smallest class score."""
@@ -218,53 +218,32 @@ class MahalanobisEstimator:
 
     def _factor(self) -> None:
         """Factor the precision(s) once so scoring is matrix products only."""
-        if self.precision_.ndim == 3:
-            self._class_factors = np.stack([_factor(p) for p in self.precision_])
-        else:
-            self._shared_factor = _factor(self.precision_)
+        self._factor_ = precision_factor(_tensor(self.precision_))
         if self.relative:
-            self._background_factor = _factor(self.background_precision_)
+            self._background_factor_ = precision_factor(_tensor(self.background_precision_))
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "means_"):
             raise OODError("the OOD estimator is not fitted: call fit() or load a calibration")
 
 
-def _precision(kind: str, residuals: np.ndarray) -> tuple[np.ndarray, float]:
-    """(precision, shrinkage) of centred residuals; diagonal returns the (F,) inverse variances."""
+def _precision(kind: str, stats: SharedCovarianceGaussians) -> tuple[np.ndarray, float]:
+    """(precision, shrinkage) of `stats`' shared covariance; diagonal returns the (F,) inverse
+    variances, floored at `DIAGONAL_FLOOR` of their mean."""
     if kind == "diagonal":
-        var = residuals.var(0)
+        var = stats.variances().numpy()
         return 1.0 / np.maximum(var, DIAGONAL_FLOOR * max(float(var.mean()), 1e-300)), 0.0
-    if kind == "shared_empirical":
-        return EmpiricalCovariance(assume_centered=True).fit(residuals).precision_, 0.0
-    lw = LedoitWolf(assume_centered=True).fit(residuals)
-    return lw.precision_, float(lw.shrinkage_)
+    precision, shrinkage = stats.precision(
+        "empirical" if kind == "shared_empirical" else "ledoit_wolf"
+    )
+    return precision.numpy(), shrinkage
 
 
-def _factor(precision: np.ndarray) -> np.ndarray:
-    """L with P = L L^T (diagonal: sqrt of the inverse variances, as a vector)."""
-    if precision.ndim == 1:
-        return np.sqrt(precision)
-    eigenvalues, eigenvectors = np.linalg.eigh((precision + precision.T) / 2)
-    return eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
+def _one_group(x: torch.Tensor) -> SharedCovarianceGaussians:
+    """Statistics of all of `x` as one group (a class's own covariance, the background)."""
+    return SharedCovarianceGaussians.from_groups(x, torch.zeros(len(x), dtype=torch.long))
 
 
-def _project(x: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    return x * factor if factor.ndim == 1 else x @ factor
-
-
-def _shared_distances(x: np.ndarray, means: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    z, mz = _project(x, factor), _project(means, factor)
-    d = (z * z).sum(1)[:, None] - 2.0 * (z @ mz.T) + (mz * mz).sum(1)[None, :]
-    return np.maximum(d, 0.0)
-
-
-def _per_class_distances(x: np.ndarray, means: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    classes, width, _ = factors.shape
-    mz = np.einsum("cf,cfg->cg", means, factors)
-    chunk = max(1, PER_CLASS_CHUNK_BYTES // (8 * classes * width))
-    out = np.empty((len(x), classes))
-    for start in range(0, len(x), chunk):
-        z = np.einsum("nf,cfg->ncg", x[start : start + chunk], factors, optimize=True)
-        out[start : start + chunk] = ((z - mz[None]) ** 2).sum(-1)
-    return out
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A float64 torch view of `array` (a copy only when it is not contiguous and writable)."""
+    return torch.from_numpy(np.require(array, np.float64, ("C", "W")))

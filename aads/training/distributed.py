@@ -38,16 +38,13 @@ from .seed import seeded_generator
 
 @dataclass(frozen=True)
 class DistContext:
-    """This process's place in the job and the device it trains on."""
+    """This process's place in the job and the device it trains on. Which rank writes and
+    reports is `is_main_process`'s answer, the one place that decides it."""
 
     rank: int
     world_size: int
     local_rank: int
     device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def init_distributed(

@@ -27,22 +27,23 @@ import torch
 from PIL import Image
 
 from aads.config import StorageSettings
-
-from .errors import VLMError
-from .preprocess import OPENAI_CLIP, Normalisation, resize_center_crop, resize_square, to_tensor
-from .settings import BioCLIPSettings
-from .sources import (
-    load_hf_model,
+from aads.model_sources import (
+    load_pretrained,
     random_preset,
     read_json,
-    resolve_source_dir,
     safetensors_files,
+    source_dir,
 )
+
+from .errors import VLMError, model_kind
+from .preprocess import OPENAI_CLIP, Normalisation, resize_center_crop, resize_square, to_tensor
+from .settings import BioCLIPSettings
 from .vocab import load_clip_tokenizer
 
 if TYPE_CHECKING:
     from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerBase
 
+BIOCLIP = model_kind("bioclip")
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
 IGNORED_KEYS = {"attn_mask"}
@@ -367,13 +368,11 @@ def load_bioclip(
         model, tokenizer = build_clip(preset, settings.seed)
         bio = BioCLIP(model, tokenizer, source=f"{settings.source}@seed={settings.seed}")
     else:
-        folder = resolve_source_dir(
-            settings.source, storage, what="bioclip", revision=settings.revision
-        )
+        folder = source_dir(settings.source, storage, BIOCLIP, revision=settings.revision)
         bio = load_bioclip_dir(folder, activation=settings.activation, dtype=dtype)
         bio.source = settings.source
         if settings.tokenizer is not None:
-            tok_dir = resolve_source_dir(settings.tokenizer, storage, what="bioclip.tokenizer")
+            tok_dir = source_dir(settings.tokenizer, storage, model_kind("bioclip.tokenizer"))
             bio.tokenizer = load_clip_tokenizer(tok_dir, "bioclip.tokenizer")
     _check_tokenizer(bio)
     bio.model = bio.model.to(device=device, dtype=dtype).eval()
@@ -387,17 +386,17 @@ def load_bioclip_dir(folder: Path, *, activation: str = "auto", dtype=torch.floa
     from safetensors.torch import load_file
     from transformers import CLIPModel
 
-    files = safetensors_files(folder, "bioclip")
+    files = safetensors_files(folder, BIOCLIP)
     tokenizer = None
     if (folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file():
         tokenizer = load_clip_tokenizer(folder)
     config_json = folder / "config.json"
-    if config_json.is_file() and read_json(config_json, "bioclip").get("model_type") == "clip":
-        model = load_hf_model(CLIPModel, folder, model_type="clip", dtype=dtype, what="bioclip")
+    if config_json.is_file() and read_json(config_json, BIOCLIP).get("model_type") == "clip":
+        model = load_pretrained(CLIPModel, folder, BIOCLIP, model_types=["clip"], dtype=dtype)
         return BioCLIP(model, tokenizer, source=str(folder))  # type: ignore[arg-type]
     cfg: dict[str, Any] = {}
     if (folder / OPEN_CLIP_CONFIG).is_file():
-        cfg = read_json(folder / OPEN_CLIP_CONFIG, "bioclip")
+        cfg = read_json(folder / OPEN_CLIP_CONFIG, BIOCLIP)
     weights = folder / OPEN_CLIP_WEIGHTS
     if not weights.is_file():
         if len(files) != 1:

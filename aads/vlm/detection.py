@@ -23,14 +23,16 @@ import torch
 from PIL import Image
 
 from aads.config import StorageSettings
+from aads.model_sources import load_pretrained, random_preset, read_json, source_dir
 
-from .errors import VLMError
+from .errors import VLMError, model_kind
 from .preprocess import IMAGENET, Normalisation, resize_keep_aspect, to_tensor
 from .settings import GroundingDinoSettings
-from .sources import load_hf_model, random_preset, read_json, resolve_source_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+GROUNDING_DINO = model_kind("grounding_dino")
 
 Box = tuple[float, float, float, float]
 """Pixel coordinates x0, y0, x1, y1 (x1, y1 exclusive once snapped to whole pixels)."""
@@ -267,19 +269,18 @@ def load_grounding_dino(
         model, tokenizer, spec = build_grounding_dino(preset, settings.seed)
         shortest, longest, norm = spec.shortest_edge, spec.longest_edge, IMAGENET
     else:
-        what = "grounding_dino"
-        folder = resolve_source_dir(settings.source, storage, what=what, revision=settings.revision)
-        model = load_hf_model(
+        folder = source_dir(settings.source, storage, GROUNDING_DINO, revision=settings.revision)
+        model = load_pretrained(
             GroundingDinoForObjectDetection,
             folder,
-            model_type="grounding-dino",
+            GROUNDING_DINO,
+            model_types=["grounding-dino"],
             dtype=dtype,
-            what=what,
         )
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except Exception as err:  # noqa: BLE001 - missing or malformed tokenizer files
-            raise VLMError(f"{what}: {folder} has no usable tokenizer ({err})") from err
+            raise GROUNDING_DINO.fail(f"{folder} has no usable tokenizer ({err})") from err
         shortest, longest, norm = _checkpoint_preprocessing(folder)
     return GroundingDinoDetector(
         model.to(device=device, dtype=dtype).eval(),
@@ -297,7 +298,7 @@ def _checkpoint_preprocessing(folder) -> tuple[int, int, Normalisation]:
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         return 800, 1333, IMAGENET
-    cfg = read_json(path, "grounding_dino")
+    cfg = read_json(path, GROUNDING_DINO)
     size = cfg.get("size") or {}
     norm = IMAGENET
     if cfg.get("image_mean") and cfg.get("image_std"):

@@ -7,6 +7,7 @@ serving; these are about models and settings.
 from __future__ import annotations
 
 from aads.errors import BadInput
+from aads.model_sources import ModelKind
 
 
 class VLMError(BadInput):
@@ -21,3 +22,9 @@ class VLMNotAvailable(VLMError):
     def __init__(self, message: str, *, source: str) -> None:
         super().__init__(message)
         self.source = source
+
+
+def model_kind(name: str) -> ModelKind:
+    """How the shared model-source loader (`aads.model_sources`) names scouting model `name`
+    in its messages (``sam2: ...``) and which errors it raises for it."""
+    return ModelKind(name=name, error=VLMError, not_available=VLMNotAvailable)

@@ -20,15 +20,17 @@ import torch
 from PIL import Image
 
 from aads.config import StorageSettings
+from aads.model_sources import load_pretrained, random_preset, read_json, source_dir
 
-from .errors import VLMError
+from .errors import VLMError, model_kind
 from .masks import upsample_window
 from .preprocess import IMAGENET, Normalisation, resize_square, to_tensor
 from .settings import Sam2Settings
-from .sources import load_hf_model, random_preset, read_json, resolve_source_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+SAM2 = model_kind("sam2")
 
 PixelBox = tuple[int, int, int, int]
 
@@ -110,13 +112,11 @@ def load_sam2(
     if preset is not None:
         model = build_sam2(preset, settings.seed)
     else:
-        folder = resolve_source_dir(
-            settings.source, storage, what="sam2", revision=settings.revision
-        )
-        model = load_hf_model(Sam2Model, folder, model_type="sam2", dtype=dtype, what="sam2")
+        folder = source_dir(settings.source, storage, SAM2, revision=settings.revision)
+        model = load_pretrained(Sam2Model, folder, SAM2, model_types=["sam2"], dtype=dtype)
         processor = folder / "preprocessor_config.json"
         if processor.is_file():
-            cfg = read_json(processor, "sam2")
+            cfg = read_json(processor, SAM2)
             if cfg.get("image_mean") and cfg.get("image_std"):
                 norm = Normalisation(tuple(cfg["image_mean"]), tuple(cfg["image_std"]))
     return Sam2Segmenter(model.to(device=device, dtype=dtype).eval(), settings, norm)

@@ -2,65 +2,9 @@
 shared LoRAs in early blocks trained under distillation, one frozen LoRA set per domain in late
 blocks, a domain selector routing each image in one forward pass.
 
-`layer` holds the maths on one Linear, `selector` the domain selectors, `model` the wiring.
+`config` holds the settings (``adapter.conec``), `layer` the maths on one Linear, `selector`
+the domain selectors, `model` the wiring.
+
+This package's ``__init__`` imports nothing: `aads.config` imports `config`, and a spec must
+stay loadable without torch being imported. Import from the modules.
 """
-
-from .layer import (
-    ConecError,
-    DomainLoRALinear,
-    DomainRouting,
-    LoRAPair,
-    SharedLoRALinear,
-)
-from .model import (
-    ConecHeads,
-    ConecState,
-    apply_conec,
-    boundary_features,
-    conec_logits,
-    conec_state_dict,
-    distillation_loss,
-    load_conec_state_dict,
-    shared_parameters,
-    snapshot_shared,
-    start_domain,
-    teacher_logits,
-    trainable_parameters,
-)
-from .selector import (
-    SELECTORS,
-    DomainSelector,
-    GaussianDomainStats,
-    LinearDomainSelector,
-    MahalanobisDomainSelector,
-    build_selector,
-    unit_features,
-)
-
-__all__ = [
-    "SELECTORS",
-    "ConecError",
-    "ConecHeads",
-    "ConecState",
-    "DomainLoRALinear",
-    "DomainRouting",
-    "DomainSelector",
-    "GaussianDomainStats",
-    "LinearDomainSelector",
-    "LoRAPair",
-    "MahalanobisDomainSelector",
-    "SharedLoRALinear",
-    "apply_conec",
-    "boundary_features",
-    "build_selector",
-    "conec_logits",
-    "conec_state_dict",
-    "distillation_loss",
-    "load_conec_state_dict",
-    "shared_parameters",
-    "snapshot_shared",
-    "start_domain",
-    "teacher_logits",
-    "trainable_parameters",
-    "unit_features",
-]

@@ -13,19 +13,18 @@ ids: a fixed domain for training (`ConecState.use_domain`), given ids for mixed 
 (`use_domains`), or the selector's prediction for inference (`use_selector`). Inference is one
 forward pass, and a batch may mix domains.
 
-Typical phase 3, starting with the base domain's selector statistics::
+Typical phase 3, starting with the base domain's selector statistics; a task is a new domain
+(`ConecLoRA`, the verbs of `aads.adapters.method.ContinualMethod`)::
 
     state.selector.add_domain(boundary_features(model, state, base_pixels))   # domain 0
+    method = ConecLoRA(model, state, heads)
     # then, for each new domain:
-    teacher = snapshot_shared(state)            # shared LoRAs as they were
-    previous = state.num_domains - 1
-    domain = start_domain(state)                # new late set, routed to it
-    heads.add_domain()
-    params = [*trainable_parameters(state), *heads.heads[domain].parameters()]
-    for pixels, labels in loader:
+    method.start_task(state.num_domains)   # teacher snapshot, new late set + head, routed to it
+    for pixels, labels in loader:          # optimiser over method.trainable_parameters()
         logits = conec_logits(model, state, heads, pixels)
-        loss = F.cross_entropy(logits, labels) + settings.distill_weight * distillation_loss(
-            model, state, pixels, logits, teacher, previous, heads, settings.distill_temperature)
+        loss = F.cross_entropy(logits, labels) + settings.distill_weight * (
+            method.distillation_loss(pixels, logits))
+    method.finish_task()
     state.selector.add_domain(boundary_features(model, state, domain_pixels))
 
 Caveat: the boundary moves as the shared LoRAs keep training, so each domain's selector
@@ -57,8 +56,9 @@ from aads.backbone import (
     resolve_lora_targets,
     vit_blocks,
 )
-from aads.config import CONECSettings, complement_blocks, resolve_blocks
+from aads.config import complement_blocks, resolve_blocks
 
+from .config import CONECSettings
 from .layer import ConecError, DomainLoRALinear, DomainRouting, LoRAPair, SharedLoRALinear
 from .selector import DomainSelector, build_selector
 
@@ -219,28 +219,80 @@ def apply_conec(
     return state
 
 
-def start_domain(state: ConecState, rank: int | None = None, alpha: float | None = None) -> int:
-    """Add a late LoRA set for a new domain (older sets frozen) and route training to it.
+class ConecLoRA:
+    """CONEC-LoRA's task lifecycle (`aads.adapters.method.ContinualMethod`); a task is a new
+    domain. Works on a model `apply_conec` wrapped (its `ConecState`) and the per-domain heads.
 
-    Rank and alpha default to the settings'. Returns the new domain index. The shared LoRAs
-    stay trainable; take `snapshot_shared` BEFORE training the new domain for distillation.
+    ``start_task`` snapshots the shared LoRAs as the distillation teacher (the previous
+    domain's network), adds a late LoRA set (rank and alpha from the settings, older sets
+    frozen) and a head copied from the newest one (older heads frozen), and routes training to
+    the new domain. The shared LoRAs keep training on every domain, under `distillation_loss`.
     """
-    rank = state.settings.rank if rank is None else rank
-    alpha = state.settings.alpha if alpha is None else alpha
-    domains = {layer.add_domain(rank, alpha) for layer in state.late.values()}
-    (domain,) = domains
-    state.use_domain(domain)
-    return domain
 
+    def __init__(
+        self,
+        model: nn.Module,
+        state: ConecState,
+        heads: ConecHeads,
+        settings: CONECSettings | None = None,
+    ) -> None:
+        """`settings` (default: the state's) give new sets' rank and alpha and the
+        distillation temperature; a continued package may train with another temperature."""
+        self.model = model
+        self.state = state
+        self.heads = heads
+        self.settings = settings or state.settings
+        self.teacher: dict[str, torch.Tensor] | None = None
+        self.teacher_domain: int | None = None
 
-def trainable_parameters(state: ConecState) -> list[nn.Parameter]:
-    """The shared LoRA pairs and the newest late set; the caller adds the newest head."""
-    params = list(shared_parameters(state).values())
-    newest = state.num_domains - 1
-    if newest > 0:
-        pairs = [layer.pair(newest) for layer in state.late.values()]
-        params += [p for pair in pairs for p in (pair.A, pair.B)]
-    return params
+    def start_task(self, task: int) -> None:
+        """Start domain `task`, which must be the next one (``state.num_domains``)."""
+        if task != self.state.num_domains:
+            raise ConecError(
+                f"the next CONEC domain is {self.state.num_domains}, not {task}: domains are "
+                "learned in order"
+            )
+        if self.heads.num_domains != task:
+            raise ConecError(f"{self.heads.num_domains} heads for {task} domains")
+        self.teacher = snapshot_shared(self.state)
+        self.teacher_domain = task - 1
+        rank, alpha = self.settings.rank, self.settings.alpha
+        domains = {layer.add_domain(rank, alpha) for layer in self.state.late.values()}
+        (domain,) = domains
+        self.heads.add_domain()
+        self.state.use_domain(domain)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The shared LoRA pairs, the newest late set and the newest head."""
+        params = list(shared_parameters(self.state).values())
+        newest = self.state.num_domains - 1
+        if newest > 0:
+            pairs = [layer.pair(newest) for layer in self.state.late.values()]
+            params += [p for pair in pairs for p in (pair.A, pair.B)]
+        return params + list(self.heads.heads[-1].parameters())
+
+    def distillation_loss(
+        self, pixel_values: torch.Tensor, student_logits: torch.Tensor
+    ) -> torch.Tensor:
+        """`distillation_loss` against this task's teacher, at the settings' temperature."""
+        if self.teacher is None or self.teacher_domain is None:
+            raise ConecError("no CONEC task is running: start_task first")
+        return distillation_loss(
+            self.model,
+            self.state,
+            pixel_values,
+            student_logits,
+            self.teacher,
+            self.teacher_domain,
+            self.heads,
+            self.settings.distill_temperature,
+        )
+
+    def finish_task(self) -> dict[str, float]:
+        """Drop the teacher; the task's late set and head freeze when the next one starts.
+        Returns ``{"rank"}``, the new late set's rank."""
+        self.teacher = self.teacher_domain = None
+        return {"rank": float(self.settings.rank)}
 
 
 def shared_parameters(state: ConecState) -> dict[str, nn.Parameter]:

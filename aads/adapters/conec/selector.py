@@ -7,14 +7,14 @@ index per image. Both kinds have ``fit(features, domain_ids)``, ``add_domain(fea
 
 ``mahalanobis`` (the default) models each domain as a Gaussian with one shared covariance,
 Ledoit-Wolf shrunk, and picks the nearest mean in Mahalanobis distance. It is the default
-because it reuses the OOD detector's maths (DESIGN.md s4: shared covariance, shrinkage, L2
-features), needs no training, and adding a domain needs no old data: it keeps, per domain, the
-count and feature sum, and, pooled over domains, the within-domain scatter matrix and the sum
-of fourth powers of the residual norms. Those are exactly the sufficient statistics of
-`sklearn.covariance.LedoitWolf` fit on the pooled within-domain residuals (its shrinkage needs
-only ``n``, the scatter and ``sum ||r||^4``), so the shrinkage is re-estimated exactly when a
-domain arrives, without the old images; adding domains one by one equals fitting them all at
-once, up to float rounding. The covariance divides by ``n`` as sklearn does (not ``n - D``).
+because it is the OOD detector's maths (DESIGN.md s4: shared covariance, shrinkage, L2
+features; one implementation, `aads.gaussians`), needs no training, and adding a domain needs
+no old data: it keeps, per domain, the count and feature sum, and, pooled over domains, the
+within-domain scatter matrix and the sum of fourth powers of the residual norms. Those are
+exactly the sufficient statistics of `sklearn.covariance.LedoitWolf` fit on the pooled
+within-domain residuals, so the shrinkage is re-estimated exactly when a domain arrives,
+without the old images; adding domains one by one equals fitting them all at once, up to float
+rounding. The covariance divides by ``n`` as sklearn does (not ``n - D``).
 
 ``linear`` is a multinomial logistic regression on the same features, for domains the shared
 covariance separates poorly. Being discriminative it must see every domain when it trains, so
@@ -29,7 +29,12 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from aads.gaussians import STATS_KEYS, SharedCovarianceGaussians
+from aads.gaussians import (
+    STATS_KEYS,
+    SharedCovarianceGaussians,
+    precision_factor,
+    squared_distances,
+)
 
 from .layer import ConecError
 
@@ -67,7 +72,7 @@ class MahalanobisDomainSelector:
     """Nearest domain mean in Mahalanobis distance under the shared shrunk covariance.
 
     ``means_`` (D, F) and ``precision_`` (F, F) are float64; `scores` is vectorised over
-    N samples x D domains: d^2 = x'Px - 2 x'P mu + mu'P mu.
+    N samples x D domains (`aads.gaussians.squared_distances`).
     """
 
     kind = "mahalanobis"
@@ -77,6 +82,7 @@ class MahalanobisDomainSelector:
         self.means_: torch.Tensor | None = None
         self.precision_: torch.Tensor | None = None
         self.shrinkage_: float | None = None
+        self._factor: torch.Tensor | None = None
 
     @property
     def num_domains(self) -> int:
@@ -95,16 +101,9 @@ class MahalanobisDomainSelector:
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """(N, D) float64 Mahalanobis distances of each sample to each domain mean."""
-        if self.means_ is None or self.precision_ is None:
+        if self.means_ is None or self._factor is None:
             raise ConecError("the domain selector is not fitted: fit() or add_domain() first")
-        x, means, precision = unit_features(features), self.means_, self.precision_
-        xp = x @ precision
-        squared = (
-            (xp * x).sum(1, keepdim=True)
-            - 2.0 * xp @ means.T
-            + ((means @ precision) * means).sum(1)[None]
-        )
-        return squared.clamp(min=0).sqrt()
+        return squared_distances(unit_features(features), self.means_, self._factor).sqrt()
 
     def predict(self, features: torch.Tensor) -> torch.Tensor:
         return self.scores(features).argmin(1).to(features.device)
@@ -118,11 +117,11 @@ class MahalanobisDomainSelector:
 
     def _refresh(self) -> None:
         if self.stats.num_domains == 0:
-            self.means_ = self.precision_ = self.shrinkage_ = None
+            self.means_ = self.precision_ = self.shrinkage_ = self._factor = None
             return
-        covariance, self.shrinkage_ = self.stats.covariance()
+        self.precision_, self.shrinkage_ = self.stats.precision()
         self.means_ = self.stats.means()
-        self.precision_ = torch.linalg.pinv(covariance, hermitian=True)
+        self._factor = precision_factor(self.precision_)
 
 
 class LinearDomainSelector:
@@ -241,10 +240,7 @@ def _stats_by_domain(features: torch.Tensor, domain_ids: torch.Tensor) -> Gaussi
     empty = (counts == 0).nonzero().flatten().tolist()
     if len(ids) == 0 or empty or int(ids.min()) < 0:
         raise ConecError(f"domain ids must cover 0..D-1 with samples each; empty: {empty}")
-    x, stats = unit_features(features), GaussianDomainStats()
-    for domain in range(len(counts)):
-        stats.add(x[ids == domain])
-    return stats
+    return GaussianDomainStats.from_groups(unit_features(features), ids)
 
 
 def _fit_logistic(

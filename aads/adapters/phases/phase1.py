@@ -17,7 +17,7 @@ from torch import nn
 
 from aads.adapters.alignment import add_class_statistics
 from aads.adapters.classifier import AdapterClassifier
-from aads.adapters.dora import apply_dora
+from aads.adapters.dora.model import apply_dora
 from aads.adapters.package import (
     METRICS_DIR,
     AdapterMeta,

@@ -12,7 +12,7 @@ held-out test images (evaluation only) to report retention and forgetting.
 from __future__ import annotations
 
 import json
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from torch import nn
 from aads.adapters.alignment import add_class_statistics, align_head
 from aads.adapters.classifier import AdapterClassifier, grow_head
 from aads.adapters.loading import load_adapter
+from aads.adapters.method import TaskSetup, train_task
 from aads.adapters.package import (
     CLASS_STATS_FILE,
     PackageContents,
@@ -31,6 +32,7 @@ from aads.adapters.package import (
 )
 from aads.adapters.phases.common import (
     AdapterTrainingError,
+    PhaseData,
     best_metric,
     domain_rows,
     image_loader,
@@ -42,22 +44,14 @@ from aads.adapters.phases.common import (
     val_accuracy,
     write_phase_metrics,
 )
-from aads.adapters.sd_lora import (
-    apply_sd_lora,
-    finish_task,
-    sd_lora_layers,
-    sd_lora_state_dict,
-    start_task,
-    trainable_parameters,
-)
-from aads.backbone import resolve_lora_targets
-from aads.config import BASE_DOMAIN, CropSpec, PlatformConfig
+from aads.adapters.sd_lora.model import SDLoRA, apply_sd_lora, sd_lora_layers, sd_lora_state_dict
+from aads.backbone import Backbone, resolve_lora_targets
+from aads.config import BASE_DOMAIN, CropSpec, PlatformConfig, TrainingSettings
 from aads.data.manifest import ManifestRow
 from aads.features import backbone_signature
 from aads.gaussians import SharedCovarianceGaussians
 from aads.metrics import average_forgetting, classification_summary
 from aads.progress import Progress
-from aads.training import fit
 
 
 def pending_tasks(spec: CropSpec, known: list[str], done_tasks: set[str]) -> list[int]:
@@ -139,35 +133,19 @@ def train_phase2(
     test_rows = domain_rows(rows, crop, BASE_DOMAIN, classes, "test")
     before = _per_class(prev.network, test_rows, data_root, classes, backbone, settings)
     history = [before]
+    method = SDLoRA(model, sd_settings)
 
     for task in tasks:
         batch = spec.phase2_batches[task]
-        torch.manual_seed(settings.seed + task)
-        rank = start_task(model, sd_settings, task)
-        head = grow_head(head, len(batch)).requires_grad_(True)
         n_old = len(classes)
         classes = [*classes, *batch]
-        network = AdapterClassifier(model, head, backbone.pooling, backbone.prefix_tokens)
         data = phase_rows(rows, crop, "2", str(task))
-        train_loader = image_loader(data.train, data_root, classes, backbone, settings, train=True)
-        val_loader = image_loader(
-            data.val or data.train, data_root, classes, backbone, settings, train=False
-        )
 
-        def loss_fn(m: nn.Module, b: tuple, n_old: int = n_old) -> torch.Tensor:
-            pixels, labels, _ = b
-            return incremental_cross_entropy(m(pixels), labels, n_old)
-
-        params = [*trainable_parameters(model), *head.parameters()]
-        start = time.perf_counter()
-        result = fit(
-            network,
-            params,
-            train_loader,
+        outcome = train_task(
+            method,
+            task,
+            partial(_batch_setup, model, head, data, classes, n_old, backbone, settings, data_root),
             settings=settings,
-            loss_fn=loss_fn,
-            # Rehearsal-free: model selection sees the new task's validation images only.
-            eval_fn=val_accuracy(val_loader, backbone.device),
             checkpoint_dir=checkpoint_dir / f"task{task}" if checkpoint_dir else None,
             fingerprint={
                 "phase": "2",
@@ -181,7 +159,8 @@ def train_phase2(
             progress=progress,
             device=backbone.device,
         )
-        fold = finish_task(model, sd_settings)
+        network = outcome.setup.network
+        head = network.head
         add_class_statistics(
             stats,
             network,
@@ -194,20 +173,19 @@ def train_phase2(
         after = _per_class(network, test_rows, data_root, classes, backbone, settings)
         history.append(after)
         task_metrics = {
-            "rank": float(rank),
-            "folded_layers": float(fold["folded"]),
+            **outcome.report,  # rank, folded_layers
             "new_classes_accuracy": mean([after[c] for c in batch if c in after]),
             "old_classes_accuracy": mean([after[c] for c in old_classes if c in after]),
             "seen_classes_accuracy": mean(list(after.values())),
-            "val_accuracy": best_metric(result),
+            "val_accuracy": best_metric(outcome.fit),
         }
         meta.phases.append(
             PhaseRecord(
                 phase="2",
                 task=str(task),
                 added=batch,
-                epochs=len(result.history),
-                seconds=time.perf_counter() - start,
+                epochs=len(outcome.fit.history),
+                seconds=outcome.seconds,
                 metrics=task_metrics,
             )
         )
@@ -248,6 +226,39 @@ def train_phase2(
     )
 
 
+def _batch_setup(
+    model: nn.Module,
+    head: nn.Linear,
+    data: PhaseData,
+    classes: list[str],
+    n_old: int,
+    backbone: Backbone,
+    settings: TrainingSettings,
+    root: Path,
+) -> TaskSetup:
+    """One batch's part of a task, built once its pairs are added (they draw from the seeded
+    generator first): head rows for the new classes, loaders over the batch's images only
+    (rehearsal-free: model selection sees the new task's validation images only), and the
+    loss with the old classes' logits detached."""
+    grown = grow_head(head, len(classes) - n_old).requires_grad_(True)
+
+    def loss_fn(m: nn.Module, batch: tuple) -> torch.Tensor:
+        pixels, labels, _ = batch
+        return incremental_cross_entropy(m(pixels), labels, n_old)
+
+    network = AdapterClassifier(model, grown, backbone.pooling, backbone.prefix_tokens)
+    train_loader = image_loader(data.train, root, classes, backbone, settings, train=True)
+    val_rows = data.val or data.train
+    val_loader = image_loader(val_rows, root, classes, backbone, settings, train=False)
+    return TaskSetup(
+        network=network,
+        train_loader=train_loader,
+        loss_fn=loss_fn,
+        eval_fn=val_accuracy(val_loader, backbone.device),
+        extra_parameters=list(grown.parameters()),
+    )
+
+
 def _class_statistics(pkg: Path, classes: int) -> SharedCovarianceGaussians:
     tensors = read_tensors(pkg, CLASS_STATS_FILE)
     if tensors is None:
@@ -267,8 +278,8 @@ def _per_class(
     rows: list[ManifestRow],
     root: Path,
     classes: list[str],
-    backbone,  # noqa: ANN001 - aads.backbone.Backbone
-    settings,  # noqa: ANN001 - TrainingSettings
+    backbone: Backbone,
+    settings: TrainingSettings,
 ) -> dict[str, float]:
     """Per-class test accuracy with predictions over every class the network knows."""
     if not rows:

@@ -16,7 +16,7 @@ report protected retention.
 from __future__ import annotations
 
 import json
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,18 +24,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from aads.adapters.classifier import ConecClassifier
-from aads.adapters.conec import (
+from aads.adapters.conec.model import (
     ConecHeads,
+    ConecLoRA,
     ConecState,
     apply_conec,
     boundary_features,
     conec_state_dict,
-    distillation_loss,
-    snapshot_shared,
-    start_domain,
-    trainable_parameters,
 )
 from aads.adapters.loading import LoadedAdapter, load_adapter
+from aads.adapters.method import TaskSetup, train_task
 from aads.adapters.package import (
     CONEC_FILE,
     SD_LORA_FILE,
@@ -66,7 +64,6 @@ from aads.features import backbone_signature
 from aads.metrics import average_forgetting, classification_summary
 from aads.progress import Progress
 from aads.storage import CHECKSUM_FILE, sha256_file
-from aads.training import FitResult, fit
 
 STRUCTURAL_CONEC_FIELDS = ("shared_blocks", "modules", "rank", "alpha", "selector")
 """CONEC settings a continued phase-3 package must share with the config: they shape the
@@ -153,17 +150,20 @@ def train_phase3(
         "training": settings.model_dump_json(),
     }
 
+    method = ConecLoRA(network.backbone, state, heads, conec)
     for name in pending:
-        start = time.perf_counter()
-        result = _learn_domain(
-            network,
-            phase_rows(rows, crop, "3", name),
-            evaluate,
-            conec,
+        data = phase_rows(rows, crop, "3", name)
+        outcome = train_task(
+            method,
+            state.num_domains,
+            partial(_domain_setup, network, method, data, evaluate, conec.distill_weight),
+            settings=settings,
             checkpoint_dir=checkpoint_dir / f"domain-{name}" if checkpoint_dir else None,
             fingerprint={**fingerprint, "task": name, "domains": json.dumps(meta.domains)},
             progress=progress,
+            device=backbone.device,
         )
+        state.selector.add_domain(evaluate.boundary(network, state, data.train))
         meta.domains = [*meta.domains, name]
         history.append(evaluate.oracle(network, state, {d: tests[d] for d in meta.domains}))
         meta.phases.append(
@@ -171,11 +171,11 @@ def train_phase3(
                 phase="3",
                 task=name,
                 added=[name],
-                epochs=len(result.history),
-                seconds=time.perf_counter() - start,
+                epochs=len(outcome.fit.history),
+                seconds=outcome.seconds,
                 metrics={  # <domain>_accuracy: test images routed to their true domain
-                    "val_accuracy": best_metric(result),
-                    "rank": float(conec.rank),
+                    "val_accuracy": best_metric(outcome.fit),
+                    **outcome.report,  # rank
                     **{f"{d}_accuracy": v for d, v in history[-1].items()},
                 },
             )
@@ -200,60 +200,33 @@ def train_phase3(
     )
 
 
-def _learn_domain(
+def _domain_setup(
     network: ConecClassifier,
+    method: ConecLoRA,
     data: PhaseData,
     evaluate: _Evaluator,
-    conec: CONECSettings,
-    *,
-    checkpoint_dir: Path | None,
-    fingerprint: dict[str, str],
-    progress: Progress | None,
-) -> FitResult:
-    """Train one new domain's late set and head (and the shared LoRAs, distilled from their
-    previous copy), then add the domain to the selector from its train images."""
-    state, heads, settings = network.state, network.heads, evaluate.settings
-    device = evaluate.backbone.device
-    torch.manual_seed(settings.seed + state.num_domains)
-    teacher = snapshot_shared(state)
-    previous = state.num_domains - 1
-    domain = start_domain(state, conec.rank, conec.alpha)
-    heads.add_domain()
+    distill_weight: float,
+) -> TaskSetup:
+    """One domain's part of a task, once its late set and head exist: loaders over its images
+    only, and cross-entropy plus distillation from the previous domain's network (which
+    keeps the shared LoRAs near what earlier domains were fitted with)."""
     val_loader = evaluate.loader(data.val or data.train)
 
     def loss_fn(m: nn.Module, batch: tuple) -> torch.Tensor:
         pixels, labels, _ = batch
         logits = m(pixels)
         loss = F.cross_entropy(logits, labels)  # every known class: same label set
-        if conec.distill_weight == 0:
+        if distill_weight == 0:
             return loss
-        distill = distillation_loss(
-            network.backbone,
-            state,
-            pixels,
-            logits,
-            teacher,
-            previous,
-            heads,
-            conec.distill_temperature,
-        )
-        return loss + conec.distill_weight * distill
+        return loss + distill_weight * method.distillation_loss(pixels, logits)
 
-    result = fit(
-        network,
-        [*trainable_parameters(state), *heads.heads[domain].parameters()],
-        evaluate.loader(data.train, train=True),
-        settings=settings,
+    return TaskSetup(
+        network=network,
+        train_loader=evaluate.loader(data.train, train=True),
         loss_fn=loss_fn,
-        # Routed to the domain being learned (start_domain set it); its images only.
-        eval_fn=val_accuracy(val_loader, device),
-        checkpoint_dir=checkpoint_dir,
-        fingerprint=fingerprint,
-        progress=progress,
-        device=device,
+        # Routed to the domain being learned (start_task set it); its images only.
+        eval_fn=val_accuracy(val_loader, evaluate.backbone.device),
     )
-    state.selector.add_domain(evaluate.boundary(network, state, data.train))
-    return result
 
 
 def _check_package_phase(meta: AdapterMeta, from_pkg: Path, conec: CONECSettings) -> None:

@@ -1,5 +1,6 @@
 """SD-LoRA wiring into a whole network: wrap the target layers, run the per-task lifecycle
-(`start_task` -> train `trainable_parameters` -> `finish_task`), save, load and merge.
+(`SDLoRA`: ``start_task`` -> train ``trainable_parameters`` -> ``finish_task``, the verbs of
+`aads.adapters.method.ContinualMethod`), save, load and merge.
 
 The maths lives in `layer.SDLoRALinear`; everything here is bookkeeping over the model's
 wrapped layers, found by type in ``named_modules``, so a model carries its own state and no
@@ -27,8 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from aads.config import SDLoRASettings
-
+from .config import SDLoRASettings
 from .layer import SDLoRAError, SDLoRALinear
 
 _KEY = re.compile(r"(?P<module>.+)\.sd_lora\.(?:(?P<kind>[AB])\.(?P<index>\d+)|alphas)")
@@ -72,50 +72,59 @@ def rank_for_task(settings: SDLoRASettings, task_index: int) -> int:
     return settings.rank
 
 
-def start_task(
-    model: nn.Module,
-    settings: SDLoRASettings,
-    task_index: int,
-    generator: torch.Generator | None = None,
-) -> int:
-    """Freeze the current pairs and add a new trainable pair to every wrapped layer.
+class SDLoRA:
+    """SD-LoRA's task lifecycle (`aads.adapters.method.ContinualMethod`) on a model whose
+    target layers `apply_sd_lora` wrapped.
 
-    Returns the rank used. Build the optimiser afterwards, from `trainable_parameters`: the
-    magnitude vector is a new `Parameter` each time a pair is added.
+    The pairs and magnitudes live in the model's layers, so this object only carries the
+    settings, the generator new pairs are drawn from (None: torch's global one) and the
+    current task's rank.
     """
-    rank = rank_for_task(settings, task_index)
-    for layer in _require_layers(model).values():
-        layer.add_pair(rank, settings.alpha_init, generator, open=True)
-    return rank
 
+    def __init__(
+        self,
+        model: nn.Module,
+        settings: SDLoRASettings,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        _require_layers(model)
+        self.model = model
+        self.settings = settings
+        self.generator = generator
+        self.rank: int | None = None
+        self.folds: dict[str, dict[str, Any]] = {}
 
-def finish_task(model: nn.Module, settings: SDLoRASettings) -> dict[str, Any]:
-    """End a task: close every layer's open pair (function unchanged), then, for the kd
-    variant, fold each newest direction into the old magnitudes where the old directions span
-    it (`SDLoRALinear.fold_if_spanned`).
+    def start_task(self, task: int) -> None:
+        """Freeze the current pairs and add a new trainable pair (rank `rank_for_task`) to
+        every wrapped layer. Build the optimiser afterwards, from `trainable_parameters`: the
+        magnitude vector is a new `Parameter` each time a pair is added."""
+        self.rank = rank_for_task(self.settings, task)
+        for layer in _require_layers(self.model).values():
+            layer.add_pair(self.rank, self.settings.alpha_init, self.generator, open=True)
 
-    Returns ``{"variant", "threshold", "folded", "kept", "layers": {path: fold result}}``;
-    ``layers`` is empty, and both counts 0, unless the variant is kd.
-    """
-    layers = _require_layers(model)
-    for layer in layers.values():
-        layer.close_pair()
-    report: dict[str, Any] = {"variant": settings.variant, "threshold": None, "layers": {}}
-    if settings.variant == "kd":
-        report["threshold"] = settings.kd_threshold
-        report["layers"] = {
-            name: layer.fold_if_spanned(settings.kd_threshold) for name, layer in layers.items()
-        }
-    results = report["layers"].values()
-    report["folded"] = sum(r["folded"] for r in results)
-    report["kept"] = len(results) - report["folded"]
-    return report
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Each layer's newest trainable pair and all its magnitudes; never a backbone
+        weight."""
+        return [p for p in _adapter_parameters(self.model) if p.requires_grad]
 
+    def finish_task(self) -> dict[str, float]:
+        """Close every layer's open pair (function unchanged), then, for the kd variant, fold
+        each newest direction into the old magnitudes where the old directions span it
+        (`SDLoRALinear.fold_if_spanned`; the per-layer results are kept in ``folds``).
 
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """What the optimiser of the current task gets: each layer's newest trainable pair and
-    all its magnitudes; never a backbone weight."""
-    return [p for p in _adapter_parameters(model) if p.requires_grad]
+        Returns ``{"rank", "folded_layers"}``: the task's rank and how many layers folded
+        their new direction (always 0 unless the variant is kd).
+        """
+        layers = _require_layers(self.model)
+        for layer in layers.values():
+            layer.close_pair()
+        self.folds = {}
+        if self.settings.variant == "kd":
+            threshold = self.settings.kd_threshold
+            self.folds = {name: layer.fold_if_spanned(threshold) for name, layer in layers.items()}
+        folded = sum(bool(result["folded"]) for result in self.folds.values())
+        rank = float("nan") if self.rank is None else float(self.rank)
+        return {"rank": rank, "folded_layers": float(folded)}
 
 
 def sd_lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
@@ -139,7 +148,7 @@ def load_sd_lora_state_dict(model: nn.Module, state: Mapping[str, Tensor]) -> No
 
     Strict: the keys must be exactly those of the model's wrapped layers, or `SDLoRAError`
     names the missing and unexpected ones; shapes are checked against every layer before any
-    layer changes. Loaded pairs are frozen (finished tasks); `start_task` adds the next one.
+    layer changes. Loaded pairs are frozen (finished tasks); `SDLoRA.start_task` adds the next one.
     """
     layers = _require_layers(model)
     grouped, unexpected = _group_keys(state, layers)

@@ -17,7 +17,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from aads.backbone import lora_target_regex, resolve_lora_targets, target_names
-from aads.config import DoRASettings, resolve_blocks
+from aads.config import resolve_blocks
+
+from .config import DoRASettings
 
 ADAPTER_DIR = "dora"
 
