@@ -75,3 +75,17 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with local_mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
         yield uri
+
+
+@pytest.fixture(scope="session")
+def plantvillage() -> Path:
+    """The real PlantVillage sample beside the repository (read in place, never copied in);
+    ``AADS_PLANTVILLAGE_DIR`` overrides where it is."""
+    import os
+
+    where = Path(
+        os.environ.get("AADS_PLANTVILLAGE_DIR") or ROOT.parent / "shared" / "data" / "plantvillage"
+    )
+    if not where.is_dir():
+        pytest.skip(f"the PlantVillage sample is not at {where} (set AADS_PLANTVILLAGE_DIR)")
+    return where
