@@ -107,3 +107,160 @@ def monitor(
 feedback_app = typer.Typer(
     help="Curate captured unknowns into the next training task.", no_args_is_help=True
 )
+
+
+@feedback_app.command("review")
+@reports_errors
+def feedback_review(
+    crop: CropOpt,
+    since: SinceOpt = "30d",
+    config: ConfigOpt = Path("config/demo.yaml"),
+    package: PackageSourceOpt = None,
+    store: StoreOpt = None,
+    prefix: PrefixOpt = None,
+    out: Annotated[Path | None, typer.Option(help="review folder")] = None,
+    max_images: Annotated[int, typer.Option(help="most recent unknowns reviewed, at most")] = 2000,
+    max_clusters: Annotated[int, typer.Option(help="clusters tried, at most")] = 10,
+    new_class: Annotated[
+        list[str] | None, typer.Option(help="offer this new class name as a choice (repeat)")
+    ] = None,
+    presign_hours: Annotated[
+        float | None,
+        typer.Option(help="S3 stores: presigned HTTPS image URLs valid this long, not s3://"),
+    ] = None,
+    url_prefix: Annotated[
+        str | None, typer.Option(help="image URLs are this prefix + the object key")
+    ] = None,
+    images: Annotated[
+        bool, typer.Option("--images/--no-images", help="copy the images, one folder per cluster")
+    ] = True,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Cluster a crop's captured unknowns; write a contact sheet per cluster and a Label Studio
+    project (tasks pre-annotated with the cluster and the nearest known class)."""
+    from datetime import timedelta
+
+    from aads.drift.stats import DriftInputError, parse_since
+    from aads.feedback.review import review_unknowns
+    from aads.feedback.sheets import MAX_THUMBNAILS
+
+    if presign_hours is not None and not 0 < presign_hours <= 168:
+        raise DriftInputError("--presign-hours: S3 presigned URLs last at most 168 hours (7 days)")
+    new = tuple(_class_names(new_class or []))
+    with progress_bar("unknown images") as progress:
+        review = review_unknowns(
+            load_config(config),
+            crop,
+            parse_since(since),
+            out or Path(".aads/review") / crop,
+            package=package,
+            store=store,
+            prefix=prefix,
+            max_images=max_images,
+            max_clusters=max_clusters,
+            new_classes=new,
+            presign=timedelta(hours=presign_hours) if presign_hours else None,
+            url_prefix=url_prefix,
+            copy_images=images,
+            tracking_uri=tracking_uri,
+            progress=progress,
+        )
+    table = Table(
+        "cluster",
+        "images",
+        "nearest known class",
+        "distance / threshold",
+        "contact sheet",
+        title=f"{review.images} unknown image(s) of {crop}: {review.reason}",
+    )
+    for c in review.clusters:
+        ratio = "-" if c.median_distance_ratio is None else f"{c.median_distance_ratio:.2f}"
+        nearest = f"{c.nearest_class or '?'} ({c.nearest_votes}/{c.size})"
+        table.add_row(c.name, str(c.size), nearest, ratio, str(review.out / c.sheet))
+    console.print(table)
+    for reason, n in review.left_out.items():
+        console.print(f"[yellow]left out:[/] {n} ({reason})")
+    console.print(
+        f"Label Studio: create an image classification project with "
+        f"{review.out}/labelstudio/labeling-config.xml, import "
+        f"{review.out}/labelstudio/tasks.json (connect the capture bucket as S3 source storage "
+        f"for s3:// URLs); max {MAX_THUMBNAILS} thumbnails per contact sheet"
+    )
+
+
+@feedback_app.command("import")
+@reports_errors
+def feedback_import(
+    crop: CropOpt,
+    out: Annotated[Path, typer.Option(help="the data batch folder to write (must be new)")],
+    labelstudio: Annotated[
+        Path | None, typer.Option(help="Label Studio JSON export of the review's project")
+    ] = None,
+    folder: Annotated[
+        Path | None, typer.Option(help="images sorted by hand into <class>/<image> folders")
+    ] = None,
+    domain: Annotated[
+        str | None, typer.Option(help="name of the new condition, for images of known classes")
+    ] = None,
+    drop_known: Annotated[
+        bool, typer.Option(help="leave images of known classes out instead of a domain task")
+    ] = False,
+    config: ConfigOpt = Path("config/demo.yaml"),
+    package: Annotated[
+        str | None,
+        typer.Option(
+            help="the model the task continues (folder, s3://, models:/): its classes are the "
+            "known ones (default: the spec's classes of the crop)"
+        ),
+    ] = None,
+    store: StoreOpt = None,
+    prefix: PrefixOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Turn labels (a Label Studio export, or hand-sorted folders) into the next training
+    task's data batch: <out>/<crop>/<class>/ images + task.json (classes or domain task)."""
+    from aads.adapters.package import read_meta
+    from aads.capture.records import open_capture_store
+    from aads.feedback.batch import (
+        BatchError,
+        build_batches,
+        labels_from_export,
+        labels_from_folder,
+    )
+    from aads.inference import resolve_model
+
+    if (labelstudio is None) == (folder is None):
+        raise BatchError("give exactly one of --labelstudio EXPORT.json or --folder DIR")
+    cfg = load_config(config)
+    spec = cfg.crop(crop)
+    if package:
+        resolved = resolve_model(package, cfg.storage, cfg.registry, tracking_uri=tracking_uri)
+        known = read_meta(resolved.path).classes
+    else:
+        known = spec.known_classes
+    if labelstudio is not None:
+        target = open_capture_store(cfg.serving.capture, cfg.storage, store, prefix)
+        items, left_out = labels_from_export(labelstudio, target, cfg.storage)
+        source = f"Label Studio export {labelstudio.name}"
+    else:
+        assert folder is not None
+        items, left_out = labels_from_folder(folder)
+        source = f"folder {folder}"
+    result = build_batches(
+        crop, items, left_out, known, out, domain=domain, drop_known=drop_known, source=source
+    )
+    table = Table("batch", "task", "classes", "images", title=f"data batch(es) for {crop}")
+    for task, path in result.batches:
+        what = task.kind + (f" ({task.domain})" if task.domain else "")
+        table.add_row(str(path), what, ", ".join(task.classes), str(sum(task.images.values())))
+    console.print(table)
+    for reason, n in sorted(result.left_out.items()):
+        console.print(f"[yellow]left out:[/] {n} ({reason})")
+    for message in result.messages:
+        console.print(f"[bold]note:[/] {message}")
+
+
+def _class_names(names: list[str]) -> list[str]:
+    from aads.data.layout import slugify
+
+    return [slugify(n) for n in names]

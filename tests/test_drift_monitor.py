@@ -5,126 +5,40 @@ unknowns and a shifted domain mix exit 4, every bad input is one clear error."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 from typer.testing import CliRunner
 
 from aads.adapters.package import update_package
-from aads.adapters.phases.phase1 import train_phase1
-from aads.adapters.phases.phase3 import train_phase3
-from aads.backbone import open_image
-from aads.capture.settings import CaptureSettings
-from aads.capture.writer import CaptureWriter
 from aads.cli import app
-from aads.config import PlatformConfig, StorageSettings, SynthSettings, parse_config
-from aads.data.ingest import ingest
-from aads.data.synth import synthesize
+from aads.config import StorageSettings
 from aads.drift.monitor import DRIFT_EXIT_CODE, run_monitor
-from aads.inference import Diagnoser
-from aads.ood.calibrate import calibrate_package
 from aads.ood.reference import REFERENCE_FILE
-from aads.storage import S3Store
 from tests.conftest import free_port
-
-TINY = {"source": "random:tiny", "image_size": 32}
-SPEC = {
-    "crops": [
-        {
-            "name": "tomato",
-            "phase1_classes": ["healthy", "early_blight", "leaf_mold"],
-            "phase3_domains": ["field"],
-            "ood_holdout": ["mosaic_virus"],
-        },
-        {"name": "corn", "phase1_classes": ["healthy", "common_rust"]},
-    ],
-    "router": TINY,
-    "adapter": {
-        "backbone": {**TINY, "device": "cpu"},
-        "dora": {"r": 2, "alpha": 4},
-        "conec": {"rank": 2, "alpha": 4},
-        "ood": {"threshold": {"min_samples": 2}},
-    },
-    # A large validation split: it is the drift reference (the feature test needs >= 20 rows).
-    "data": {"split": {"train": 0.5, "val": 0.35, "test": 0.15}},
-    "training": {
-        "phase1": {"epochs": 2, "batch_size": 16, "early_stopping_patience": None},
-        "phase3": {"epochs": 1, "batch_size": 16, "early_stopping_patience": None},
-    },
-}
-
-
-@dataclass
-class World:
-    config: PlatformConfig
-    phase1: Path
-    phase3: Path
-    fresh: Path  # in-distribution images the adapters never saw (another synth seed)
+from tests.loop_world import (
+    SPEC,
+    World,
+    build_world,
+    capture,
+    fresh_images,
+    new_bucket,
+    noise_images,
+)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> World:
-    tmp = tmp_path_factory.mktemp("drift")
-    config = parse_config(SPEC)
-    synth = SynthSettings(images_per_class=24, images_per_domain_class=10, image_size=32)
-    synthesize(config, tmp / "data", settings=synth)
-    rows = ingest(tmp / "data", config=config).rows
-    p1 = train_phase1(config, "tomato", rows, tmp / "data", tmp / "p1")
-    p3 = train_phase3(config, "tomato", rows, tmp / "data", p1, tmp / "p3")
-    for pkg in (p1, p3):
-        calibrate_package(config, pkg, rows, tmp / "data", loco=False)
-    synthesize(config, tmp / "fresh", settings=synth.model_copy(update={"seed": 7}))
-    return World(config, p1, p3, tmp / "fresh")
+    return build_world(tmp_path_factory)
 
 
 @pytest.fixture
 def bucket(s3_settings: StorageSettings) -> StorageSettings:
-    fresh = s3_settings.model_copy(update={"bucket": f"drift-{uuid.uuid4().hex[:12]}"})
-    S3Store(fresh.bucket, fresh).ensure_bucket()
-    return fresh
-
-
-def fresh_images(world: World, domain: str, limit: int) -> list[bytes]:
-    paths = sorted((world.fresh / domain / "tomato").rglob("*.jpg"))
-    known = {"healthy", "early_blight", "leaf_mold"}
-    return [p.read_bytes() for p in paths if p.parent.name in known][:limit]
-
-
-def noise_images(n: int) -> list[bytes]:
-    """Pictures that are no tomato leaf at all: what a new field problem looks like to the
-    adapter in the extreme."""
-    rng = np.random.default_rng(11)
-    out = []
-    for _ in range(n):
-        img = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
-        buf = io.BytesIO()
-        img.save(buf, "PNG")
-        out.append(buf.getvalue())
-    return out
-
-
-def capture(package: Path, storage: StorageSettings, images: list[bytes], rate: float) -> None:
-    """Serve `images` with the real Diagnoser and offer each answer to the real writer, spread
-    over the last three days, as the router will."""
-    diagnoser = Diagnoser.from_dir(package, model_version="1")
-    settings = CaptureSettings(enabled=True, sample_rate=rate)
-    now = datetime.now(UTC)
-    for i, data in enumerate(images):
-        (answer,) = diagnoser.diagnose([open_image(data)])
-        answer["routing"] = {"crop": "tomato", "source": "crop_hint"}
-        when = now - timedelta(hours=1 + 24 * (i % 3))
-        with CaptureWriter.from_settings(settings, storage, clock=lambda w=when: w) as writer:
-            assert writer.offer(data, answer) in ("queued", "not_sampled")
-        assert writer.stats().written + writer.stats().skipped.get("not_sampled", 0) == 1
+    return new_bucket(s3_settings)
 
 
 def spec_file(tmp_path: Path, storage: StorageSettings) -> Path:

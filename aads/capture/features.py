@@ -11,13 +11,49 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from aads.adapters.loading import LoadedAdapter
+from aads.adapters.loading import LoadedAdapter, load_adapter
+from aads.adapters.package import PackageError
 from aads.backbone import ImageDecodeError, open_image, preprocess_image
+from aads.config import PlatformConfig
 from aads.progress import Progress
+
+
+@dataclass(frozen=True)
+class AnsweringAdapter:
+    """The adapter package that answered a crop's captures, loaded, and where it came from."""
+
+    adapter: LoadedAdapter
+    path: Path
+    source: str  # as given, with the registry version for models:/ sources
+
+
+def answering_adapter(
+    config: PlatformConfig, crop: str, source: str | Path | None, tracking_uri: str | None = None
+) -> AnsweringAdapter:
+    """Load `source` (a folder, ``s3://`` or ``models:/``; default: the registry's champion of
+    `crop`) and check it is a calibrated adapter of `crop`."""
+    from aads.inference import resolve_model
+
+    config.crop(crop)  # an unknown crop is a clear error naming the configured ones
+    text = str(source or f"models:/{config.registry.adapter_model_prefix}{crop}@champion")
+    resolved = resolve_model(text, config.storage, config.registry, tracking_uri=tracking_uri)
+    adapter = load_adapter(
+        resolved.path,
+        config.storage,
+        device=config.adapter.backbone.device,
+        dtype=config.adapter.backbone.dtype,
+    )
+    if adapter.meta.crop != crop:
+        raise PackageError(f"{text} is the '{adapter.meta.crop}' adapter, not '{crop}'")
+    if adapter.ood is None:
+        raise PackageError(f"{text}: no OOD calibration; run `aads ood calibrate` first")
+    label = text + (f" (version {resolved.version})" if resolved.version else "")
+    return AnsweringAdapter(adapter, resolved.path, label)
 
 
 @dataclass(frozen=True)

@@ -247,6 +247,19 @@ class CaptureStore:
             self.store.get_file(record.image.key, target, expected_sha256=record.image.sha256)
             return target.read_bytes()
 
+    def fetch_images(self, records: list[CaptureRecord]) -> list[bytes | None]:
+        """The stored images of `records` (fetched in parallel); None where one is missing or
+        does not match its recorded hash."""
+
+        def fetch(record: CaptureRecord) -> bytes | None:
+            try:
+                return self.image_bytes(record)
+            except (StorageError, CaptureError, OSError):
+                return None
+
+        with ThreadPoolExecutor(_READERS) as pool:
+            return list(pool.map(fetch, records))
+
     def image_url(
         self, key: str, *, presign: timedelta | None = None, url_prefix: str | None = None
     ) -> str:

@@ -17,7 +17,6 @@ the command exits with `DRIFT_EXIT_CODE` then, so a CronJob or a KFP recurring r
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,10 +24,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from aads.adapters.loading import LoadedAdapter, load_adapter
+from aads.adapters.loading import LoadedAdapter
 from aads.adapters.package import OOD_DIR
-from aads.capture.features import image_features, training_domain_mix
-from aads.capture.records import CaptureRecord, CaptureStore, open_capture_store
+from aads.capture.features import answering_adapter, image_features, training_domain_mix
+from aads.capture.records import CaptureRecord, open_capture_store
 from aads.config import PlatformConfig
 from aads.drift.stats import (
     ALPHA,
@@ -42,7 +41,6 @@ from aads.drift.stats import (
 from aads.ood.mahalanobis import OODError
 from aads.ood.reference import load_reference_features
 from aads.progress import Progress
-from aads.storage import StorageError
 
 DRIFT_EXIT_CODE = 4
 """`aads monitor`'s exit code when drift is significant (2: bad input, 3: a store is down)."""
@@ -147,39 +145,23 @@ def run_monitor(
 ) -> DriftReport:
     """Read the window's captures of `crop` and test them against its adapter `package` (a
     folder, ``s3://`` or ``models:/``; default: the registry's champion)."""
-    from aads.inference import resolve_model
-
-    config.crop(crop)  # an unknown crop is a clear error naming the configured ones
     until = (until or datetime.now(UTC)).astimezone(UTC)
     target = open_capture_store(config.serving.capture, config.storage, store, prefix)
-    source = str(package or f"models:/{config.registry.adapter_model_prefix}{crop}@champion")
-    resolved = resolve_model(source, config.storage, config.registry, tracking_uri=tracking_uri)
-    adapter = load_adapter(
-        resolved.path,
-        config.storage,
-        device=config.adapter.backbone.device,
-        dtype=config.adapter.backbone.dtype,
-    )
-    if adapter.ood is None:
-        from aads.adapters.package import PackageError
-
-        raise PackageError(f"{source}: no OOD calibration; run `aads ood calibrate` first")
-    if adapter.meta.crop != crop:
-        from aads.adapters.package import PackageError
-
-        raise PackageError(f"{source} is the '{adapter.meta.crop}' adapter, not '{crop}'")
+    answering = answering_adapter(config, crop, package, tracking_uri)
+    adapter = answering.adapter
     found = target.records(crop, since, until)
     records = [r for r in found.records if variant == "all" or r.variant == variant]
     notes = []
     if found.unreadable:
         notes.append(f"{len(found.unreadable)} record(s) could not be read and were skipped")
-    reference = load_reference_features(resolved.path / OOD_DIR)
+    reference = load_reference_features(answering.path / OOD_DIR)
     p0, p0_source = calibrated_rejection_rate(adapter, reference)
     rate = unknown_rate_check(_rate_counts(records), p0, alpha=alpha)
     rate.detail["calibrated_rate_source"] = p0_source
 
     sample = sorted((r for r in records if r.in_sample), key=lambda r: r.sha256)[:max_images]
-    images, unreadable = _fetch_images(target, sample)
+    images = target.fetch_images(sample)
+    unreadable = sum(im is None for im in images)
     if unreadable:
         notes.append(f"{unreadable} captured image(s) could not be fetched and were skipped")
     kept = [r for r, im in zip(sample, images, strict=True) if im is not None]
@@ -210,7 +192,7 @@ def run_monitor(
         since=since.astimezone(UTC),
         until=until,
         store=target.description,
-        package=f"{source}" + (f" (version {resolved.version})" if resolved.version else ""),
+        package=answering.source,
         model_versions=dict(Counter(r.model.get("version", "?") for r in records)),
         records=_record_counts(found.records, records),
         checks=[rate, mix, features],
@@ -262,17 +244,3 @@ def _daily(records: list[CaptureRecord], p0: float) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _fetch_images(
-    target: CaptureStore, records: list[CaptureRecord]
-) -> tuple[list[bytes | None], int]:
-    def fetch(record: CaptureRecord) -> bytes | None:
-        try:
-            return target.image_bytes(record)
-        except (StorageError, OSError):
-            return None
-
-    with ThreadPoolExecutor(_FETCHERS) as pool:
-        images = list(pool.map(fetch, records))
-    return images, sum(im is None for im in images)
