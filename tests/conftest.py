@@ -89,3 +89,20 @@ def plantvillage() -> Path:
     if not where.is_dir():
         pytest.skip(f"the PlantVillage sample is not at {where} (set AADS_PLANTVILLAGE_DIR)")
     return where
+
+
+@pytest.fixture(scope="module")
+def loop_world(tmp_path_factory: pytest.TempPathFactory):
+    """Small calibrated tomato adapters and images for the capture, drift and feedback tests
+    (`tests.loop_world`), trained once per session."""
+    from tests.loop_world import build_world
+
+    return build_world(tmp_path_factory)
+
+
+@pytest.fixture
+def fresh_bucket(s3_settings: StorageSettings) -> StorageSettings:
+    """`s3_settings` pointing at a new, empty bucket on the session's moto server."""
+    from tests.loop_world import new_bucket
+
+    return new_bucket(s3_settings)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from aads.adapters.phases.phase1 import train_phase1
@@ -87,7 +88,9 @@ def build_world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 def new_bucket(s3_settings: StorageSettings) -> StorageSettings:
     """Settings for a fresh bucket on the session's moto server."""
-    fresh = s3_settings.model_copy(update={"bucket": f"loop-{uuid.uuid4().hex[:12]}"})
+    fresh = s3_settings.model_copy(
+        update={"bucket": f"loop-{uuid.uuid4().hex[:12]}", "timeout_s": 30.0, "retries": 3}
+    )
     S3Store(fresh.bucket, fresh).ensure_bucket()
     return fresh
 
@@ -134,7 +137,10 @@ def capture(
     answers = diagnoser.diagnose([open_image(data) for data in images])
     now = datetime.now(UTC)
     when = [now]
-    settings = CaptureSettings(enabled=True, sample_rate=rate)
+    # Patient with the store: these tests are about what is kept, not about a slow moto.
+    settings = CaptureSettings(
+        enabled=True, sample_rate=rate, store_timeout_s=30, store_retries=3, retry_after_s=0
+    )
     with CaptureWriter.from_settings(settings, storage, clock=lambda: when[0]) as writer:
         for i, (data, answer) in enumerate(zip(images, answers, strict=True)):
             answer["routing"] = {"crop": "tomato", "source": "crop_hint"}
@@ -143,3 +149,22 @@ def capture(
     stats = writer.stats()
     assert stats.written + stats.skipped.get("not_sampled", 0) == len(images), stats
     return answers
+
+
+def spec_file(folder: Path, storage: StorageSettings) -> Path:
+    """The tests' spec as a YAML file whose storage block points at `storage` (for commands)."""
+    spec = {
+        **SPEC,
+        "storage": {
+            "endpoint": storage.endpoint,
+            "secure": False,
+            "region": storage.region,
+            "bucket": storage.bucket,
+            "retries": 3,  # generous: moto shares two busy cores with everything else
+            "timeout_s": 30,
+            "cache_dir": str(folder / "cache"),
+        },
+    }
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path

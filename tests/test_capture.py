@@ -116,6 +116,16 @@ def test_disease_unknowns_are_kept_under_their_crop_and_crop_unknowns_apart(tmp_
     )
 
 
+def test_a_disabled_writer_keeps_nothing_and_runs_no_thread(tmp_path):
+    before = threading.active_count()
+    writer = CaptureWriter(
+        CaptureSettings(), CaptureStore(LocalStore(tmp_path), "capture"), clock=lambda: NOON
+    )
+    assert threading.active_count() == before
+    assert writer.offer(photo(1), answer("unknown")) == "disabled"
+    assert writer.close() and stored(tmp_path) == []
+
+
 def test_error_entries_are_not_captured(tmp_path):
     with local_writer(tmp_path, sample_rate=1.0) as w:
         outcome = w.offer(photo(1), {"crop": "tomato", "error": {"code": 503, "message": "x"}})

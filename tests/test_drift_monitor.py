@@ -10,8 +10,6 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-import yaml
 from typer.testing import CliRunner
 
 from aads.adapters.package import update_package
@@ -21,54 +19,25 @@ from aads.drift.monitor import DRIFT_EXIT_CODE, run_monitor
 from aads.ood.reference import REFERENCE_FILE
 from tests.conftest import free_port
 from tests.loop_world import (
-    SPEC,
-    World,
-    build_world,
     capture,
     fresh_images,
-    new_bucket,
     noise_images,
+    spec_file,
 )
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> World:
-    return build_world(tmp_path_factory)
-
-
-@pytest.fixture
-def bucket(s3_settings: StorageSettings) -> StorageSettings:
-    return new_bucket(s3_settings)
-
-
-def spec_file(tmp_path: Path, storage: StorageSettings) -> Path:
-    spec = {
-        **SPEC,
-        "storage": {
-            "endpoint": storage.endpoint,
-            "secure": False,
-            "region": storage.region,
-            "bucket": storage.bucket,
-            "retries": 1,
-            "timeout_s": 2,
-            "cache_dir": str(tmp_path / "cache"),
-        },
-    }
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def monitor_cli(tmp_path: Path, storage: StorageSettings, package: Path, *extra: str):
+def monitor_cli(
+    tmp_path: Path, storage: StorageSettings, package: Path, *extra: str, crop: str = "tomato"
+):
     out = tmp_path / "report"
-    args = ["monitor", "--crop", "tomato", "--since", "7d", "--package", str(package)]
+    args = ["monitor", "--crop", crop, "--since", "7d", "--package", str(package)]
     args += ["--config", str(spec_file(tmp_path, storage)), "--out", str(out), *extra]
     return CliRunner().invoke(app, args), out
 
 
-def test_quiet_traffic_is_no_drift_and_the_report_is_written(world, bucket, tmp_path):
-    capture(world.phase1, bucket, fresh_images(world, "base", 45), rate=1.0)
-    result, out = monitor_cli(tmp_path, bucket, world.phase1)
+def test_quiet_traffic_is_no_drift_and_the_report_is_written(loop_world, fresh_bucket, tmp_path):
+    capture(loop_world.phase1, fresh_bucket, fresh_images(loop_world, "base", 45), rate=1.0)
+    result, out = monitor_cli(tmp_path, fresh_bucket, loop_world.phase1)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "monitor.json").read_text())
     assert report["drifted"] is False and report["exit_code"] == 0
@@ -81,10 +50,10 @@ def test_quiet_traffic_is_no_drift_and_the_report_is_written(world, bucket, tmp_
     assert "No significant drift" in (out / "monitor.html").read_text()
 
 
-def test_a_flood_of_unknown_pictures_is_drift_and_exits_4(world, bucket, tmp_path):
-    images = fresh_images(world, "base", 30) + noise_images(60)
-    capture(world.phase1, bucket, images, rate=0.5)
-    result, out = monitor_cli(tmp_path, bucket, world.phase1)
+def test_a_flood_of_unknown_pictures_is_drift_and_exits_4(loop_world, fresh_bucket, tmp_path):
+    images = fresh_images(loop_world, "base", 30) + noise_images(60)
+    capture(loop_world.phase1, fresh_bucket, images, rate=0.5)
+    result, out = monitor_cli(tmp_path, fresh_bucket, loop_world.phase1)
     assert result.exit_code == DRIFT_EXIT_CODE, result.output
     report = json.loads((out / "monitor.json").read_text())
     checks = {c["name"]: c for c in report["checks"]}
@@ -94,11 +63,11 @@ def test_a_flood_of_unknown_pictures_is_drift_and_exits_4(world, bucket, tmp_pat
     assert "Drift: tomato" in (out / "monitor.html").read_text()
 
 
-def test_field_only_traffic_shifts_the_domain_mix_of_a_conec_adapter(world, bucket):
-    capture(world.phase3, bucket, fresh_images(world, "field", 40), rate=1.0)
-    config = world.config.model_copy(update={"storage": bucket})
+def test_field_only_traffic_shifts_the_domain_mix_of_a_conec_adapter(loop_world, fresh_bucket):
+    capture(loop_world.phase3, fresh_bucket, fresh_images(loop_world, "field", 40), rate=1.0)
+    config = loop_world.config.model_copy(update={"storage": fresh_bucket})
     report = run_monitor(
-        config, "tomato", datetime.now(UTC) - timedelta(days=7), package=world.phase3
+        config, "tomato", datetime.now(UTC) - timedelta(days=7), package=loop_world.phase3
     )
     mix = report.check("domain mix")
     assert mix.measured and set(mix.detail["training_share"]) == {"base", "field"}
@@ -106,12 +75,14 @@ def test_field_only_traffic_shifts_the_domain_mix_of_a_conec_adapter(world, buck
     assert mix.significant and report.exit_code == DRIFT_EXIT_CODE
 
 
-def test_a_package_without_reference_features_says_how_to_get_them(world, bucket, tmp_path):
+def test_a_package_without_reference_features_says_how_to_get_them(
+    loop_world, fresh_bucket, tmp_path
+):
     old = tmp_path / "old"
-    shutil.copytree(world.phase1, old)
+    shutil.copytree(loop_world.phase1, old)
     update_package(old, lambda staging, meta: (staging / "ood" / REFERENCE_FILE).unlink() or meta)
-    capture(world.phase1, bucket, fresh_images(world, "base", 25), rate=1.0)
-    config = world.config.model_copy(update={"storage": bucket})
+    capture(loop_world.phase1, fresh_bucket, fresh_images(loop_world, "base", 25), rate=1.0)
+    config = loop_world.config.model_copy(update={"storage": fresh_bucket})
     report = run_monitor(config, "tomato", datetime.now(UTC) - timedelta(days=7), package=old)
     check = report.check("feature drift")
     assert not check.measured
@@ -121,54 +92,32 @@ def test_a_package_without_reference_features_says_how_to_get_them(world, bucket
     )
 
 
-def test_records_older_than_the_window_are_left_out(world, bucket):
-    capture(world.phase1, bucket, fresh_images(world, "base", 9), rate=1.0)
-    config = world.config.model_copy(update={"storage": bucket})
+def test_records_older_than_the_window_are_left_out(loop_world, fresh_bucket):
+    capture(loop_world.phase1, fresh_bucket, fresh_images(loop_world, "base", 9), rate=1.0)
+    config = loop_world.config.model_copy(update={"storage": fresh_bucket})
     report = run_monitor(
-        config, "tomato", datetime.now(UTC) - timedelta(hours=12), package=world.phase1
+        config, "tomato", datetime.now(UTC) - timedelta(hours=12), package=loop_world.phase1
     )
     assert report.records["in_window"] == 3  # one of each three days' images
 
 
-def test_an_unknown_crop_is_a_clear_error(world, bucket, tmp_path):
-    result = CliRunner().invoke(
-        app,
-        [
-            "monitor",
-            "--crop",
-            "potato",
-            "--package",
-            str(world.phase1),
-            "--config",
-            str(spec_file(tmp_path, bucket)),
-        ],
-    )
+def test_an_unknown_crop_is_a_clear_error(loop_world, fresh_bucket, tmp_path):
+    result, _ = monitor_cli(tmp_path, fresh_bucket, loop_world.phase1, crop="potato")
     assert result.exit_code == 2 and "unknown crop 'potato'" in result.output
 
 
-def test_a_window_that_is_not_one_is_a_clear_error(world, bucket, tmp_path):
-    result, _ = monitor_cli(tmp_path, bucket, world.phase1, "--since", "last tuesday")
+def test_a_window_that_is_not_one_is_a_clear_error(loop_world, fresh_bucket, tmp_path):
+    result, _ = monitor_cli(tmp_path, fresh_bucket, loop_world.phase1, "--since", "last tuesday")
     assert result.exit_code == 2 and "--since" in result.output
 
 
-def test_another_crops_package_is_refused(world, bucket, tmp_path):
-    result = CliRunner().invoke(
-        app,
-        [
-            "monitor",
-            "--crop",
-            "corn",
-            "--package",
-            str(world.phase1),
-            "--config",
-            str(spec_file(tmp_path, bucket)),
-        ],
-    )
+def test_another_crops_package_is_refused(loop_world, fresh_bucket, tmp_path):
+    result, _ = monitor_cli(tmp_path, fresh_bucket, loop_world.phase1, crop="corn")
     assert result.exit_code == 2 and "not 'corn'" in result.output
 
 
-def test_a_capture_store_that_is_down_exits_3(world, bucket, tmp_path):
-    dead = bucket.model_copy(update={"endpoint": f"127.0.0.1:{free_port()}"})
-    result, _ = monitor_cli(tmp_path, dead, world.phase1)
+def test_a_capture_store_that_is_down_exits_3(loop_world, fresh_bucket, tmp_path):
+    dead = fresh_bucket.model_copy(update={"endpoint": f"127.0.0.1:{free_port()}"})
+    result, _ = monitor_cli(tmp_path, dead, loop_world.phase1)
     assert result.exit_code == 3, result.output
     assert "unreachable" in result.output

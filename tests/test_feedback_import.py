@@ -14,7 +14,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -27,7 +26,7 @@ from aads.feedback.batch import BatchError, build_batches, labels_from_export, l
 from aads.feedback.labelstudio import ExportTask, LabelStudioError, read_export, task_label
 from aads.feedback.review import review_unknowns
 from aads.tasks import read_task
-from tests.loop_world import SPEC, build_world, capture, flat_images, new_bucket, noise_images
+from tests.loop_world import capture, flat_images, new_bucket, noise_images, spec_file
 
 KNOWN = ["healthy", "early_blight", "leaf_mold"]
 
@@ -42,9 +41,9 @@ class Reviewed:
 
 
 @pytest.fixture(scope="module")
-def reviewed(tmp_path_factory, moto_endpoint) -> Iterator[Reviewed]:
+def reviewed(loop_world, tmp_path_factory, moto_endpoint) -> Iterator[Reviewed]:
     """A review of captured unknowns (12 brownish pictures, 12 noise pictures) on moto S3."""
-    world = build_world(tmp_path_factory)
+    world = loop_world
     tmp = tmp_path_factory.mktemp("import")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -380,57 +379,22 @@ def test_a_missing_folder_is_a_clear_error(tmp_path):
 # --------------------------------------------------------------------------- the command
 
 
-def spec_file(tmp_path: Path, storage: StorageSettings) -> Path:
-    spec = {
-        **SPEC,
-        "storage": {
-            "endpoint": storage.endpoint,
-            "secure": False,
-            "region": storage.region,
-            "bucket": storage.bucket,
-        },
-    }
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+def import_cli(reviewed: Reviewed, tmp_path: Path, *args: str):
+    config = ["--config", str(spec_file(tmp_path, reviewed.storage))]
+    return CliRunner().invoke(app, ["feedback", "import", "--crop", "tomato", *args, *config])
 
 
 def test_cli_import_writes_the_batch_and_reports_what_was_left_out(reviewed, tmp_path):
     tasks = [exported(t, annotation([choice("septoria_leaf_spot")])) for t in reviewed.flat]
     tasks += [exported(reviewed.noise[0], annotation([choice("not a plant")]))]
     out = tmp_path / "batch"
-    result = CliRunner().invoke(
-        app,
-        [
-            "feedback",
-            "import",
-            "--crop",
-            "tomato",
-            "--labelstudio",
-            str(write_export(tmp_path, tasks)),
-            "--out",
-            str(out),
-            "--config",
-            str(spec_file(tmp_path, reviewed.storage)),
-        ],
-    )
+    export = write_export(tmp_path, tasks)
+    result = import_cli(reviewed, tmp_path, "--labelstudio", str(export), "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "septoria_leaf_spot" in result.output and "not_a_plant" in result.output
     assert read_task(out).kind == "classes"
 
 
 def test_cli_import_needs_exactly_one_source(reviewed, tmp_path):
-    result = CliRunner().invoke(
-        app,
-        [
-            "feedback",
-            "import",
-            "--crop",
-            "tomato",
-            "--out",
-            str(tmp_path / "b"),
-            "--config",
-            str(spec_file(tmp_path, reviewed.storage)),
-        ],
-    )
+    result = import_cli(reviewed, tmp_path, "--out", str(tmp_path / "b"))
     assert result.exit_code == 2 and "exactly one of --labelstudio" in result.output

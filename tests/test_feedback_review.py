@@ -24,29 +24,18 @@ from aads.feedback.review import NothingToReview, review_unknowns
 from aads.storage import LocalStore
 from tests.loop_world import (
     World,
-    build_world,
     capture,
     flat_images,
     fresh_images,
-    new_bucket,
     noise_images,
+    spec_file,
 )
 
 WEEK = timedelta(days=7)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> World:
-    return build_world(tmp_path_factory)
-
-
-@pytest.fixture
-def bucket(s3_settings: StorageSettings) -> StorageSettings:
-    return new_bucket(s3_settings)
-
-
-def with_storage(world: World, storage: StorageSettings):
-    return world.config.model_copy(update={"storage": storage})
+def with_storage(loop_world: World, storage: StorageSettings):
+    return loop_world.config.model_copy(update={"storage": storage})
 
 
 # --------------------------------------------------------------------------- clustering
@@ -89,17 +78,19 @@ def test_clustering_is_deterministic():
 # --------------------------------------------------------------------------- review
 
 
-def test_review_groups_two_kinds_of_strangers_and_writes_the_project(world, bucket, tmp_path):
-    answers = capture(world.phase1, bucket, noise_images(20) + flat_images(20), rate=0.0)
+def test_review_groups_two_kinds_of_strangers_and_writes_the_project(
+    loop_world, fresh_bucket, tmp_path
+):
+    answers = capture(loop_world.phase1, fresh_bucket, noise_images(20) + flat_images(20), rate=0.0)
     unknown = [a["label"] == "unknown" for a in answers]
     assert sum(unknown) >= 30, "the adapter should reject most of these pictures"
     out = tmp_path / "review"
     review = review_unknowns(
-        with_storage(world, bucket),
+        with_storage(loop_world, fresh_bucket),
         "tomato",
         datetime.now(UTC) - WEEK,
         out,
-        package=world.phase1,
+        package=loop_world.phase1,
         new_classes=("septoria_leaf_spot",),
     )
     assert review.images == sum(unknown)
@@ -116,11 +107,17 @@ def test_review_groups_two_kinds_of_strangers_and_writes_the_project(world, buck
         assert len(list((out / "images" / cluster.name).glob("*.jpg"))) == cluster.size
 
 
-def test_label_studio_tasks_point_at_the_captures_and_fit_the_config(world, bucket, tmp_path):
-    capture(world.phase1, bucket, noise_images(12), rate=0.0)
+def test_label_studio_tasks_point_at_the_captures_and_fit_the_config(
+    loop_world, fresh_bucket, tmp_path
+):
+    capture(loop_world.phase1, fresh_bucket, noise_images(12), rate=0.0)
     out = tmp_path / "review"
     review = review_unknowns(
-        with_storage(world, bucket), "tomato", datetime.now(UTC) - WEEK, out, package=world.phase1
+        with_storage(loop_world, fresh_bucket),
+        "tomato",
+        datetime.now(UTC) - WEEK,
+        out,
+        package=loop_world.phase1,
     )
     tasks = json.loads((out / "labelstudio" / "tasks.json").read_text())
     assert len(tasks) == review.images
@@ -134,7 +131,7 @@ def test_label_studio_tasks_point_at_the_captures_and_fit_the_config(world, buck
     store = CaptureStore(None, "capture")  # type: ignore[arg-type] - key layout only
     for t in tasks:
         data = t["data"]
-        assert data["image"] == f"s3://{bucket.bucket}/{data['capture_key']}"
+        assert data["image"] == f"s3://{fresh_bucket.bucket}/{data['capture_key']}"
         assert data["capture_key"].startswith(store.day_prefix("tomato", _day(data["captured"])))
         assert data["cluster"] in choice_values["cluster"] and data["hint"]
         (prediction,) = t["predictions"]
@@ -143,88 +140,79 @@ def test_label_studio_tasks_point_at_the_captures_and_fit_the_config(world, buck
             assert result["value"]["choices"][0] in choice_values[result["from_name"]]
 
 
-def test_presigned_urls_fetch_the_stored_image(world, bucket, tmp_path):
-    capture(world.phase1, bucket, noise_images(4), rate=0.0)
+def test_presigned_urls_fetch_the_stored_image(loop_world, fresh_bucket, tmp_path):
+    capture(loop_world.phase1, fresh_bucket, noise_images(4), rate=0.0)
     out = tmp_path / "review"
     review_unknowns(
-        with_storage(world, bucket),
+        with_storage(loop_world, fresh_bucket),
         "tomato",
         datetime.now(UTC) - WEEK,
         out,
-        package=world.phase1,
+        package=loop_world.phase1,
         presign=timedelta(hours=1),
     )
     task = json.loads((out / "labelstudio" / "tasks.json").read_text())[0]
     url = task["data"]["image"]
-    assert url.startswith(f"http://{bucket.endpoint}/{bucket.bucket}/") and "X-Amz-Signature" in url
+    assert (
+        url.startswith(f"http://{fresh_bucket.endpoint}/{fresh_bucket.bucket}/")
+        and "X-Amz-Signature" in url
+    )
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback moto
         body = response.read()
     stored = next((out / "images").rglob(f"{task['data']['sha256']}.jpg")).read_bytes()
     assert body == stored
 
 
-def test_a_local_capture_folder_gives_label_studio_local_file_urls(world, tmp_path):
-    diag_answers = capture_local(world, tmp_path / "store", noise_images(5))
+def test_a_local_capture_folder_gives_label_studio_local_file_urls(loop_world, tmp_path):
+    diag_answers = capture_local(loop_world, tmp_path / "store", noise_images(5))
     assert diag_answers
     out = tmp_path / "review"
     review_unknowns(
-        world.config,
+        loop_world.config,
         "tomato",
         datetime.now(UTC) - WEEK,
         out,
-        package=world.phase1,
+        package=loop_world.phase1,
         store=str(tmp_path / "store"),
     )
     task = json.loads((out / "labelstudio" / "tasks.json").read_text())[0]
     assert task["data"]["image"].startswith("/data/local-files/?d=capture/tomato/")
 
 
-def test_nothing_captured_is_one_clear_error(world, bucket, tmp_path):
+def test_nothing_captured_is_one_clear_error(loop_world, fresh_bucket, tmp_path):
     with pytest.raises(NothingToReview, match="no captured unknowns of tomato"):
         review_unknowns(
-            with_storage(world, bucket),
+            with_storage(loop_world, fresh_bucket),
             "tomato",
             datetime.now(UTC) - WEEK,
             tmp_path / "r",
-            package=world.phase1,
+            package=loop_world.phase1,
         )
     assert not (tmp_path / "r").exists()
 
 
-def test_known_answers_are_not_reviewed(world, bucket, tmp_path):
-    answers = capture(world.phase1, bucket, fresh_images(world, "base", 20), rate=1.0)
+def test_known_answers_are_not_reviewed(loop_world, fresh_bucket, tmp_path):
+    answers = capture(
+        loop_world.phase1, fresh_bucket, fresh_images(loop_world, "base", 20), rate=1.0
+    )
     known = sum(a["label"] != "unknown" for a in answers)
     assert known
     review = None
     try:
         review = review_unknowns(
-            with_storage(world, bucket),
+            with_storage(loop_world, fresh_bucket),
             "tomato",
             datetime.now(UTC) - WEEK,
             tmp_path / "r",
-            package=world.phase1,
+            package=loop_world.phase1,
         )
     except NothingToReview:
         pass
     assert review is None or review.images == len(answers) - known
 
 
-def test_cli_review_prints_the_clusters(world, bucket, tmp_path):
-    import yaml
-
-    from tests.loop_world import SPEC
-
-    capture(world.phase1, bucket, noise_images(10), rate=0.0)
-    spec = {
-        **SPEC,
-        "storage": {
-            "endpoint": bucket.endpoint,
-            "secure": False,
-            "region": bucket.region,
-            "bucket": bucket.bucket,
-        },
-    }
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+def test_cli_review_prints_the_clusters(loop_world, fresh_bucket, tmp_path):
+    capture(loop_world.phase1, fresh_bucket, noise_images(10), rate=0.0)
     out = tmp_path / "review"
     result = CliRunner().invoke(
         app,
@@ -236,9 +224,9 @@ def test_cli_review_prints_the_clusters(world, bucket, tmp_path):
             "--since",
             "7d",
             "--config",
-            str(tmp_path / "spec.yaml"),
+            str(spec_file(tmp_path, fresh_bucket)),
             "--package",
-            str(world.phase1),
+            str(loop_world.phase1),
             "--out",
             str(out),
             "--no-images",
@@ -262,11 +250,11 @@ def _day(iso: str):
     return datetime.fromisoformat(iso).astimezone(UTC).date()
 
 
-def capture_local(world: World, root, images: list[bytes]) -> list[dict]:
+def capture_local(loop_world: World, root, images: list[bytes]) -> list[dict]:
     from aads.backbone import open_image
     from aads.inference import Diagnoser
 
-    diagnoser = Diagnoser.from_dir(world.phase1)
+    diagnoser = Diagnoser.from_dir(loop_world.phase1)
     answers = diagnoser.diagnose([open_image(im) for im in images])
     settings = CaptureSettings(enabled=True, sample_rate=0.0)
     with CaptureWriter(settings, CaptureStore(LocalStore(root), "capture")) as writer:

@@ -65,7 +65,7 @@ def pixels_only_jpeg(
     clean = Image.new("RGB", rgb.size)
     clean.paste(rgb)
     out = io.BytesIO()
-    clean.save(out, format="JPEG", quality=quality, optimize=True)
+    clean.save(out, format="JPEG", quality=quality)  # optimize=True holds the GIL throughout
     return CleanImage(out.getvalue(), clean.width, clean.height, source_format)
 
 

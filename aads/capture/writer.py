@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import queue
 import re
 import threading
@@ -65,6 +66,7 @@ SKIP_REASONS = (
     "duplicate",  # the same image was captured recently (memory) or today (store)
     "no_verdict",  # an error entry or a scouting answer: nothing to learn from
     "closed",  # offered after close()
+    "disabled",  # serving.capture.enabled is false: the writer keeps nothing, runs no thread
 )
 _SLUG = re.compile(SLUG)
 
@@ -128,7 +130,7 @@ class CaptureWriter:
         self._abandon = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, name=f"aads-capture-{i}", daemon=True)
-            for i in range(settings.writers)
+            for i in range(settings.writers if settings.enabled else 0)
         ]
         for t in self._threads:
             t.start()
@@ -185,6 +187,8 @@ class CaptureWriter:
             self.offered += 1
             if self._closed:
                 return self._skip_locked("closed")
+            if not self.settings.enabled:
+                return self._skip_locked("disabled")
         if hasattr(answer, "model_dump"):
             answer = answer.model_dump(mode="json")
         if not isinstance(image, bytes | bytearray | memoryview) or not isinstance(answer, Mapping):
@@ -232,6 +236,7 @@ class CaptureWriter:
     # ------------------------------------------------------------------ the writer threads
 
     def _run(self) -> None:
+        _yield_cpu()
         while True:
             item = self._queue.get()
             try:
@@ -398,6 +403,15 @@ class CaptureWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _yield_cpu() -> None:
+    """Lower this writer thread's CPU priority (Linux: per-thread nice +10), so when the
+    cores are busy the threads answering requests are scheduled first; a no-op elsewhere."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
 
 
 def _model_of(answer: Mapping[str, Any]) -> dict[str, str]:
