@@ -326,6 +326,17 @@ def test_real_plantvillage_photos_round_trip_as_pixels_only(plantvillage):
         assert diff.mean() < 4.0  # JPEG re-encoding at quality 90, nothing else changed
 
 
+def test_a_real_photo_with_corrupt_exif_is_stored_without_its_exif_block(plantvillage):
+    original = Image.open(sorted(plantvillage.glob("Tomato___*/*.JPG"))[0])
+    raw = io.BytesIO()
+    original.save(raw, "JPEG", exif=gps_exif(orientation=6).tobytes())
+    broken = raw.getvalue().replace(b"Exif\x00\x00MM\x00*", b"Exif\x00\x00MM^*", 1)
+    assert broken != raw.getvalue()  # the TIFF magic of its EXIF block is now invalid
+    clean = pixels_only_jpeg(broken)
+    assert (clean.width, clean.height) == original.size
+    assert b"MM^*" not in clean.jpeg and b"ACME-CAM" not in clean.jpeg
+
+
 def test_bytes_that_are_no_image_are_refused_by_the_encoder():
     with pytest.raises(CaptureImageError):
         pixels_only_jpeg(b"\xff\xd8\xff\xe0 not really a jpeg")

@@ -20,7 +20,7 @@ from aads.capture.writer import CaptureWriter
 from aads.cli import app
 from aads.config import StorageSettings
 from aads.feedback.clusters import cluster_features
-from aads.feedback.review import NothingToReview, review_unknowns
+from aads.feedback.review import NothingToReview, ReviewError, review_unknowns
 from aads.storage import LocalStore
 from tests.loop_world import (
     World,
@@ -177,6 +177,20 @@ def test_a_local_capture_folder_gives_label_studio_local_file_urls(loop_world, t
     )
     task = json.loads((out / "labelstudio" / "tasks.json").read_text())[0]
     assert task["data"]["image"].startswith("/data/local-files/?d=capture/tomato/")
+
+
+def test_a_folder_that_is_not_a_review_is_never_replaced(loop_world, fresh_bucket, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("years of work")
+    with pytest.raises(ReviewError, match="holds no earlier review"):
+        review_unknowns(
+            with_storage(loop_world, fresh_bucket),
+            "tomato",
+            datetime.now(UTC) - WEEK,
+            tmp_path / "mine",
+            package=loop_world.phase1,
+        )
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "years of work"
 
 
 def test_nothing_captured_is_one_clear_error(loop_world, fresh_bucket, tmp_path):

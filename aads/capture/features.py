@@ -67,12 +67,13 @@ class ImageFeatures:
 
 def image_features(
     adapter: LoadedAdapter,
-    images: Sequence[bytes],
+    images: Sequence[bytes | Path],
     *,
     batch_size: int = 32,
     progress: Progress | None = None,
 ) -> ImageFeatures:
-    """Pooled features (and CONEC domain picks) of encoded `images`, in order."""
+    """Pooled features (and CONEC domain picks) of `images` (encoded bytes or files), in
+    order, one batch in memory at a time."""
     bb = adapter.backbone
     decoded = np.zeros(len(images), dtype=bool)
     rows: list[np.ndarray] = []

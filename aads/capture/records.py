@@ -20,7 +20,6 @@ kept unknowns and the sampled knowns with the sample rate recorded in each recor
 from __future__ import annotations
 
 import re
-import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -238,24 +237,21 @@ class CaptureStore:
         out.records.sort(key=lambda r: (r.time, r.sha256))
         return out
 
-    def image_bytes(self, record: CaptureRecord) -> bytes:
-        """The stored image of `record`, checked against the hash recorded when it was written."""
-        if record.image is None:
-            raise CaptureError(f"record {record.sha256} has no stored image")
-        with tempfile.TemporaryDirectory() as d:
-            target = Path(d) / "image"
-            self.store.get_file(record.image.key, target, expected_sha256=record.image.sha256)
-            return target.read_bytes()
+    def download(self, records: list[CaptureRecord], folder: Path) -> list[Path | None]:
+        """The stored images of `records` as files ``<folder>/<sha256>.jpg`` (fetched in
+        parallel, each checked against the hash recorded when it was written); None where an
+        image is missing or does not match. On disk rather than in memory: a review may read
+        thousands of photos."""
 
-    def fetch_images(self, records: list[CaptureRecord]) -> list[bytes | None]:
-        """The stored images of `records` (fetched in parallel); None where one is missing or
-        does not match its recorded hash."""
-
-        def fetch(record: CaptureRecord) -> bytes | None:
-            try:
-                return self.image_bytes(record)
-            except (StorageError, CaptureError, OSError):
+        def fetch(record: CaptureRecord) -> Path | None:
+            if record.image is None:
                 return None
+            path = Path(folder) / f"{record.sha256}{IMAGE_SUFFIX}"
+            try:
+                self.store.get_file(record.image.key, path, expected_sha256=record.image.sha256)
+            except (StorageError, OSError):
+                return None
+            return path
 
         with ThreadPoolExecutor(_READERS) as pool:
             return list(pool.map(fetch, records))

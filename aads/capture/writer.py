@@ -15,6 +15,11 @@ After a store failure (the store's own bounded retries exhausted), the writer st
 timeout, not one per image. Counters for monitoring are plain attributes (`stats()` returns a
 consistent snapshot): ``offered``, ``queued``, ``written``, ``dropped[reason]``,
 ``skipped[reason]`` and the queue's depth and bytes.
+
+Wiring in a server (the router): build one writer at load,
+``CaptureWriter.from_settings(spec.serving.capture, spec.storage)``; after answering an image,
+``offer(image_bytes, answer, request_id=..., sha256=...)`` (pass the hash the canary split
+already computed, so the image is hashed once); on shutdown ``await writer.aclose()``.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ the command exits with `DRIFT_EXIT_CODE` then, so a CronJob or a KFP recurring r
 
 from __future__ import annotations
 
+import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -160,15 +161,13 @@ def run_monitor(
     rate.detail["calibrated_rate_source"] = p0_source
 
     sample = sorted((r for r in records if r.in_sample), key=lambda r: r.sha256)[:max_images]
-    images = target.fetch_images(sample)
-    unreadable = sum(im is None for im in images)
-    if unreadable:
-        notes.append(f"{unreadable} captured image(s) could not be fetched and were skipped")
-    kept = [r for r, im in zip(sample, images, strict=True) if im is not None]
-    found_features = image_features(
-        adapter, [im for im in images if im is not None], progress=progress
-    )
-    decoded = [r for r, ok in zip(kept, found_features.decoded, strict=True) if ok]
+    with tempfile.TemporaryDirectory(prefix="aads-monitor-") as scratch:
+        files = target.download(sample, Path(scratch))
+        kept = [(r, f) for r, f in zip(sample, files, strict=True) if f is not None]
+        found_features = image_features(adapter, [f for _, f in kept], progress=progress)
+    if len(kept) < len(sample):
+        notes.append(f"{len(sample) - len(kept)} captured image(s) could not be fetched")
+    decoded = [r for (r, _), ok in zip(kept, found_features.decoded, strict=True) if ok]
     domains = [
         r.domain or picked for r, picked in zip(decoded, found_features.domains, strict=True)
     ]

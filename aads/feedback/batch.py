@@ -9,27 +9,29 @@ knows:
 
 - only new names: one ``classes`` task (SD-LoRA adds them);
 - only known names: one ``domain`` task, named by ``--domain`` (CONEC-LoRA learns the new
-  condition); without ``--domain`` this is an error before anything is written;
+  condition); without ``--domain`` this is an error before anything is fetched or written;
 - both: two batches, ``<out>/classes`` and ``<out>/domain``, said in the result's messages.
 
 Each batch folder holds ``<crop>/<class>/<sha256>.jpg`` (the crop-class layout `aads data
 ingest` reads) and ``task.json`` (`aads.tasks.TaskSpec`). Left out and counted: ``skip``, ``not a
-plant``, unlabelled, disputed (annotators disagree), unnamed new classes, images that cannot be
-fetched or decoded, the same image under two labels, and (``--drop-known``) known classes.
-The batch is written in a staging folder and renamed into place: all of it or nothing.
+plant``, unlabelled, disputed (annotators disagree, or one image under two labels), unnamed
+new classes, images that cannot be fetched or decoded, and (``--drop-known``) known classes.
+Images are fetched one at a time straight into a staging folder that is renamed into place
+at the end: memory holds one image, and the batch appears whole or not at all.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-import tempfile
+import shutil
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from aads.atomic import atomic_write_bytes
+from PIL import Image
+
 from aads.backbone import ImageDecodeError, open_image
 from aads.capture.records import CaptureStore
 from aads.config import BASE_DOMAIN, SLUG, StorageSettings
@@ -37,10 +39,11 @@ from aads.data.layout import slugify
 from aads.errors import BadInput
 from aads.feedback.labelstudio import read_export, task_label
 from aads.feedback.staging import staged_dir
-from aads.storage import StorageError, open_store
+from aads.storage import StorageError, open_store, sha256_file
 from aads.tasks import TaskSpec, write_task
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+SUFFIX_OF_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp"}
 LEFT_OUT_FOLDERS = {
     "skip": "skipped",
     "not_a_plant": "not_a_plant",
@@ -54,11 +57,13 @@ class BatchError(BadInput):
     """Labels that cannot become a task as given (the message says what to change)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Labelled:
+    """One labelled image, not fetched yet: `fetch(dst)` writes it to `dst` (False: missing)."""
+
     label: str
-    image: bytes
-    sha256: str
+    identity: str  # the same image has the same identity (its capture hash, or file hash)
+    fetch: Callable[[Path], bool]
 
 
 @dataclass
@@ -67,6 +72,9 @@ class ImportResult:
     batches: list[tuple[TaskSpec, Path]]
     left_out: dict[str, int]
     messages: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- sources
 
 
 def labels_from_export(
@@ -80,23 +88,24 @@ def labels_from_export(
         if outcome != "labelled" or label is None:
             left_out[outcome] += 1
             continue
-        data = _fetch_task_image(t.data, target, storage)
-        if data is None:
+        identity = t.data.get("sha256") or t.data.get("capture_key") or t.data.get("image")
+        if not isinstance(identity, str) or not identity:
             left_out["image_missing"] += 1
             continue
-        items.append(Labelled(label, data, hashlib.sha256(data).hexdigest()))
+        items.append(Labelled(label, identity, _task_fetcher(t.data, target, storage)))
     return items, left_out
 
 
-def _fetch_task_image(data: dict, target: CaptureStore, storage: StorageSettings) -> bytes | None:
-    """A task's image: by its capture key (tasks from the review, checked against the hash
-    recorded at capture), else an ``s3://`` URL or a local path in ``data.image``. HTTP URLs
-    are not fetched: nothing here reaches the network beyond the configured store."""
-    key, expected = data.get("capture_key"), data.get("image_sha256")
-    url = data.get("image")
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            dst = Path(d) / "image"
+def _task_fetcher(
+    data: dict, target: CaptureStore, storage: StorageSettings
+) -> Callable[[Path], bool]:
+    """How to fetch a task's image: by its capture key (tasks from the review, checked against
+    the hash recorded at capture), else an ``s3://`` URL or a local path in ``data.image``.
+    HTTP URLs are not fetched: nothing here reaches the network beyond the configured store."""
+    key, expected, url = data.get("capture_key"), data.get("image_sha256"), data.get("image")
+
+    def fetch(dst: Path) -> bool:
+        try:
             if isinstance(key, str):
                 target.store.get_file(key, dst, expected_sha256=expected or None)
             elif isinstance(url, str) and url.startswith("s3://"):
@@ -104,12 +113,14 @@ def _fetch_task_image(data: dict, target: CaptureStore, storage: StorageSettings
                 store, _ = open_store(f"s3://{parsed.netloc}", storage)
                 store.get_file(parsed.path.lstrip("/"), dst)
             elif isinstance(url, str) and Path(url).is_file():
-                return Path(url).read_bytes()
+                shutil.copyfile(url, dst)
             else:
-                return None
-            return dst.read_bytes()
-    except (StorageError, OSError):
-        return None
+                return False
+        except (StorageError, OSError):
+            return False
+        return True
+
+    return fetch
 
 
 def labels_from_folder(folder: Path) -> tuple[list[Labelled], Counter[str]]:
@@ -134,9 +145,22 @@ def labels_from_folder(folder: Path) -> tuple[list[Labelled], Counter[str]]:
         if name.startswith("cluster_"):
             left_out["unlabelled"] += 1
             continue
-        data = path.read_bytes()
-        items.append(Labelled(name, data, hashlib.sha256(data).hexdigest()))
+        items.append(Labelled(name, sha256_file(path), _file_fetcher(path)))
     return items, left_out
+
+
+def _file_fetcher(path: Path) -> Callable[[Path], bool]:
+    def fetch(dst: Path) -> bool:
+        try:
+            shutil.copyfile(path, dst)
+        except OSError:
+            return False
+        return True
+
+    return fetch
+
+
+# --------------------------------------------------------------------------- the batch
 
 
 def build_batches(
@@ -150,7 +174,7 @@ def build_batches(
     drop_known: bool = False,
     source: str = "",
 ) -> ImportResult:
-    """Check the labels, split them into tasks and write the batch(es) under `out`."""
+    """Check the labels, split them into tasks, fetch the images and write the batch(es)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise BatchError(f"{out} exists and is not empty: choose a new --out")
@@ -159,27 +183,8 @@ def build_batches(
             f"--domain {domain!r}: a new condition's name, lowercase letters, digits and _, "
             f"not '{BASE_DOMAIN}'"
         )
-    by_sha: dict[str, Labelled] = {}
-    disputed: set[str] = set()
-    for item in items:
-        seen = by_sha.get(item.sha256)
-        if seen is not None and seen.label != item.label:
-            disputed.add(item.sha256)
-        by_sha.setdefault(item.sha256, item)
-    left_out["conflict"] += 2 * len(disputed)  # both copies
-    left_out["duplicate"] += len(items) - len(by_sha) - len(disputed)
-    decodable = []
-    for sha, item in by_sha.items():
-        if sha in disputed:
-            continue
-        try:
-            open_image(item.image)
-        except ImageDecodeError:
-            left_out["undecodable"] += 1
-            continue
-        decodable.append(item)
-    known_items = [i for i in decodable if i.label in known]
-    new_items = [i for i in decodable if i.label not in known]
+    items = _undisputed(items, left_out)
+    known_items = [i for i in items if i.label in known]
     if known_items and domain is None and not drop_known:
         names = ", ".join(sorted({i.label for i in known_items}))
         raise BatchError(
@@ -189,46 +194,96 @@ def build_batches(
         )
     if drop_known:
         left_out["known_class"] += len(known_items)
-        known_items = []
-    if not known_items and not new_items:
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(left_out.items()) if v) or "none"
-        raise BatchError(f"no labelled images to import (left out: {counts})")
-    tasks: list[tuple[str, list[Labelled], TaskSpec]] = []
-    if new_items:
-        tasks.append(("classes", new_items, _spec("classes", crop, new_items, None, source)))
-    if known_items:
-        tasks.append(("domain", known_items, _spec("domain", crop, known_items, domain, source)))
-    messages = []
-    batches: list[tuple[TaskSpec, Path]] = []
+        items = [i for i in items if i.label not in known]
     with staged_dir(out) as staging:
-        for kind, chosen, spec in tasks:
-            sub = Path(kind) if len(tasks) > 1 else Path()
-            for item in chosen:
-                atomic_write_bytes(
-                    staging / sub / crop / item.label / f"{item.sha256}.jpg", item.image
-                )
+        written = _fetch_all(items, staging / ".incoming", left_out)
+        if not written:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted(left_out.items()) if v) or "none"
+            raise BatchError(f"no labelled images to import (left out: {counts})")
+        groups = {
+            "classes": [(lab, f) for lab, f in written if lab not in known],
+            "domain": [(lab, f) for lab, f in written if lab in known],
+        }
+        groups = {kind: files for kind, files in groups.items() if files}
+        batches = []
+        for kind, files in groups.items():
+            sub = Path(kind) if len(groups) > 1 else Path()
+            counts: dict[str, int] = defaultdict(int)
+            for label, file in files:
+                dst = staging / sub / crop / label / file.name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                file.rename(dst)
+                counts[label] += 1
+            spec = TaskSpec(
+                kind=kind,  # type: ignore[arg-type]
+                crop=crop,
+                classes=sorted(counts),
+                domain=domain if kind == "domain" else None,
+                images=dict(sorted(counts.items())),
+                source=source,
+            )
             write_task(staging / sub, spec)
             batches.append((spec, out / sub))
-    if len(tasks) > 1:
-        new_names = ", ".join(tasks[0][2].classes)
-        known_names = ", ".join(tasks[1][2].classes)
+        shutil.rmtree(staging / ".incoming")
+    messages = []
+    if len(batches) > 1:
+        (new, _), (old, _) = batches
         messages.append(
-            f"the labels hold new classes ({new_names}) and known classes ({known_names}): "
-            f"written as two batches, {out / 'classes'} (a classes task) and "
-            f"{out / 'domain'} (a domain task for '{domain}'); continue with each in turn"
+            f"the labels hold new classes ({', '.join(new.classes)}) and known classes "
+            f"({', '.join(old.classes)}): written as two batches, {out / 'classes'} (a classes "
+            f"task) and {out / 'domain'} (a domain task for '{domain}'); continue with each "
+            "in turn"
         )
     return ImportResult(crop, batches, {k: v for k, v in left_out.items() if v}, messages)
 
 
-def _spec(kind: str, crop: str, items: list[Labelled], domain: str | None, source: str) -> TaskSpec:
-    counts: dict[str, int] = defaultdict(int)
+def _undisputed(items: list[Labelled], left_out: Counter[str]) -> list[Labelled]:
+    """One entry per image; an image given two different labels is left out altogether."""
+    labels: dict[str, set[str]] = defaultdict(set)
+    counts: Counter[str] = Counter()
     for item in items:
-        counts[item.label] += 1
-    return TaskSpec(
-        kind=kind,  # type: ignore[arg-type]
-        crop=crop,
-        classes=sorted(counts),
-        domain=domain,
-        images=dict(sorted(counts.items())),
-        source=source,
-    )
+        labels[item.identity].add(item.label)
+        counts[item.identity] += 1
+    seen: set[str] = set()
+    keep = []
+    for item in items:
+        if len(labels[item.identity]) > 1:
+            continue
+        if item.identity in seen:
+            left_out["duplicate"] += 1
+            continue
+        seen.add(item.identity)
+        keep.append(item)
+    left_out["conflict"] += sum(counts[i] for i, ls in labels.items() if len(ls) > 1)
+    return keep
+
+
+def _fetch_all(
+    items: list[Labelled], incoming: Path, left_out: Counter[str]
+) -> list[tuple[str, Path]]:
+    """Fetch each image into `incoming` as ``<sha256>.<format>``; count what is missing, cannot be
+    decoded, or turns out to be an image already fetched under the same label."""
+    incoming.mkdir(parents=True)
+    written: list[tuple[str, Path]] = []
+    names: set[str] = set()
+    for n, item in enumerate(items):
+        tmp = incoming / f".{n}"
+        if not item.fetch(tmp):
+            left_out["image_missing"] += 1
+            continue
+        try:
+            open_image(tmp)
+            with Image.open(tmp) as probe:
+                suffix = SUFFIX_OF_FORMAT.get(probe.format or "", ".jpg")
+        except ImageDecodeError:
+            tmp.unlink()
+            left_out["undecodable"] += 1
+            continue
+        name = f"{sha256_file(tmp)}{suffix}"
+        if name in names:
+            tmp.unlink()
+            left_out["duplicate"] += 1
+            continue
+        names.add(name)
+        written.append((item.label, tmp.rename(incoming / name)))
+    return written

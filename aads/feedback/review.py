@@ -17,6 +17,8 @@ each image once; the most recent ``max_images`` when there are more.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from aads.atomic import atomic_write_bytes, atomic_write_text
+from aads.atomic import atomic_write_text
 from aads.capture.features import answering_adapter, image_features
-from aads.capture.records import CaptureRecord, open_capture_store
+from aads.capture.records import CaptureRecord, CaptureStore, open_capture_store
 from aads.config import PlatformConfig
-from aads.errors import NotFound
+from aads.errors import BadInput, NotFound
 from aads.feedback.clusters import MAX_CLUSTERS, cluster_features
 from aads.feedback.labelstudio import labeling_config, task
 from aads.feedback.sheets import contact_sheet
@@ -39,6 +41,10 @@ MAX_IMAGES = 2000
 REVIEW_FILE = "review.json"
 SHEETS_DIR, IMAGES_DIR, LABELSTUDIO_DIR = "contact-sheets", "images", "labelstudio"
 TASKS_FILE, CONFIG_FILE = "tasks.json", "labeling-config.xml"
+
+
+class ReviewError(BadInput):
+    """A review that cannot be written as asked."""
 
 
 class NothingToReview(NotFound):
@@ -86,7 +92,11 @@ def review_unknowns(
     tracking_uri: str | None = None,
     progress: Progress | None = None,
 ) -> Review:
-    """Cluster `crop`'s captured unknowns of [since, until] and write the review to `out`."""
+    """Cluster `crop`'s captured unknowns of [since, until] and write the review to `out`
+    (replacing an earlier review there, never another folder)."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / REVIEW_FILE).is_file():
+        raise ReviewError(f"{out} exists and holds no earlier review: choose another --out")
     answering = answering_adapter(config, crop, package, tracking_uri)
     adapter = answering.adapter
     target = open_capture_store(config.serving.capture, config.storage, store, prefix)
@@ -103,80 +113,37 @@ def review_unknowns(
     records = sorted(latest.values(), key=lambda r: (r.time, r.sha256), reverse=True)
     left_out = Counter({"over_max_images": max(0, len(records) - max_images)})
     records = records[:max_images]
-    images = target.fetch_images(records)
-    left_out["image_missing"] = sum(im is None for im in images)
-    present = [(r, im) for r, im in zip(records, images, strict=True) if im is not None]
-    found_features = image_features(adapter, [im for _, im in present], progress=progress)
-    left_out["undecodable"] = int((~found_features.decoded).sum())
-    kept = [p for p, ok in zip(present, found_features.decoded, strict=True) if ok]
-    if not kept:
-        raise NothingToReview(f"none of the {len(records)} captured unknowns could be read")
     assert adapter.ood is not None
-    clustering = cluster_features(
-        adapter.ood.estimator.transform(found_features.features), max_clusters=max_clusters
-    )
-    names = [f"cluster-{c:02d}" for c in range(clustering.k)]
     model = f"{answering.source} / aads feedback review {datetime.now(UTC):%Y-%m-%d}"
     summaries, tasks = [], []
-    with staged_dir(out) as staging:
+    with tempfile.TemporaryDirectory(prefix="aads-review-") as scratch, staged_dir(out) as staging:
+        files = target.download(records, Path(scratch))
+        left_out["image_missing"] = sum(f is None for f in files)
+        present = [(r, f) for r, f in zip(records, files, strict=True) if f is not None]
+        found_features = image_features(adapter, [f for _, f in present], progress=progress)
+        left_out["undecodable"] = int((~found_features.decoded).sum())
+        kept = [p for p, ok in zip(present, found_features.decoded, strict=True) if ok]
+        if not kept:
+            raise NothingToReview(f"none of the {len(records)} captured unknowns could be read")
+        clustering = cluster_features(
+            adapter.ood.estimator.transform(found_features.features), max_clusters=max_clusters
+        )
+        names = [f"cluster-{c:02d}" for c in range(clustering.k)]
         for c, name in enumerate(names):
             members = [kept[i] for i in clustering.members(c)]
-            votes = Counter(r.nearest_class for r, _ in members if r.nearest_class)
-            nearest, count = votes.most_common(1)[0] if votes else (None, 0)
-            ratios = [x for x in (_distance_ratio(r) for r, _ in members) if x is not None]
-            sheet = f"{SHEETS_DIR}/{name}.png"
-            contact_sheet(
-                [im for _, im in members],
-                [_caption(r) for r, _ in members],
-                f"{crop}: {name} of {clustering.k} — {len(members)} unknown image(s) — nearest "
-                f"known class {nearest or '?'} ({count}/{len(members)})\n"
-                "caption: image sha256 · OOD distance ÷ threshold; most typical first",
-                staging / sheet,
-            )
-            summaries.append(
-                ClusterSummary(
-                    name=name,
-                    size=len(members),
-                    nearest_class=nearest,
-                    nearest_votes=count,
-                    median_distance_ratio=float(np.median(ratios)) if ratios else None,
-                    sheet=sheet,
-                    members=[r.sha256 for r, _ in members],
-                )
-            )
-            for r, data in members:
-                assert r.image is not None
+            summaries.append(_write_cluster(staging, crop, name, clustering.k, members))
+            for r, path in members:
                 if copy_images:
-                    atomic_write_bytes(staging / IMAGES_DIR / name / f"{r.sha256}.jpg", data)
-                ratio = _distance_ratio(r)
-                tasks.append(
-                    task(
-                        target.image_url(r.image.key, presign=presign, url_prefix=url_prefix),
-                        {
-                            "crop": crop,
-                            "sha256": r.sha256,
-                            "capture_key": r.image.key,
-                            "image_sha256": r.image.sha256,
-                            "cluster": name,
-                            "nearest_class": r.nearest_class,
-                            "captured": r.time.isoformat(),
-                            "hint": f"{name} · nearest known class {r.nearest_class or '?'}"
-                            + (f" · {ratio:.1f}x past its threshold" if ratio else ""),
-                        },
-                        cluster=name,
-                        nearest_class=r.nearest_class,
-                        model_version=model,
-                        score=round(1.0 / ratio, 4) if ratio else 0.0,
-                    )
-                )
-        known = adapter.classes
+                    _copy_into(path, staging / IMAGES_DIR / name / path.name)
+                tasks.append(_task(target, r, crop, name, model, presign, url_prefix))
         atomic_write_text(
-            staging / LABELSTUDIO_DIR / CONFIG_FILE, labeling_config(known, names, new_classes)
+            staging / LABELSTUDIO_DIR / CONFIG_FILE,
+            labeling_config(adapter.classes, names, new_classes),
         )
         atomic_write_text(staging / LABELSTUDIO_DIR / TASKS_FILE, json.dumps(tasks, indent=1))
         review = Review(
             crop=crop,
-            out=Path(out),
+            out=out,
             images=len(kept),
             left_out={k: v for k, v in left_out.items() if v},
             clusters=summaries,
@@ -185,6 +152,70 @@ def review_unknowns(
         )
         atomic_write_text(staging / REVIEW_FILE, _review_json(review, answering.source, since))
     return review
+
+
+def _write_cluster(
+    staging: Path, crop: str, name: str, k: int, members: list[tuple[CaptureRecord, Path]]
+) -> ClusterSummary:
+    """The cluster's contact sheet, and its summary (the nearest known class by vote)."""
+    votes = Counter(r.nearest_class for r, _ in members if r.nearest_class)
+    nearest, count = votes.most_common(1)[0] if votes else (None, 0)
+    ratios = [x for x in (_distance_ratio(r) for r, _ in members) if x is not None]
+    sheet = f"{SHEETS_DIR}/{name}.png"
+    contact_sheet(
+        [path for _, path in members],
+        [_caption(r) for r, _ in members],
+        f"{crop}: {name} of {k} — {len(members)} unknown image(s) — nearest known class "
+        f"{nearest or '?'} ({count}/{len(members)})\n"
+        "caption: image sha256 · OOD distance ÷ threshold; most typical first",
+        staging / sheet,
+    )
+    return ClusterSummary(
+        name=name,
+        size=len(members),
+        nearest_class=nearest,
+        nearest_votes=count,
+        median_distance_ratio=float(np.median(ratios)) if ratios else None,
+        sheet=sheet,
+        members=[r.sha256 for r, _ in members],
+    )
+
+
+def _task(
+    target: CaptureStore,
+    record: CaptureRecord,
+    crop: str,
+    cluster: str,
+    model: str,
+    presign: timedelta | None,
+    url_prefix: str | None,
+) -> dict:
+    """The Label Studio task of one captured image."""
+    assert record.image is not None
+    ratio = _distance_ratio(record)
+    return task(
+        target.image_url(record.image.key, presign=presign, url_prefix=url_prefix),
+        {
+            "crop": crop,
+            "sha256": record.sha256,
+            "capture_key": record.image.key,
+            "image_sha256": record.image.sha256,
+            "cluster": cluster,
+            "nearest_class": record.nearest_class,
+            "captured": record.time.isoformat(),
+            "hint": f"{cluster} · nearest known class {record.nearest_class or '?'}"
+            + (f" · {ratio:.1f}x past its threshold" if ratio else ""),
+        },
+        cluster=cluster,
+        nearest_class=record.nearest_class,
+        model_version=model,
+        score=round(1.0 / ratio, 4) if ratio else 0.0,
+    )
+
+
+def _copy_into(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
 
 
 def _distance_ratio(record: CaptureRecord) -> float | None:

@@ -17,7 +17,7 @@ THUMBNAIL = 160
 
 
 def contact_sheet(
-    images: Sequence[bytes],
+    images: Sequence[bytes | Path],
     captions: Sequence[str],
     title: str,
     path: Path,
@@ -25,7 +25,8 @@ def contact_sheet(
     columns: int = 6,
     limit: int = MAX_THUMBNAILS,
 ) -> Path:
-    """Write a grid of up to `limit` thumbnails (in the order given) with a caption each."""
+    """Write a grid of up to `limit` thumbnails (encoded bytes or files, in the order given)
+    with a caption each; an image that cannot be decoded shows as a grey square."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,7 +52,7 @@ def contact_sheet(
     return Path(path)
 
 
-def _thumbnail(data: bytes) -> Image.Image:
+def _thumbnail(data: bytes | Path) -> Image.Image:
     try:
         img = to_rgb(open_image(data))
     except ImageDecodeError:
