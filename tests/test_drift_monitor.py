@@ -121,3 +121,13 @@ def test_a_capture_store_that_is_down_exits_3(loop_world, fresh_bucket, tmp_path
     result, _ = monitor_cli(tmp_path, dead, loop_world.phase1)
     assert result.exit_code == 3, result.output
     assert "unreachable" in result.output
+
+
+def test_an_empty_window_measures_nothing_and_is_no_alarm(loop_world, fresh_bucket):
+    config = loop_world.config.model_copy(update={"storage": fresh_bucket})
+    report = run_monitor(
+        config, "tomato", datetime.now(UTC) - timedelta(days=7), package=loop_world.phase3
+    )
+    assert [c.measured for c in report.checks] == [False, False, False]
+    assert report.exit_code == 0
+    assert "no captured answers" in report.check("unknown rate").message

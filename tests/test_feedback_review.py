@@ -38,6 +38,13 @@ def with_storage(loop_world: World, storage: StorageSettings):
     return loop_world.config.model_copy(update={"storage": storage})
 
 
+def review_week(loop_world: World, storage: StorageSettings, out, **options):
+    """A review of the past week's captures in `storage` against the phase-1 package."""
+    config = with_storage(loop_world, storage)
+    since = datetime.now(UTC) - WEEK
+    return review_unknowns(config, "tomato", since, out, package=loop_world.phase1, **options)
+
+
 # --------------------------------------------------------------------------- clustering
 
 
@@ -85,14 +92,7 @@ def test_review_groups_two_kinds_of_strangers_and_writes_the_project(
     unknown = [a["label"] == "unknown" for a in answers]
     assert sum(unknown) >= 30, "the adapter should reject most of these pictures"
     out = tmp_path / "review"
-    review = review_unknowns(
-        with_storage(loop_world, fresh_bucket),
-        "tomato",
-        datetime.now(UTC) - WEEK,
-        out,
-        package=loop_world.phase1,
-        new_classes=("septoria_leaf_spot",),
-    )
+    review = review_week(loop_world, fresh_bucket, out, new_classes=("septoria_leaf_spot",))
     assert review.images == sum(unknown)
     assert len(review.clusters) == 2, review.reason
     noise_shas = {_sha(im) for im in noise_images(20)}
@@ -112,13 +112,7 @@ def test_label_studio_tasks_point_at_the_captures_and_fit_the_config(
 ):
     capture(loop_world.phase1, fresh_bucket, noise_images(12), rate=0.0)
     out = tmp_path / "review"
-    review = review_unknowns(
-        with_storage(loop_world, fresh_bucket),
-        "tomato",
-        datetime.now(UTC) - WEEK,
-        out,
-        package=loop_world.phase1,
-    )
+    review = review_week(loop_world, fresh_bucket, out)
     tasks = json.loads((out / "labelstudio" / "tasks.json").read_text())
     assert len(tasks) == review.images
     config = ET.fromstring((out / "labelstudio" / "labeling-config.xml").read_text())
@@ -143,14 +137,7 @@ def test_label_studio_tasks_point_at_the_captures_and_fit_the_config(
 def test_presigned_urls_fetch_the_stored_image(loop_world, fresh_bucket, tmp_path):
     capture(loop_world.phase1, fresh_bucket, noise_images(4), rate=0.0)
     out = tmp_path / "review"
-    review_unknowns(
-        with_storage(loop_world, fresh_bucket),
-        "tomato",
-        datetime.now(UTC) - WEEK,
-        out,
-        package=loop_world.phase1,
-        presign=timedelta(hours=1),
-    )
+    review_week(loop_world, fresh_bucket, out, presign=timedelta(hours=1))
     task = json.loads((out / "labelstudio" / "tasks.json").read_text())[0]
     url = task["data"]["image"]
     assert (
@@ -167,14 +154,7 @@ def test_a_local_capture_folder_gives_label_studio_local_file_urls(loop_world, t
     diag_answers = capture_local(loop_world, tmp_path / "store", noise_images(5))
     assert diag_answers
     out = tmp_path / "review"
-    review_unknowns(
-        loop_world.config,
-        "tomato",
-        datetime.now(UTC) - WEEK,
-        out,
-        package=loop_world.phase1,
-        store=str(tmp_path / "store"),
-    )
+    review_week(loop_world, loop_world.config.storage, out, store=str(tmp_path / "store"))
     task = json.loads((out / "labelstudio" / "tasks.json").read_text())[0]
     assert task["data"]["image"].startswith("/data/local-files/?d=capture/tomato/")
 
@@ -183,25 +163,13 @@ def test_a_folder_that_is_not_a_review_is_never_replaced(loop_world, fresh_bucke
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("years of work")
     with pytest.raises(ReviewError, match="holds no earlier review"):
-        review_unknowns(
-            with_storage(loop_world, fresh_bucket),
-            "tomato",
-            datetime.now(UTC) - WEEK,
-            tmp_path / "mine",
-            package=loop_world.phase1,
-        )
+        review_week(loop_world, fresh_bucket, tmp_path / "mine")
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "years of work"
 
 
 def test_nothing_captured_is_one_clear_error(loop_world, fresh_bucket, tmp_path):
     with pytest.raises(NothingToReview, match="no captured unknowns of tomato"):
-        review_unknowns(
-            with_storage(loop_world, fresh_bucket),
-            "tomato",
-            datetime.now(UTC) - WEEK,
-            tmp_path / "r",
-            package=loop_world.phase1,
-        )
+        review_week(loop_world, fresh_bucket, tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
 
@@ -213,13 +181,7 @@ def test_known_answers_are_not_reviewed(loop_world, fresh_bucket, tmp_path):
     assert known
     review = None
     try:
-        review = review_unknowns(
-            with_storage(loop_world, fresh_bucket),
-            "tomato",
-            datetime.now(UTC) - WEEK,
-            tmp_path / "r",
-            package=loop_world.phase1,
-        )
+        review = review_week(loop_world, fresh_bucket, tmp_path / "r")
     except NothingToReview:
         pass
     assert review is None or review.images == len(answers) - known
