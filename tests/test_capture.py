@@ -255,6 +255,18 @@ def test_records_are_read_back_for_a_crop_and_window(tmp_path):
     assert got.unreadable == ["capture/tomato/2026-05-03/garbage.json"]
 
 
+def test_a_long_window_lists_the_crop_once_and_keeps_only_its_days(tmp_path):
+    days = [datetime(2026, m, 1, 9, tzinfo=UTC) for m in (1, 3, 5)]
+    for i, day in enumerate(days):
+        target = CaptureStore(LocalStore(tmp_path), "capture")
+        with CaptureWriter(CaptureSettings(enabled=True), target, clock=lambda d=day: d) as w:
+            w.offer(photo(i), answer("unknown"))
+    got = CaptureStore(LocalStore(tmp_path), "capture").records(
+        "tomato", datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 6, 1, tzinfo=UTC)
+    )
+    assert [r.time.month for r in got.records] == [3, 5]
+
+
 # --------------------------------------------------------------------------- pixels only
 
 

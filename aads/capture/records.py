@@ -43,6 +43,7 @@ IMAGE_SUFFIX, RECORD_SUFFIX = ".jpg", ".json"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FOLDER = re.compile(r"[a-z][a-z0-9_]*|" + re.escape(UNKNOWN_CROP))
 _READERS = 8
+MAX_DAY_LISTINGS = 31
 
 Verdict = Literal["known", "unknown", "not_a_known_crop", "none"]
 KeepReason = Literal["unknown", "not_a_known_crop", "sampled"]
@@ -200,22 +201,15 @@ class CaptureStore:
         """Every readable record of `folder` answered in [since, until], oldest first.
 
         Lists one day prefix at a time, so a week costs seven listings whatever the store
-        holds; records are fetched in parallel. A record that is not valid JSON or not a
-        `CaptureRecord` is reported in ``unreadable``, never fatal.
+        holds (windows over a month list the crop once); records are fetched in parallel. A
+        record that is not valid JSON or not a `CaptureRecord` is reported in ``unreadable``,
+        never fatal.
         """
         until = until or datetime.now(UTC)
         since, until = since.astimezone(UTC), until.astimezone(UTC)
         if since > until:
             raise CaptureError(f"the window starts ({since:%Y-%m-%d %H:%M}) after it ends")
-        keys: list[str] = []
-        day = since.date()
-        while day <= until.date():
-            keys += [
-                o.key
-                for o in self.store.list(self.day_prefix(folder, day))
-                if o.key.endswith(RECORD_SUFFIX)
-            ]
-            day += timedelta(days=1)
+        keys = self._record_keys(folder, since.date(), until.date())
         out = RecordSet()
         done = 0
 
@@ -255,6 +249,22 @@ class CaptureStore:
 
         with ThreadPoolExecutor(_READERS) as pool:
             return list(pool.map(fetch, records))
+
+    def _record_keys(self, folder: str, first: date, last: date) -> list[str]:
+        """Record keys of `folder` dated first..last: one listing per day for short windows,
+        one listing of the crop (filtered by the date in the key) beyond `MAX_DAY_LISTINGS`."""
+        days = (last - first).days + 1
+        if days <= MAX_DAY_LISTINGS:
+            prefixes = [self.day_prefix(folder, first + timedelta(days=d)) for d in range(days)]
+        else:
+            prefixes = [self.day_prefix(folder, first).rsplit("/", 2)[0] + "/"]
+        low, high = first.isoformat(), last.isoformat()
+        return [
+            o.key
+            for prefix in prefixes
+            for o in self.store.list(prefix)
+            if o.key.endswith(RECORD_SUFFIX) and low <= o.key.rsplit("/", 2)[-2] <= high
+        ]
 
     def image_url(
         self, key: str, *, presign: timedelta | None = None, url_prefix: str | None = None
