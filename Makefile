@@ -61,6 +61,8 @@ bench: setup
 	$(BIN)/python benchmarks/pipeline.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/vlm.py
+	$(BIN)/python benchmarks/capture.py
+	$(BIN)/python benchmarks/drift.py
 
 lint: setup
 	$(BIN)/ruff check .

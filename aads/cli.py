@@ -629,6 +629,12 @@ def demo(
     console.print(f"summary: {summary['summary_path']}")
 
 
+from aads.monitor_cli import feedback_app, monitor  # noqa: E402 - it imports this module's helpers
+
+app.command("monitor")(monitor)
+app.add_typer(feedback_app, name="feedback")
+
+
 def _add_plugins() -> None:
     """Sub-commands other packages register under the ``aads.cli`` entry point (the pipeline
     commands live in ``pipelines/``, which imports `aads`, never the other way round)."""

@@ -31,6 +31,7 @@ from aads.adapters.conec.config import CONECSettings
 from aads.adapters.config import BlockSelection
 from aads.adapters.dora.config import DoRASettings
 from aads.adapters.sd_lora.config import SDLoRASettings
+from aads.capture.settings import CaptureSettings
 from aads.errors import BadInput
 from aads.vlm.settings import ScoutingSettings
 
@@ -382,6 +383,10 @@ class ServingSettings(_Model):
     )
     scouting_timeout_s: float = Field(
         120.0, gt=0, le=600, description="per scouting call (it diagnoses every region)"
+    )
+    capture: CaptureSettings = Field(
+        default_factory=CaptureSettings,
+        description="what the router keeps of the images it answers (aads.capture); off",
     )
 
     @model_validator(mode="after")

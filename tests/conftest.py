@@ -75,3 +75,34 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with local_mlflow_server(tmp_path_factory.mktemp("mlflow")) as uri:
         yield uri
+
+
+@pytest.fixture(scope="session")
+def plantvillage() -> Path:
+    """The real PlantVillage sample beside the repository (read in place, never copied in);
+    ``AADS_PLANTVILLAGE_DIR`` overrides where it is."""
+    import os
+
+    where = Path(
+        os.environ.get("AADS_PLANTVILLAGE_DIR") or ROOT.parent / "shared" / "data" / "plantvillage"
+    )
+    if not where.is_dir():
+        pytest.skip(f"the PlantVillage sample is not at {where} (set AADS_PLANTVILLAGE_DIR)")
+    return where
+
+
+@pytest.fixture(scope="module")
+def loop_world(tmp_path_factory: pytest.TempPathFactory):
+    """Small calibrated tomato adapters and images for the capture, drift and feedback tests
+    (`tests.loop_world`), trained once per session."""
+    from tests.loop_world import build_world
+
+    return build_world(tmp_path_factory)
+
+
+@pytest.fixture
+def fresh_bucket(s3_settings: StorageSettings) -> StorageSettings:
+    """`s3_settings` pointing at a new, empty bucket on the session's moto server."""
+    from tests.loop_world import new_bucket
+
+    return new_bucket(s3_settings)

@@ -22,6 +22,7 @@ from aads.data.ingest import ingest, write_ingest_outputs
 from aads.data.synth import synthesize
 from aads.ood import UNKNOWN, OODError, load_detector
 from aads.ood.calibrate import adapter_features, calibrate_package, ood_rows
+from aads.ood.reference import MAX_ROWS, load_reference_features, reference_sample
 
 TINY = {"source": "random:tiny", "image_size": 32}
 SPEC = {
@@ -79,6 +80,26 @@ def test_calibration_is_stored_in_the_package_and_checksummed(calibrated):
     sums = verify_package(pkg)
     for name in ("calibration.json", "calibration.safetensors", "roc.png", "roc.json"):
         assert f"ood/{name}" in sums
+
+
+def test_calibration_keeps_its_validation_features_as_drift_reference(calibrated, dataset):
+    pkg, _ = calibrated
+    root, rows, _ = dataset
+    assert "ood/reference_features.safetensors" in verify_package(pkg)
+    reference = load_reference_features(pkg / "ood")
+    adapter = load_adapter(pkg)
+    validation = ood_rows(rows, adapter.meta).calibration
+    expected = adapter_features(adapter, validation, root).features
+    assert reference.dtype == np.float32 and reference.shape == expected.shape
+    np.testing.assert_allclose(reference, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_sample_is_bounded_seeded_and_in_row_order():
+    features = np.arange(2000 * 3, dtype=np.float64).reshape(2000, 3)
+    sample = reference_sample(features)
+    assert sample.shape == (MAX_ROWS, 3) and sample.dtype == np.float32
+    assert np.array_equal(sample, reference_sample(features))
+    assert np.all(np.diff(sample[:, 0]) > 0)
 
 
 def test_package_metadata_names_the_method_and_the_data(calibrated):

@@ -28,6 +28,7 @@ from aads.data.manifest import ManifestRow
 from aads.ood.detector import OODDetector, fit_detector, save_detector
 from aads.ood.evaluation import leave_one_class_out, ood_metrics, operating_point, save_roc
 from aads.ood.mahalanobis import OODError
+from aads.ood.reference import reference_sample, save_reference_features
 from aads.progress import Progress
 
 FAR_OOD_LIMIT = 400
@@ -114,6 +115,8 @@ class CalibrationResult:
     metrics: dict[str, float]
     loco: dict[str, dict[str, float]] = field(default_factory=dict)
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    reference: np.ndarray | None = None  # drift's reference: a sample of calibration features
+    reference_total: int = 0
 
 
 def calibrate_features(
@@ -164,7 +167,8 @@ def calibrate_features(
             f"loco_{k}": v for k, v in loco_metrics["mean"].items() if not k.startswith("n_")
         }
     detector.record.evaluation = metrics
-    return CalibrationResult(detector, metrics, loco_metrics, curves)
+    reference = reference_sample(cal.features)
+    return CalibrationResult(detector, metrics, loco_metrics, curves, reference, len(cal.features))
 
 
 def package_features(
@@ -226,13 +230,16 @@ def calibrate_package(
 
 
 def write_calibration(pkg_dir: Path, result: CalibrationResult) -> None:
-    """Store detector + ROC in the package's ``ood/`` and a summary in ``adapter.json``."""
+    """Store detector + ROC (+ the reference feature sample drift monitoring compares with) in
+    the package's ``ood/`` and a summary in ``adapter.json``."""
 
     def change(staging: Path, meta: AdapterMeta) -> AdapterMeta:
         ood_dir = staging / OOD_DIR
         save_detector(result.detector, ood_dir)
         if result.curves:
             save_roc(result.curves, ood_dir, ROC_NAME, f"{meta.crop}: OOD ROC")
+        if result.reference is not None:
+            save_reference_features(ood_dir, result.reference, result.reference_total)
         s = result.detector.record.settings
         meta.ood = {
             "method": f"mahalanobis/{s.covariance}/{s.feature_space}"
