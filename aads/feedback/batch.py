@@ -32,13 +32,13 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
+from aads.atomic import atomic_dir
 from aads.backbone import ImageDecodeError, open_image
 from aads.capture.records import CaptureStore
 from aads.config import BASE_DOMAIN, SLUG, StorageSettings
 from aads.data.layout import slugify
 from aads.errors import BadInput
 from aads.feedback.labelstudio import read_export, task_label
-from aads.feedback.staging import staged_dir
 from aads.storage import StorageError, open_store, sha256_file
 from aads.tasks import TaskSpec, write_task
 
@@ -195,7 +195,7 @@ def build_batches(
     if drop_known:
         left_out["known_class"] += len(known_items)
         items = [i for i in items if i.label not in known]
-    with staged_dir(out) as staging:
+    with atomic_dir(out) as staging:
         written = _fetch_all(items, staging / ".incoming", left_out)
         if not written:
             counts = ", ".join(f"{k} {v}" for k, v in sorted(left_out.items()) if v) or "none"

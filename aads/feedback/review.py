@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aads.atomic import atomic_write_text
+from aads.atomic import atomic_dir, atomic_write_text
 from aads.capture.features import answering_adapter, image_features
 from aads.capture.records import CaptureRecord, CaptureStore, open_capture_store
 from aads.config import PlatformConfig
@@ -34,7 +34,6 @@ from aads.errors import BadInput, NotFound
 from aads.feedback.clusters import MAX_CLUSTERS, cluster_features
 from aads.feedback.labelstudio import labeling_config, task
 from aads.feedback.sheets import contact_sheet
-from aads.feedback.staging import staged_dir
 from aads.progress import Progress
 
 MAX_IMAGES = 2000
@@ -116,7 +115,7 @@ def review_unknowns(
     assert adapter.ood is not None
     model = f"{answering.source} / aads feedback review {datetime.now(UTC):%Y-%m-%d}"
     summaries, tasks = [], []
-    with tempfile.TemporaryDirectory(prefix="aads-review-") as scratch, staged_dir(out) as staging:
+    with tempfile.TemporaryDirectory(prefix="aads-review-") as scratch, atomic_dir(out) as staging:
         files = target.download(records, Path(scratch))
         left_out["image_missing"] = sum(f is None for f in files)
         present = [(r, f) for r, f in zip(records, files, strict=True) if f is not None]
