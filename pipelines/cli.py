@@ -12,12 +12,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from aads.cli import ConfigOpt, _fail, reports_errors
+from aads.cli import ConfigOpt, ProductionConfigOpt, _fail, config_path, reports_errors
+from aads.cli_output import key_table, print_table
 
 app = typer.Typer(help="Compile, run locally, or submit the KFP training pipeline.")
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def git_sha(repo: Path = Path(".")) -> str:
@@ -58,7 +58,7 @@ PhasesOpt = Annotated[
 @reports_errors
 def run_cmd(
     data: Annotated[str, typer.Option(help="image folder or s3://bucket/prefix")],
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     local: Annotated[bool, typer.Option("--local", help="run here with kfp.local")] = True,
     crop: CropsOpt = None,
     phase: PhasesOpt = None,
@@ -74,7 +74,7 @@ def run_cmd(
         raise typer.BadParameter("only --local runs here; use `aads pipeline submit` for KFP")
     run = _run_quietly(
         workdir,
-        config.read_text(encoding="utf-8"),
+        config_path(config).read_text(encoding="utf-8"),
         data,
         crops=crop,
         phases=phase,
@@ -98,7 +98,7 @@ def _run_quietly(workdir: Path, config_text: str, data: str, **options):  # noqa
 
 
 def print_summary(run) -> None:  # noqa: ANN001 - pipelines.local.LocalRun
-    table = Table(
+    table = key_table(
         "model",
         "accuracy",
         "retention",
@@ -135,7 +135,7 @@ def print_summary(run) -> None:  # noqa: ANN001 - pipelines.local.LocalRun
             _gate(c.passed) + ("" if c.passed or not c.gate else f" ({c.gate})"),
             _version(c.version),
         )
-    console.print(table)
+    print_table(console, table)
     console.print(f"MLflow used by the run: {run.tracking_uri}")
 
 
@@ -155,7 +155,7 @@ def _gate(passed: bool | None) -> str:
 @app.command("demo")
 @reports_errors
 def demo_cmd(
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     workdir: Annotated[Path, typer.Option(help="data, run outputs, MLflow")] = Path(
         ".aads/pipeline-demo"
     ),
@@ -166,6 +166,7 @@ def demo_cmd(
     from aads.data.synth import synthesize
     from aads.mlflow_server import local_mlflow_server, server_command
 
+    config = config_path(config)
     cfg = load_config(config)
     text = config.read_text(encoding="utf-8")
     data = workdir / "data"
@@ -239,14 +240,11 @@ def upload_cmd(
 ) -> None:
     """Publish the training pipeline to KFP as a new version (kept if it already exists), so
     users can start runs from the UI. The chart's upload Job runs this."""
-    from pipelines.submit import SubmitError, upload
+    from pipelines.submit import upload
     from pipelines.training import PIPELINE_NAME
 
     name = version_name or f"{PIPELINE_NAME}-{git_sha()[:12] or 'dev'}"
-    try:
-        pipeline_id, version_id, created = upload(host, name, namespace=namespace)
-    except SubmitError as err:
-        _fail(err, 3)
+    pipeline_id, version_id, created = upload(host, name, namespace=namespace)  # down: exit 3
     state = "uploaded" if created else "already there"
     console.print(
         f"{PIPELINE_NAME} version {name} {state}: pipeline {pipeline_id}, version {version_id}"
@@ -260,27 +258,24 @@ def submit_cmd(
         str, typer.Option(help="KFP API endpoint, e.g. https://kubeflow.example/pipeline")
     ],
     data: Annotated[str, typer.Option(help="s3://bucket/prefix of the images")],
-    config: ConfigOpt = Path("config/production.yaml"),
+    config: ProductionConfigOpt = None,
     crop: CropsOpt = None,
     phase: PhasesOpt = None,
     experiment: Annotated[str, typer.Option(help="KFP experiment")] = "aads",
     namespace: Annotated[str | None, typer.Option(help="KFP namespace (multi-user)")] = None,
 ) -> None:
     """Upload a pipeline version (named after the git commit) and start a run; print its URL."""
-    from pipelines.submit import SubmitError, submit
+    from pipelines.submit import submit
 
-    text = config.read_text(encoding="utf-8")
-    try:
-        url = submit(
-            host,
-            text,
-            data,
-            crops=crop,
-            phases=phase,
-            experiment=experiment,
-            namespace=namespace,
-            git_sha=git_sha(),
-        )
-    except SubmitError as err:
-        _fail(err, 3)
+    text = config_path(config, "production.yaml").read_text(encoding="utf-8")
+    url = submit(  # KFP down or refusing: SubmitError (Unavailable), exit 3
+        host,
+        text,
+        data,
+        crops=crop,
+        phases=phase,
+        experiment=experiment,
+        namespace=namespace,
+        git_sha=git_sha(),
+    )
     console.print(f"run: {url}")
