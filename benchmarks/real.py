@@ -21,6 +21,16 @@ sample has enough classes) at the demo's 64 px and at 128 px (`--sizes`). For ea
   same classes at once, regularisation C picked on the validation split, scored on the same
   test split. It sees every class jointly, which the rehearsal-free pipeline never does.
 
+Three comparisons, each pipeline part against the probe that does its job:
+
+- **router** vs a crop probe (LR over the 4 crops on the router backbone's features);
+- **adapter** (given the true crop) vs the per-crop probe over that crop's known classes;
+- **end to end** per crop: each test image routed by the trained router (`CropRouter.route`)
+  and answered by the routed crop's adapter (`LoadedAdapter.verdicts`), as served; correct
+  when both crop and class are; vs a flat probe over every (crop, class) of the config.
+  ``answered`` also counts an image the router or the adapter rejects as unknown as wrong (the
+  price of the OOD check on in-distribution images); ``top1`` uses the head's class.
+
 The backbone is the demo's ``synthetic:mini`` stand-in (4 blocks, pretrained in code on
 synthetic plants of other crops), not DINOv3: the real weights cannot be downloaded here.
 Absolute accuracies are therefore far below what DINOv3 features give on PlantVillage (linear
@@ -47,13 +57,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from aads.backbone import load_backbone
+from aads.adapters.loading import load_adapter
+from aads.backbone import load_backbone, preprocess_batch
 from aads.config import BASE_DOMAIN, PlatformConfig, load_config
 from aads.data.ingest import load_ingest_summary
 from aads.data.manifest import ManifestRow, read_manifest, select
 from aads.data.samples import plantvillage_sample
 from aads.demo import run_demo
 from aads.features import FeatureTable, extract_manifest_features
+from aads.router import load_router
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine  # noqa: E402
@@ -86,13 +98,8 @@ def _split(rows: list[ManifestRow], crop: str, classes: list[str], split: str):
     return select(rows, crop=crop, split=split, domain=BASE_DOMAIN, labels=classes)
 
 
-def probe(
-    table: FeatureTable, rows: list[ManifestRow], crop: str, classes: list[str]
-) -> dict[str, Any]:
-    """Logistic regression on frozen features: C by validation accuracy, scored on test."""
-    parts = {s: _split(rows, crop, classes, s) for s in ("train", "val", "test")}
-    x = {s: table.take([r.sha256 for r in p]).numpy() for s, p in parts.items()}
-    y = {s: np.array([classes.index(r.label) for r in p]) for s, p in parts.items()}
+def fit_probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray]):
+    """Logistic regression on standardised features, C by validation accuracy."""
 
     def fitted(c: float):
         model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
@@ -100,15 +107,88 @@ def probe(
 
     scores = {c: float((fitted(c).predict(x["val"]) == y["val"]).mean()) for c in PROBE_C}
     best = max(PROBE_C, key=lambda c: (scores[c], -c))
-    correct = int((fitted(best).predict(x["test"]) == y["test"]).sum())
-    n = len(y["test"])
-    return {
-        "accuracy": correct / n,
-        "ci95": wilson(correct, n),
-        "n_test": n,
-        "n_train": len(y["train"]),
-        "C": best,
-    }
+    return fitted(best), best
+
+
+def scored(correct: int, n: int, **extra: Any) -> dict[str, Any]:
+    accuracy = correct / n if n else math.nan
+    return {"accuracy": accuracy, "ci95": wilson(correct, n), "n_test": n, **extra}
+
+
+def probe(
+    table: FeatureTable, rows: list[ManifestRow], crop: str, classes: list[str]
+) -> dict[str, Any]:
+    """The per-crop floor: LR over `classes` on the crop's base-domain images."""
+    parts = {s: _split(rows, crop, classes, s) for s in ("train", "val", "test")}
+    x = {s: table.take([r.sha256 for r in p]).numpy() for s, p in parts.items()}
+    y = {s: np.array([classes.index(r.label) for r in p]) for s, p in parts.items()}
+    model, c = fit_probe(x, y)
+    correct = int((model.predict(x["test"]) == y["test"]).sum())
+    return scored(correct, len(y["test"]), n_train=len(y["train"]), C=c)
+
+
+def known_rows(config: PlatformConfig, rows: list[ManifestRow], split: str) -> list[ManifestRow]:
+    """Base-domain `split` images of every crop's known (trained) classes."""
+    return [
+        r
+        for r in select(rows, split=split, domain=BASE_DOMAIN)
+        if r.label in config.crop(r.crop).known_classes
+    ]
+
+
+def flat_probes(
+    config: PlatformConfig, table: FeatureTable, rows: list[ManifestRow]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The router's floor (LR over crops) and the end-to-end floor per crop (LR over every
+    (crop, class) pair), both on the router backbone's features."""
+    parts = {s: known_rows(config, rows, s) for s in ("train", "val", "test")}
+    x = {s: table.take([r.sha256 for r in p]).numpy() for s, p in parts.items()}
+    crop_y = {s: np.array([r.crop for r in p]) for s, p in parts.items()}
+    model, c = fit_probe(x, crop_y)
+    router_floor = scored(int((model.predict(x["test"]) == crop_y["test"]).sum()), len(x["test"]))
+    pair_y = {s: np.array([f"{r.crop}/{r.label}" for r in p]) for s, p in parts.items()}
+    model, c = fit_probe(x, pair_y)
+    hit = model.predict(x["test"]) == pair_y["test"]
+    per_crop = {}
+    for spec in config.crops:
+        mine = crop_y["test"] == spec.name
+        per_crop[spec.name] = scored(int(hit[mine].sum()), int(mine.sum()), C=c)
+    return {**router_floor, "C": c}, per_crop
+
+
+def end_to_end(
+    config: PlatformConfig, summary: dict, rows: list[ManifestRow], sample: Path
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Route every known-class test image with the trained router, answer it with the routed
+    crop's adapter: router accuracy, and per true crop top-1 and answered accuracy."""
+    test = known_rows(config, rows, "test")
+    router = load_router(Path(summary["router"]))
+    routes = router.route([sample / r.path for r in test])
+    adapters = {c: load_adapter(Path(p)) for c, p in summary["adapters"].items()}
+    answers: list[tuple[str, str, bool]] = [("", "", True)] * len(test)  # (crop, class, ood)
+    for crop, adapter in adapters.items():
+        idx = [i for i, d in enumerate(routes) if d.crop == crop]
+        if not idx:
+            continue
+        bb = adapter.backbone
+        paths = [sample / test[i].path for i in idx]
+        pixels = preprocess_batch(paths, bb.image_size, bb.normalization)
+        for i, v in zip(idx, adapter.verdicts(pixels), strict=True):
+            answers[i] = (crop, v.predicted_class, routes[i].is_ood or v.is_ood)
+    routed = sum(d.crop == r.crop for d, r in zip(routes, test, strict=True))
+    per_crop = {}
+    for spec in config.crops:
+        mine = [i for i, r in enumerate(test) if r.crop == spec.name]
+        top1 = sum(answers[i][:2] == (test[i].crop, test[i].label) for i in mine)
+        answered = sum(
+            answers[i][:2] == (test[i].crop, test[i].label) and not answers[i][2] for i in mine
+        )
+        per_crop[spec.name] = {
+            "top1": scored(top1, len(mine)),
+            "answered": scored(answered, len(mine)),
+            "rejected_as_unknown": sum(answers[i][2] for i in mine),
+        }
+    return scored(routed, len(test)), per_crop
 
 
 def pipeline_accuracy(metrics: dict[str, float]) -> tuple[float, str]:
@@ -118,17 +198,25 @@ def pipeline_accuracy(metrics: dict[str, float]) -> tuple[float, str]:
     raise KeyError("no test accuracy in the package metrics")
 
 
-def run_size(config: PlatformConfig, sample: Path, workdir: Path, size: int) -> dict[str, Any]:
+def run_size(
+    config: PlatformConfig, sample: Path, workdir: Path, size: int, *, reuse: bool = False
+) -> dict[str, Any]:
     config = sized(config, size)
     print(f"== {size} px: backbone (pretrained once per size, then cached)", flush=True)
     start = time.perf_counter()
     backbone = load_backbone(config.adapter.backbone, config.storage)
     backbone_seconds = time.perf_counter() - start
 
-    print(f"== {size} px: pipeline (aads.demo.run_demo on {sample})", flush=True)
-    start = time.perf_counter()
-    summary = run_demo(config, workdir / f"{size}px", data=sample)
-    pipeline_seconds = time.perf_counter() - start
+    done = workdir / f"{size}px" / "demo-summary.json"
+    if reuse and done.is_file():
+        print(f"== {size} px: pipeline already run, reusing {done}", flush=True)
+        summary = json.loads(done.read_text())
+        pipeline_seconds = sum(step["seconds"] for step in summary["steps"])
+    else:
+        print(f"== {size} px: pipeline (aads.demo.run_demo on {sample})", flush=True)
+        start = time.perf_counter()
+        summary = run_demo(config, workdir / f"{size}px", data=sample)
+        pipeline_seconds = time.perf_counter() - start
     rows = read_manifest(Path(summary["manifest"]))
     ingest = load_ingest_summary(Path(summary["manifest"]).parent)
 
@@ -139,6 +227,8 @@ def run_size(config: PlatformConfig, sample: Path, workdir: Path, size: int) -> 
 
     steps = summary["steps"]
     router = next(s for s in steps if s["name"] == "train router")
+    router_floor, flat_floor = flat_probes(config, table, rows)
+    router_e2e, e2e = end_to_end(config, summary, rows, sample)
     crops: dict[str, Any] = {}
     for spec in config.crops:
         metrics = summary["metrics"][spec.name]
@@ -168,6 +258,8 @@ def run_size(config: PlatformConfig, sample: Path, workdir: Path, size: int) -> 
             "probe": {**floor, "seconds": probe_seconds},
             "probe_phase1_classes": probe_p1,
             "pipeline_minus_probe": acc - floor["accuracy"],
+            "end_to_end": e2e[spec.name],
+            "flat_probe": flat_floor[spec.name],
         }
         print(
             f"{spec.name:8s} pipeline {acc:.3f} probe {floor['accuracy']:.3f} "
@@ -182,7 +274,11 @@ def run_size(config: PlatformConfig, sample: Path, workdir: Path, size: int) -> 
             k: ingest[k]
             for k in ("images", "rejected", "rejects_by_reason", "unused_images", "phases")
         },
-        "router": {k: v for k, v in router.items() if k.startswith("test_")},
+        "router": {
+            **{k: v for k, v in router.items() if k.startswith("test_")},
+            "routed_correctly": router_e2e,
+            "probe": router_floor,
+        },
         "crops": crops,
         "seconds": {
             "backbone_load": backbone_seconds,
@@ -196,37 +292,45 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
 
+def _acc(result: dict[str, Any]) -> str:
+    lo, hi = result["ci95"]
+    return f"{_fmt(result['accuracy'])} [{lo:.2f}, {hi:.2f}]"
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Real images: pipeline vs linear probe (PlantVillage sample)",
         "",
-        f"`benchmarks/real.py` on {result['sample']} with `config/plantvillage.yaml`, backbone "
+        f"`benchmarks/real.py` on {result['sample']} with `{result['config']}`, backbone "
         f"`{result['backbone']}` (a stand-in, not DINOv3), {result['machine']['cpu_count']} "
-        f"CPU cores, load {result['machine']['load_average_1m']}.",
+        f"CPU cores, load {result['machine']['load_average_1m']} at the end. Accuracy with its "
+        "95 % Wilson interval; n = test images.",
         "",
     ]
     for run in result["runs"]:
-        s = run["seconds"]
+        s, r = run["seconds"], run["router"]
         lines += [
             f"## {run['image_size']} px",
             "",
-            f"{run['images']} images kept ({run['ingest']['rejects_by_reason']} rejected). "
-            f"Router crop accuracy {_fmt(run['router'].get('test_crop_accuracy'))}. Pipeline "
-            f"{s['pipeline']:.0f} s, probe features {s['probe_features']:.0f} s.",
+            f"{run['images']} images kept (rejected: {run['ingest']['rejects_by_reason']}). "
+            f"Pipeline {s['pipeline']:.0f} s (router, every crop's phases and OOD "
+            f"calibration), probe features {s['probe_features']:.0f} s.",
             "",
-            "| crop | classes | pipeline acc. [95 % CI] | probe acc. [95 % CI] | n test | "
-            "phase 1 / probe (phase-1 classes) | retention | OOD AUROC near / loco / far | "
-            "pipeline s |",
-            "|---|---:|---|---|---:|---|---:|---|---:|",
+            f"Router: crop accuracy {_acc(r['routed_correctly'])} (n "
+            f"{r['routed_correctly']['n_test']}) vs crop probe {_acc(r['probe'])}.",
+            "",
+            "| crop | classes | adapter (true crop) | probe | phase 1 / its probe | "
+            "retention | end to end top-1 | answered (OOD on) | flat probe | "
+            "OOD AUROC near / loco / far | s |",
+            "|---|---:|---|---|---|---:|---|---|---|---|---:|",
         ]
         for crop, c in run["crops"].items():
-            p, f, f1 = c["pipeline"], c["probe"], c["probe_phase1_classes"]
+            p, f, f1, e = c["pipeline"], c["probe"], c["probe_phase1_classes"], c["end_to_end"]
             lines.append(
-                f"| {crop} | {len(c['classes'])} | {p['accuracy']:.3f} "
-                f"[{p['ci95'][0]:.2f}, {p['ci95'][1]:.2f}] | {f['accuracy']:.3f} "
-                f"[{f['ci95'][0]:.2f}, {f['ci95'][1]:.2f}] | {p['n_test']} | "
-                f"{_fmt(p['phase1_accuracy'])} / {f1['accuracy']:.3f} | "
-                f"{_fmt(p['phase2_retention'])} | {_fmt(p['ood_near_auroc'])} / "
+                f"| {crop} | {len(c['classes'])} | {_acc(p)} (n {p['n_test']}) | {_acc(f)} | "
+                f"{_fmt(p['phase1_accuracy'])} / {_fmt(f1['accuracy'])} | "
+                f"{_fmt(p['phase2_retention'])} | {_acc(e['top1'])} | {_acc(e['answered'])} | "
+                f"{_acc(c['flat_probe'])} | {_fmt(p['ood_near_auroc'])} / "
                 f"{_fmt(p['ood_loco_auroc'])} / {_fmt(p['ood_far_auroc'])} | "
                 f"{p['seconds']:.0f} |"
             )
@@ -241,13 +345,16 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=ROOT / ".aads" / "bench-real")
     parser.add_argument("--out", type=Path, default=RESULTS / "real.json")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument(
+        "--reuse", action="store_true", help="re-score a finished pipeline run in --workdir"
+    )
     args = parser.parse_args()
     sample, looked = plantvillage_sample()
     if sample is None:
         raise SystemExit(f"PlantVillage sample not found (looked at {looked})")
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
-    runs = [run_size(config, sample, args.workdir, size) for size in args.sizes]
+    runs = [run_size(config, sample, args.workdir, s, reuse=args.reuse) for s in args.sizes]
     result = {
         "benchmark": "real",
         "sample": str(sample),
