@@ -48,6 +48,8 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +78,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 PROBE_C = (0.01, 0.1, 1.0, 10.0)
 
 
-def sized(config: PlatformConfig, size: int) -> PlatformConfig:
-    """The config with router and adapter backbones at `size` px."""
-    router = config.router.model_copy(update={"image_size": size})
-    backbone = config.adapter.backbone.model_copy(update={"image_size": size})
+def sized(config: PlatformConfig, size: int, source: str | None = None) -> PlatformConfig:
+    """The config with router and adapter backbones at `size` px (and from `source`)."""
+    update: dict[str, Any] = {"image_size": size} | ({"source": source} if source else {})
+    router = config.router.model_copy(update=update)
+    backbone = config.adapter.backbone.model_copy(update=update)
     adapter = config.adapter.model_copy(update={"backbone": backbone})
     return config.model_copy(update={"router": router, "adapter": adapter})
 
@@ -198,16 +201,58 @@ def pipeline_accuracy(metrics: dict[str, float]) -> tuple[float, str]:
     raise KeyError("no test accuracy in the package metrics")
 
 
+def pretrained_at(config: PlatformConfig, size: int) -> str:
+    """The local folder of the ``synthetic:`` backbone pretrained at `size` px (pretrained now
+    if missing), to load at another input size as a plain local-directory source."""
+    from aads.backbone.synthetic import ensure_synthetic_backbone
+
+    bb = config.adapter.backbone
+    preset = bb.source.removeprefix("synthetic:")
+    return str(ensure_synthetic_backbone(preset, bb.seed, size, config.storage.cache_dir))
+
+
+VARIANTS = ("lp-ft", "random-head")
+"""``lp-ft``: the product (phase 1's head starts as a probe on the frozen features);
+``random-head``: the ablation, phase 1's head starts random (the code before LP-FT)."""
+
+
+@contextmanager
+def variant(name: str) -> Iterator[None]:
+    """Run the pipeline as the product does, or with the `random-head` ablation."""
+    if name == "lp-ft":
+        yield
+        return
+    import aads.adapters.phases.phase1 as phase1
+
+    saved = phase1.start_head_from_probe
+    phase1.start_head_from_probe = lambda *args, **kwargs: math.nan  # head keeps its random init
+    try:
+        yield
+    finally:
+        phase1.start_head_from_probe = saved
+
+
 def run_size(
-    config: PlatformConfig, sample: Path, workdir: Path, size: int, *, reuse: bool = False
+    config: PlatformConfig,
+    sample: Path,
+    workdir: Path,
+    size: int,
+    *,
+    seed: int = 0,
+    variant_name: str = "lp-ft",
+    reuse: bool = False,
+    weights_from: int | None = None,
 ) -> dict[str, Any]:
-    config = sized(config, size)
-    print(f"== {size} px: backbone (pretrained once per size, then cached)", flush=True)
+    source = pretrained_at(config, weights_from) if weights_from not in (None, size) else None
+    config = sized(config, size, source)
+    config = config.model_copy(update={"data": config.data.model_copy(update={"split_seed": seed})})
+    workdir = workdir / f"{size}px-seed{seed}-{variant_name}"
+    print(f"== {size} px, split seed {seed}, {variant_name}: backbone", flush=True)
     start = time.perf_counter()
     backbone = load_backbone(config.adapter.backbone, config.storage)
     backbone_seconds = time.perf_counter() - start
 
-    done = workdir / f"{size}px" / "demo-summary.json"
+    done = workdir / "demo-summary.json"
     if reuse and done.is_file():
         print(f"== {size} px: pipeline already run, reusing {done}", flush=True)
         summary = json.loads(done.read_text())
@@ -215,7 +260,8 @@ def run_size(
     else:
         print(f"== {size} px: pipeline (aads.demo.run_demo on {sample})", flush=True)
         start = time.perf_counter()
-        summary = run_demo(config, workdir / f"{size}px", data=sample)
+        with variant(variant_name):
+            summary = run_demo(config, workdir, data=sample)
         pipeline_seconds = time.perf_counter() - start
     rows = read_manifest(Path(summary["manifest"]))
     ingest = load_ingest_summary(Path(summary["manifest"]).parent)
@@ -269,6 +315,9 @@ def run_size(
         )
     return {
         "image_size": size,
+        "split_seed": seed,
+        "variant": variant_name,
+        "backbone_source": config.adapter.backbone.source,
         "images": len(rows),
         "ingest": {
             k: ingest[k]
@@ -297,42 +346,92 @@ def _acc(result: dict[str, Any]) -> str:
     return f"{_fmt(result['accuracy'])} [{lo:.2f}, {hi:.2f}]"
 
 
+def _pool(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Accuracies of several test splits as one: correct and n summed."""
+    correct = sum(round(p["accuracy"] * p["n_test"]) for p in parts)
+    return scored(correct, sum(p["n_test"] for p in parts), splits=len(parts))
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else None
+
+
+def pooled(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per image size and variant, every split seed's test images pooled (n x seeds), and the
+    seeds on which the pipeline part was at or above its probe."""
+    out = []
+    for size, name in dict.fromkeys((r["image_size"], r["variant"]) for r in runs):
+        group = [r for r in runs if (r["image_size"], r["variant"]) == (size, name)]
+        crops = {}
+        for crop in group[0]["crops"]:
+            cs = [r["crops"][crop] for r in group]
+            crops[crop] = {
+                "adapter": _pool([c["pipeline"] for c in cs]),
+                "probe": _pool([c["probe"] for c in cs]),
+                "adapter_at_or_above_probe": sum(
+                    c["pipeline"]["accuracy"] >= c["probe"]["accuracy"] for c in cs
+                ),
+                "end_to_end_top1": _pool([c["end_to_end"]["top1"] for c in cs]),
+                "end_to_end_answered": _pool([c["end_to_end"]["answered"] for c in cs]),
+                "flat_probe": _pool([c["flat_probe"] for c in cs]),
+                "phase1": _mean([c["pipeline"]["phase1_accuracy"] for c in cs]),
+                "phase1_probe": _mean([c["probe_phase1_classes"]["accuracy"] for c in cs]),
+                "retention": _mean([c["pipeline"]["phase2_retention"] for c in cs]),
+                **{
+                    k: _mean([c["pipeline"][k] for c in cs])
+                    for k in ("ood_near_auroc", "ood_loco_auroc", "ood_far_auroc")
+                },
+                "seconds": _mean([c["pipeline"]["seconds"] for c in cs]),
+            }
+        out.append(
+            {
+                "image_size": size,
+                "variant": name,
+                "seeds": [r["split_seed"] for r in group],
+                "router": _pool([r["router"]["routed_correctly"] for r in group]),
+                "router_probe": _pool([r["router"]["probe"] for r in group]),
+                "pipeline_seconds": _mean([r["seconds"]["pipeline"] for r in group]),
+                "crops": crops,
+            }
+        )
+    return out
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Real images: pipeline vs linear probe (PlantVillage sample)",
         "",
         f"`benchmarks/real.py` on {result['sample']} with `{result['config']}`, backbone "
         f"`{result['backbone']}` (a stand-in, not DINOv3), {result['machine']['cpu_count']} "
-        f"CPU cores, load {result['machine']['load_average_1m']} at the end. Accuracy with its "
-        "95 % Wilson interval; n = test images.",
+        f"CPU cores, load {result['machine']['load_average_1m']} at the end. Each accuracy pools "
+        "the test images of every split seed (n = test images x seeds), with its 95 % Wilson "
+        "interval; OOD AUROCs and retention are means over seeds. `lp-ft` is the product, "
+        "`random-head` the ablation (phase 1's head starts random, as before LP-FT).",
         "",
     ]
-    for run in result["runs"]:
-        s, r = run["seconds"], run["router"]
+    for g in result["pooled"]:
         lines += [
-            f"## {run['image_size']} px",
+            f"## {g['image_size']} px, {g['variant']} (split seeds {g['seeds']})",
             "",
-            f"{run['images']} images kept (rejected: {run['ingest']['rejects_by_reason']}). "
-            f"Pipeline {s['pipeline']:.0f} s (router, every crop's phases and OOD "
-            f"calibration), probe features {s['probe_features']:.0f} s.",
+            f"Pipeline {g['pipeline_seconds']:.0f} s per run (router, every crop's phases, OOD "
+            f"calibration). Router: crop accuracy {_acc(g['router'])} vs crop probe "
+            f"{_acc(g['router_probe'])} (n {g['router']['n_test']}).",
             "",
-            f"Router: crop accuracy {_acc(r['routed_correctly'])} (n "
-            f"{r['routed_correctly']['n_test']}) vs crop probe {_acc(r['probe'])}.",
-            "",
-            "| crop | classes | adapter (true crop) | probe | phase 1 / its probe | "
-            "retention | end to end top-1 | answered (OOD on) | flat probe | "
+            "| crop | adapter (true crop) | probe | seeds adapter >= probe | phase 1 / its probe |"
+            " retention | end to end top-1 | answered (OOD on) | flat probe | "
             "OOD AUROC near / loco / far | s |",
-            "|---|---:|---|---|---|---:|---|---|---|---|---:|",
+            "|---|---|---|---:|---|---:|---|---|---|---|---:|",
         ]
-        for crop, c in run["crops"].items():
-            p, f, f1, e = c["pipeline"], c["probe"], c["probe_phase1_classes"], c["end_to_end"]
+        for crop, c in g["crops"].items():
             lines.append(
-                f"| {crop} | {len(c['classes'])} | {_acc(p)} (n {p['n_test']}) | {_acc(f)} | "
-                f"{_fmt(p['phase1_accuracy'])} / {_fmt(f1['accuracy'])} | "
-                f"{_fmt(p['phase2_retention'])} | {_acc(e['top1'])} | {_acc(e['answered'])} | "
-                f"{_acc(c['flat_probe'])} | {_fmt(p['ood_near_auroc'])} / "
-                f"{_fmt(p['ood_loco_auroc'])} / {_fmt(p['ood_far_auroc'])} | "
-                f"{p['seconds']:.0f} |"
+                f"| {crop} | {_acc(c['adapter'])} (n {c['adapter']['n_test']}) | "
+                f"{_acc(c['probe'])} | {c['adapter_at_or_above_probe']}/{len(g['seeds'])} | "
+                f"{_fmt(c['phase1'])} / {_fmt(c['phase1_probe'])} | {_fmt(c['retention'])} | "
+                f"{_acc(c['end_to_end_top1'])} | {_acc(c['end_to_end_answered'])} | "
+                f"{_acc(c['flat_probe'])} | {_fmt(c['ood_near_auroc'])} / "
+                f"{_fmt(c['ood_loco_auroc'])} / {_fmt(c['ood_far_auroc'])} | "
+                f"{c['seconds']:.0f} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -348,26 +447,69 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="re-score a finished pipeline run in --workdir"
     )
+    parser.add_argument("--seeds", type=int, default=3, help="split seeds 0..N-1 per size")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument(
+        "--weights-from",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="use the synthetic backbone pretrained at PX px for every size (default: "
+        "pretrain one per size, as a config with that image_size does)",
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="write --out from the runs of earlier result files (e.g. sizes run in parallel)",
+    )
     args = parser.parse_args()
+    if args.merge:
+        parts = [json.loads(path.read_text()) for path in args.merge]
+        result = {**parts[0], "runs": [run for part in parts for run in part["runs"]]}
+        result["pooled"] = pooled(result["runs"])
+        write(result, args.out)
+        return
     sample, looked = plantvillage_sample()
     if sample is None:
         raise SystemExit(f"PlantVillage sample not found (looked at {looked})")
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
-    runs = [run_size(config, sample, args.workdir, s, reuse=args.reuse) for s in args.sizes]
+    runs = [
+        run_size(
+            config,
+            sample,
+            args.workdir,
+            size,
+            seed=seed,
+            variant_name=name,
+            reuse=args.reuse,
+            weights_from=args.weights_from,
+        )
+        for size in args.sizes
+        for name in args.variants
+        for seed in range(args.seeds)
+    ]
     result = {
         "benchmark": "real",
+        "weights_from": args.weights_from,
         "sample": str(sample),
         "config": str(
             args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config
         ),
         "backbone": config.adapter.backbone.source,
         "machine": machine(),
+        "pooled": pooled(runs),
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result) + "\n")
+    write(result, args.out)
+
+
+def write(result: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result) + "\n")
     print(markdown(result))
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -100,6 +101,72 @@ def val_accuracy(
 ) -> Callable[[nn.Module], dict[str, float]]:
     """The loop's `eval_fn` for early stopping: accuracy on `loader`, as ``val_accuracy``."""
     return lambda model: {"val_accuracy": accuracy(*predict(model, loader, device))}
+
+
+PROBE_C = (0.01, 0.1, 1.0, 10.0)
+"""Inverse regularisation strengths tried for the probe a head starts from."""
+
+
+@torch.no_grad()
+def _frozen_features(
+    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    was_training = model.training
+    model.eval()
+    x, y = [], []
+    try:
+        for pixels, labels, _ in loader:
+            x.append(model.features(pixels.to(device)).double().cpu())
+            y.append(labels)
+    finally:
+        model.train(was_training)
+    return torch.cat(x).numpy(), torch.cat(y).numpy()
+
+
+def start_head_from_probe(
+    model: nn.Module,
+    head: nn.Linear,
+    train: torch.utils.data.DataLoader,
+    val: torch.utils.data.DataLoader,
+    device: torch.device,
+) -> float:
+    """Linear probing, then fine-tuning (LP-FT, Kumar et al., ICLR 2022): set `head` to a
+    logistic-regression probe on the not-yet-adapted features before the adapter trains.
+
+    Why: from a random head, the first adapter steps chase the head's errors and distort the
+    pretrained features, and on a few dozen images per class the loop's epochs do not bring a
+    linear head on raw pooled features to convergence (measured on PlantVillage at 64 px: corn's
+    4 classes 0.50 test accuracy after DoRA, 0.69 for a probe on the frozen features). The probe
+    is scikit-learn's, on standardised features, C picked on `val`; the standardisation is folded
+    into the head's weights. Returns the probe's validation accuracy.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x_train, y_train = _frozen_features(model, train, device)
+    x_val, y_val = _frozen_features(model, val, device)
+    if len(np.unique(y_train)) != head.out_features:
+        raise AdapterTrainingError(
+            f"a probe needs images of all {head.out_features} classes in the training split"
+        )
+    scaler = StandardScaler().fit(x_train)
+    z_train, z_val = scaler.transform(x_train), scaler.transform(x_val)
+
+    def probe(c: float) -> LogisticRegression:
+        return LogisticRegression(C=c, max_iter=5000).fit(z_train, y_train)
+
+    scores = {c: float((probe(c).predict(z_val) == y_val).mean()) for c in PROBE_C}
+    best = max(PROBE_C, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
+    fitted = probe(best)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    weight = fitted.coef_ / scale  # logits = W (x - mean) / scale + b
+    bias = fitted.intercept_ - weight @ scaler.mean_
+    if head.out_features == 2 and weight.shape[0] == 1:  # binary: one row, logit of class 1
+        weight = np.vstack([-weight / 2, weight / 2])
+        bias = np.array([-bias[0] / 2, bias[0] / 2])
+    head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
+    head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+    return scores[best]
 
 
 def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
