@@ -47,20 +47,22 @@ def key_table(key: str, *columns: str, title: str | None = None) -> Table:
 
 
 def print_table(console: Console, table: Table) -> None:
-    """Print `table` whole: on a terminal within its width (the key column kept), elsewhere
-    as wide as the content needs."""
-    if console.is_terminal:
-        key = table.columns[0] if table.columns else None
-        if key is not None:
-            key.min_width = max((len(str(c)) for c in key.cells), default=0)
+    """Print `table` whole: on a terminal within its width when every column still fits (the
+    key column at its full width, the others wrapping), else, and on a pipe, as wide as the
+    content needs."""
+    key = table.columns[0] if table.columns else None
+    if key is not None:
+        key.min_width = max((len(str(c)) for c in key.cells), default=0)
+    plain = Console(width=100_000, file=console.file, color_system=None, highlight=False)
+    needed = Measurement.get(plain, plain.options, table)
+    if console.is_terminal and needed.minimum <= console.width:
         console.print(table, soft_wrap=False)
         return
-    plain = Console(width=100_000, file=console.file, color_system=None, highlight=False)
     if table.title:  # on its own line: within the table's width it would wrap
         plain.print(table.title, soft_wrap=True)
         table.title = None
-    width = Measurement.get(plain, plain.options, table).maximum
-    plain.print(table, width=width)
+    out = plain if not console.is_terminal else Console(width=needed.maximum, file=console.file)
+    out.print(table, width=needed.maximum)
 
 
 def _plain(value: Any) -> Any:
