@@ -55,11 +55,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from aads.adapters.loading import load_adapter
+from aads.adapters.phases.common import fit_probe
 from aads.backbone import load_backbone, preprocess_batch
 from aads.config import BASE_DOMAIN, PlatformConfig, load_config
 from aads.data.ingest import load_ingest_summary
@@ -75,7 +73,6 @@ from machine import machine  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config" / "plantvillage.yaml"
 RESULTS = ROOT / "benchmarks" / "results"
-PROBE_C = (0.01, 0.1, 1.0, 10.0)
 
 
 def sized(config: PlatformConfig, size: int, source: str | None = None) -> PlatformConfig:
@@ -101,16 +98,10 @@ def _split(rows: list[ManifestRow], crop: str, classes: list[str], split: str):
     return select(rows, crop=crop, split=split, domain=BASE_DOMAIN, labels=classes)
 
 
-def fit_probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray]):
-    """Logistic regression on standardised features, C by validation accuracy."""
-
-    def fitted(c: float):
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-        return model.fit(x["train"], y["train"])
-
-    scores = {c: float((fitted(c).predict(x["val"]) == y["val"]).mean()) for c in PROBE_C}
-    best = max(PROBE_C, key=lambda c: (scores[c], -c))
-    return fitted(best), best
+def _fit_probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray]):  # noqa: ANN202
+    """The probe phase 1 starts its head from (`fit_probe`): train split, C on val."""
+    model, c, _ = fit_probe(x["train"], y["train"], x["val"], y["val"])
+    return model, c
 
 
 def scored(correct: int, n: int, **extra: Any) -> dict[str, Any]:
@@ -125,7 +116,7 @@ def probe(
     parts = {s: _split(rows, crop, classes, s) for s in ("train", "val", "test")}
     x = {s: table.take([r.sha256 for r in p]).numpy() for s, p in parts.items()}
     y = {s: np.array([classes.index(r.label) for r in p]) for s, p in parts.items()}
-    model, c = fit_probe(x, y)
+    model, c = _fit_probe(x, y)
     correct = int((model.predict(x["test"]) == y["test"]).sum())
     return scored(correct, len(y["test"]), n_train=len(y["train"]), C=c)
 
@@ -147,10 +138,10 @@ def flat_probes(
     parts = {s: known_rows(config, rows, s) for s in ("train", "val", "test")}
     x = {s: table.take([r.sha256 for r in p]).numpy() for s, p in parts.items()}
     crop_y = {s: np.array([r.crop for r in p]) for s, p in parts.items()}
-    model, c = fit_probe(x, crop_y)
+    model, c = _fit_probe(x, crop_y)
     router_floor = scored(int((model.predict(x["test"]) == crop_y["test"]).sum()), len(x["test"]))
     pair_y = {s: np.array([f"{r.crop}/{r.label}" for r in p]) for s, p in parts.items()}
-    model, c = fit_probe(x, pair_y)
+    model, c = _fit_probe(x, pair_y)
     hit = model.predict(x["test"]) == pair_y["test"]
     per_crop = {}
     for spec in config.crops:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from aads.data.manifest import ManifestRow, select
 from aads.errors import BadInput
 from aads.metrics import save_confusion_matrix
 from aads.training import FitResult, make_train_loader
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 
 class AdapterTrainingError(BadInput):
@@ -123,6 +127,27 @@ def _frozen_features(
     return torch.cat(x).numpy(), torch.cat(y).numpy()
 
 
+def fit_probe(
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
+) -> tuple[Pipeline, float, float]:
+    """A linear probe: scikit-learn's LogisticRegression on standardised features, C in
+    `PROBE_C` picked by validation accuracy (ties: the stronger regularisation). Returns the
+    fitted pipeline, its C and its validation accuracy. Phase 1 starts its head from it, and
+    `benchmarks/real.py` measures the pipeline against it."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def probe(c: float) -> Pipeline:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+        return model.fit(x_train, y_train)
+
+    fitted = {c: probe(c) for c in PROBE_C}
+    scores = {c: float((m.predict(x_val) == y_val).mean()) for c, m in fitted.items()}
+    best = max(PROBE_C, key=lambda c: (scores[c], -c))
+    return fitted[best], best, scores[best]
+
+
 def start_head_from_probe(
     model: nn.Module,
     head: nn.Linear,
@@ -130,43 +155,33 @@ def start_head_from_probe(
     val: torch.utils.data.DataLoader,
     device: torch.device,
 ) -> float:
-    """Linear probing, then fine-tuning (LP-FT, Kumar et al., ICLR 2022): set `head` to a
-    logistic-regression probe on the not-yet-adapted features before the adapter trains.
+    """Linear probing, then fine-tuning (LP-FT, Kumar et al., ICLR 2022): set `head` to the
+    `fit_probe` probe on the not-yet-adapted features before the adapter trains.
 
     Why: from a random head, the first adapter steps chase the head's errors and distort the
     pretrained features, and on a few dozen images per class the loop's epochs do not bring a
     linear head on raw pooled features to convergence (measured on PlantVillage at 64 px: corn's
-    4 classes 0.50 test accuracy after DoRA, 0.69 for a probe on the frozen features). The probe
-    is scikit-learn's, on standardised features, C picked on `val`; the standardisation is folded
-    into the head's weights. Returns the probe's validation accuracy.
+    4 classes 0.50 test accuracy after DoRA, 0.69 for a probe on the frozen features). The
+    probe's standardisation is folded into the head's weights. Returns the probe's validation
+    accuracy.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
     x_train, y_train = _frozen_features(model, train, device)
     x_val, y_val = _frozen_features(model, val, device)
     if len(np.unique(y_train)) != head.out_features:
         raise AdapterTrainingError(
             f"a probe needs images of all {head.out_features} classes in the training split"
         )
-    scaler = StandardScaler().fit(x_train)
-    z_train, z_val = scaler.transform(x_train), scaler.transform(x_val)
-
-    def probe(c: float) -> LogisticRegression:
-        return LogisticRegression(C=c, max_iter=5000).fit(z_train, y_train)
-
-    scores = {c: float((probe(c).predict(z_val) == y_val).mean()) for c in PROBE_C}
-    best = max(PROBE_C, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
-    fitted = probe(best)
+    probe, _, val_accuracy = fit_probe(x_train, y_train, x_val, y_val)
+    scaler, regression = probe[0], probe[-1]
     scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    weight = fitted.coef_ / scale  # logits = W (x - mean) / scale + b
-    bias = fitted.intercept_ - weight @ scaler.mean_
+    weight = regression.coef_ / scale  # logits = W (x - mean) / scale + b
+    bias = regression.intercept_ - weight @ scaler.mean_
     if head.out_features == 2 and weight.shape[0] == 1:  # binary: one row, logit of class 1
         weight = np.vstack([-weight / 2, weight / 2])
         bias = np.array([-bias[0] / 2, bias[0] / 2])
     head.weight.copy_(torch.as_tensor(weight, dtype=head.weight.dtype))
     head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
-    return scores[best]
+    return val_accuracy
 
 
 def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
