@@ -1,21 +1,30 @@
 """The `aads` command line: a thin typer shell over the package, with rich tables and progress.
 
-Every command turns the package's typed errors into one clear `error:` line on stderr and a
-non-zero exit code (2: bad input or config; 3: a store or service is down); tracebacks are for
-bugs only.
+Every error is one `error:` line on stderr and an exit code chosen by its kind
+(`aads.errors`): 2 for bad input, a bad config or something that does not exist, 3 for a store
+or server that is down; a mistyped option or a missing argument is an `error:` line with exit 2
+too. Tracebacks are for bugs only.
+
+Which spec a command reads: ``--config``, else ``$AADS_CONFIG``, else ``./config/demo.yaml``
+(``production.yaml`` for promotion), else the spec shipped inside the package, so `aads` works
+from any directory (`aads.config.locate_config`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from enum import StrEnum
 from functools import wraps
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -28,18 +37,64 @@ from rich.progress import (
 from rich.progress import Progress as ProgressDisplay
 from rich.table import Table
 
-from aads.config import ConfigError, PlatformConfig, load_config
+from aads.cli_output import Output, OutputOpt, emit, key_table, print_json
+from aads.config import ConfigError, PlatformConfig, load_config, locate_config
 from aads.errors import AADSError, exit_code
 from aads.progress import Progress
 
 # PEFT 0.21 calls a transformers API renamed in 5.x; harmless until transformers 6.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
+
+def one_line(message: str) -> str:
+    """A multi-line reason (a config with several bad fields) as one grep-able line."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else "unknown error"
+    return f"{lines[0].rstrip(':')}: {'; '.join(lines[1:])}"
+
+
+def _print_error(message: str) -> None:
+    Console(stderr=True, soft_wrap=True).print(
+        f"[bold red]error:[/] {escape(one_line(message))}", highlight=False
+    )
+
+
+_click = sys.modules[typer.BadParameter.__module__]
+"""click's exceptions module as typer uses it (typer >= 0.20 vendors its own click)."""
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """The top-level group: click's usage errors (unknown option, missing argument, bad value)
+    become one `error:` line naming the command's --help, instead of a framed help panel."""
+
+    def main(self, args: Sequence[str] | None = None, *a: Any, **kw: Any) -> Any:  # noqa: ANN401
+        standalone = kw.pop("standalone_mode", True)
+        try:
+            code = super().main(args, *a, standalone_mode=False, **kw)
+        except _click.ClickException as err:
+            if type(err).__name__ == "NoArgsIsHelpError":  # `aads data`: its help, no error
+                typer.echo(err.ctx.get_help())
+                code = 0
+            else:
+                path = err.ctx.command_path if getattr(err, "ctx", None) else "aads"
+                reason = err.format_message().replace("Value error, ", "")
+                _print_error(f"{reason} (see {path} --help)")
+                code = err.exit_code
+        except _click.Abort:
+            _print_error("aborted")
+            code = 130
+        if not standalone:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="aads",
     help="AADS: plant-disease diagnosis on DINOv3, from data to served adapters.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=_OneLineErrors,
 )
 data_app = typer.Typer(help="Synthesise, ingest and inspect image data.", no_args_is_help=True)
 backbone_app = typer.Typer(help="DINOv3 backbones: variants and features.", no_args_is_help=True)
@@ -59,33 +114,87 @@ app.add_typer(ood_app, name="ood")
 storage_app = typer.Typer(help="The S3-compatible object store.", no_args_is_help=True)
 app.add_typer(storage_app, name="storage")
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+"""stdout: results. Lines are never wrapped by rich (a pipe gets whole lines for grep)."""
+err_console = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., object])
 
 ConfigOpt = Annotated[
-    Path, typer.Option("--config", "-c", help="platform spec YAML", show_default=True)
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="platform spec YAML; default: $AADS_CONFIG, else ./config/demo.yaml, else the "
+        "demo spec shipped with AADS",
+        show_default=False,
+    ),
+]
+ProductionConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="platform spec YAML; default: $AADS_CONFIG, else ./config/production.yaml, else "
+        "the production spec shipped with AADS",
+        show_default=False,
+    ),
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        try:
+            typer.echo(f"aads {version('aads')}")
+        except PackageNotFoundError:
+            typer.echo("aads (not installed as a package: no version)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="print the version and exit", callback=_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """AADS: plant-disease diagnosis on DINOv3, from data to served adapters."""
+
+
 def _fail(err: BaseException, code: int) -> NoReturn:
-    """Print the reason unwrapped (one line, grep-able) and exit; never a traceback."""
-    err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+    """Print the reason as one `error:` line (grep-able) and exit; never a traceback."""
+    _print_error(_reason(err))
     raise typer.Exit(code) from None
 
 
+def _reason(err: BaseException) -> str:
+    """What went wrong in words: an OSError as "<file>: <what>", not "[Errno 13] ..."."""
+    if isinstance(err, OSError) and not isinstance(err, AADSError) and err.strerror:
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror}"
+    return str(err) or type(err).__name__
+
+
 def reports_errors(fn: F) -> F:
-    """Map errors to `error: ...` + the exit code of their kind (`aads.errors`): 2 for bad
-    input or something that does not exist, 3 for a store or server that is down."""
+    """Map errors to `error: ...` + the exit code of their kind (`aads.errors.exit_code`): 2
+    for bad input or something that does not exist, 3 for a store or server that is down. An
+    OSError that is not ours is a local file (2) or a connection (3) problem."""
 
     @wraps(fn)
     def wrapper(*args: object, **kwargs: object) -> object:
         try:
             return fn(*args, **kwargs)
-        except (AADSError, FileNotFoundError) as err:
+        except (AADSError, OSError) as err:
             _fail(err, exit_code(err))
 
     return wrapper  # type: ignore[return-value]
+
+
+def config_path(given: Path | None, default: str = "demo.yaml", given_as: str = "--config") -> Path:
+    """The spec file a command reads (`aads.config.locate_config`: flag, $AADS_CONFIG,
+    ./config/<default>, the packaged one)."""
+    return locate_config(given, environ=os.environ, default=default, given_as=given_as)
 
 
 @contextmanager
@@ -97,7 +206,7 @@ def progress_bar(description: str) -> Iterator[Progress]:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=err_console,
+        console=Console(stderr=True),
         transient=not sys.stderr.isatty(),
     ) as bar:
         task = bar.add_task(description, total=None)
@@ -108,26 +217,49 @@ def progress_bar(description: str) -> Iterator[Progress]:
         yield update
 
 
-def _config(path: Path) -> PlatformConfig:
-    return load_config(path)
+def _config(path: Path | None, default: str = "demo.yaml") -> PlatformConfig:
+    return load_config(config_path(path, default))
 
 
 # --------------------------------------------------------------------------- config
 
+SpecArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="spec YAML; default: $AADS_CONFIG, else ./config/demo.yaml, else the packaged demo",
+        show_default=False,
+    ),
+]
+
+
+class SpecFormat(StrEnum):
+    yaml = "yaml"
+    json = "json"
+
 
 @config_app.command("validate")
 @reports_errors
-def config_validate(path: Annotated[Path, typer.Argument(help="spec YAML")]) -> None:
-    """Check a spec file; print every bad field with its dotted path."""
-    cfg = _config(path)
+def config_validate(path: SpecArg = None) -> None:
+    """Check a spec file; an error names every bad field with its dotted path."""
+    path = config_path(path, given_as="")
+    cfg = load_config(path)
     console.print(f"[green]ok[/] {path}: {len(cfg.crops)} crop(s): {', '.join(cfg.crop_names)}")
 
 
 @config_app.command("show")
 @reports_errors
-def config_show(path: Annotated[Path, typer.Argument(help="spec YAML")]) -> None:
+def config_show(
+    path: SpecArg = None,
+    output: Annotated[
+        SpecFormat, typer.Option("--output", "-o", help="yaml (default) or json")
+    ] = SpecFormat.yaml,
+) -> None:
     """Print the spec with every default filled in (what the platform will actually use)."""
-    console.print_json(_config(path).model_dump_json())
+    data = load_config(config_path(path, given_as="")).model_dump(mode="json")
+    if output is SpecFormat.json:
+        print_json(data)
+    else:
+        typer.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), nl=False)
 
 
 # --------------------------------------------------------------------------- storage
@@ -136,13 +268,21 @@ def config_show(path: Annotated[Path, typer.Argument(help="spec YAML")]) -> None
 @storage_app.command("ensure-bucket")
 @reports_errors
 def storage_ensure_bucket(
-    spec: Annotated[Path, typer.Option("--spec", help="platform spec YAML (its storage block)")],
+    spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec",
+            "--config",
+            help="platform spec YAML (its storage block); default as for --config elsewhere",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Create the spec's bucket if it is missing (the chart runs this after MinIO starts);
     retried with backoff while the store comes up, then a clear error."""
     from aads.storage import S3Store
 
-    settings = _config(spec).storage
+    settings = _config(spec, "production.yaml").storage
     S3Store(settings.bucket, settings).ensure_bucket()
     console.print(f"[green]ok[/] s3://{settings.bucket} at {settings.resolved_endpoint()}")
 
@@ -153,10 +293,13 @@ def storage_ensure_bucket(
 @data_app.command("synth")
 @reports_errors
 def data_synth(
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     out: Annotated[Path, typer.Option(help="output folder")] = Path(".aads/data/synth"),
     seed: Annotated[int | None, typer.Option(help="override data.synth.seed")] = None,
-    images_per_class: Annotated[int | None, typer.Option(min=1)] = None,
+    images_per_class: Annotated[
+        int | None, typer.Option(min=1, help="override data.synth.images_per_class")
+    ] = None,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Draw the deterministic synthetic dataset (crops, parts, diseases, domains)."""
     from aads.data.synth import synthesize
@@ -166,42 +309,53 @@ def data_synth(
     settings = cfg.data.synth.model_copy(update=updates)
     with progress_bar("synthesising") as progress:
         report = synthesize(cfg, out, settings=settings, progress=progress)
-    table = Table("domain", "images", title=f"{report.images} images in {report.root}")
+    table = key_table("domain", "images", title=f"{report.images} images in {report.root}")
     for dom, n in sorted(report.per_domain.items()):
         table.add_row(dom, str(n))
-    console.print(table)
+    data = {"root": report.root, "images": report.images, "per_domain": report.per_domain}
+    emit(console, output, data, table)
+
+
+class LayoutChoice(StrEnum):
+    auto = "auto"
+    plantvillage = "plantvillage"
+    crop_class = "crop-class"
+    crop_part_class = "crop-part-class"
 
 
 @data_app.command("ingest")
 @reports_errors
 def data_ingest(
     root: Annotated[Path, typer.Argument(help="image folder to ingest")],
-    config: ConfigOpt = Path("config/demo.yaml"),
-    out: Annotated[Path, typer.Option(help="where manifest.csv, rejects.csv go")] = Path(
-        ".aads/manifest"
-    ),
+    config: ConfigOpt = None,
+    out: Annotated[
+        Path, typer.Option(help="where manifest.csv, rejects.csv, unused.csv, ingest.json go")
+    ] = Path(".aads/manifest"),
     layout: Annotated[
-        str, typer.Option(help="auto | plantvillage | crop-class | crop-part-class")
-    ] = "auto",
+        LayoutChoice, typer.Option(help="folder layout; auto detects it", case_sensitive=False)
+    ] = LayoutChoice.auto,
     domain_dirs: Annotated[
-        bool | None, typer.Option("--domain-dirs/--no-domain-dirs", help="top level = domains")
+        bool | None,
+        typer.Option(
+            "--domain-dirs/--no-domain-dirs",
+            help="the top level is one folder per domain (default: detected)",
+            show_default=False,
+        ),
     ] = None,
     part: Annotated[str, typer.Option(help="plant part when the layout has none")] = "leaf",
     domain: Annotated[str, typer.Option(help="domain when the layout has none")] = "base",
+    output: OutputOpt = Output.table,
 ) -> None:
-    """Check every image, split by seed, assign phases; write the manifest + rejects report."""
-    from aads.data.ingest import ingest, write_ingest_outputs
+    """Check every image, split by seed, assign phases; write the manifest and the reports of
+    rejected images and of images the config does not use. Exits 2 if no image is kept."""
+    from aads.data.ingest import ingest, require_images, write_ingest_outputs
 
-    if layout not in ("auto", "plantvillage", "crop-class", "crop-part-class"):
-        raise ConfigError(
-            f"--layout {layout!r}: must be auto, plantvillage, crop-class or crop-part-class"
-        )
     cfg = _config(config)
     with progress_bar("checking images") as progress:
         result = ingest(
             root,
             config=cfg,
-            layout=layout,  # type: ignore[arg-type]
+            layout=layout.value,  # type: ignore[arg-type]
             domain_dirs=domain_dirs,
             default_part=part,
             domain=domain,
@@ -209,22 +363,40 @@ def data_ingest(
         )
     paths = write_ingest_outputs(result, out)
     s = result.summary
-    table = Table("split", "images", title=f"{s['images']} images ({s['layout']} layout)")
+    for warning in s["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    require_images(result, out)
+    tables = [key_table("split", "images", title=f"{s['images']} images ({s['layout']} layout)")]
     for split, n in sorted(s["splits"].items()):
-        table.add_row(split, str(n))
-    console.print(table)
-    if result.rejects:
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(s["rejects_by_reason"].items()))
-        console.print(f"[yellow]{len(result.rejects)} rejected[/] ({reasons}): {paths['rejects']}")
-    for crop, gap in s["missing_classes"].items():
-        console.print(f"[yellow]{crop}: no base-domain images for {', '.join(gap)}[/]")
-    console.print(f"manifest {paths['manifest']} sha256 {result.manifest_sha256[:16]}")
+        tables[0].add_row(split, str(n))
+    if s["rejects_by_reason"]:
+        tables.append(key_table("reason", "files", title=f"rejected: {paths['rejects']}"))
+        for reason, n in sorted(s["rejects_by_reason"].items()):
+            tables[-1].add_row(reason, str(n))
+    if s["unused"]:
+        tables.append(
+            key_table(
+                "crop/class (domain)",
+                "images",
+                "not in the config",
+                title=f"not used, the config does not name them: {paths['unused']}",
+            )
+        )
+        for u in s["unused"]:
+            name = f"{u['crop']}/{u['label']}" + (
+                f" ({u['domain']})" if u["domain"] != "base" else ""
+            )
+            tables[-1].add_row(name, str(u["images"]), u["not_in_config"])
+    emit(console, output, {**s, "outputs": paths}, *tables)
+    if output is Output.table:
+        console.print(f"manifest {paths['manifest']} sha256 {result.manifest_sha256[:16]}")
 
 
 @data_app.command("stats")
 @reports_errors
 def data_stats(
     manifest: Annotated[Path, typer.Argument(help="manifest.csv")],
+    output: OutputOpt = Output.table,
 ) -> None:
     """Images per crop, class, domain and split of a manifest."""
     from collections import Counter
@@ -233,11 +405,13 @@ def data_stats(
 
     rows = read_manifest(manifest)
     counts = Counter((r.crop, r.domain, r.label, r.phase or "-", r.split) for r in rows)
-    table = Table("crop", "domain", "class", "phase", "train", "val", "test")
-    keys = sorted({k[:4] for k in counts})
-    for k in keys:
-        table.add_row(*k, *(str(counts[(*k, s)]) for s in ("train", "val", "test")))
-    console.print(table)
+    table = key_table("crop", "domain", "class", "phase", "train", "val", "test")
+    data = []
+    for k in sorted({k[:4] for k in counts}):
+        per_split = {s: counts[(*k, s)] for s in ("train", "val", "test")}
+        table.add_row(*k, *(str(n) for n in per_split.values()))
+        data.append(dict(zip(("crop", "domain", "class", "phase"), k, strict=True)) | per_split)
+    emit(console, output, data, table)
 
 
 # --------------------------------------------------------------------------- backbone
@@ -246,7 +420,10 @@ def data_stats(
 @backbone_app.command("info")
 @reports_errors
 def backbone_info(
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    output: OutputOpt = Output.table,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="same as --output json", hidden=True)
+    ] = False,
 ) -> None:
     """The real DINOv3 and DINOv2 variants (ids, shapes, normalisation, licence) and the random
     presets."""
@@ -254,11 +431,9 @@ def backbone_info(
 
     from aads.backbone import PRESETS, VARIANTS
 
-    if as_json:
-        rows = [{**asdict(v), "parameters": v.num_parameters} for v in VARIANTS]
-        console.print_json(data={"variants": rows, "random_presets": sorted(PRESETS)})
-        return
-    table = Table(
+    rows = [{**asdict(v), "parameters": v.num_parameters} for v in VARIANTS]
+    data = {"variants": rows, "random_presets": sorted(PRESETS)}
+    table = key_table(
         "Hugging Face id",
         "family",
         "width",
@@ -283,8 +458,9 @@ def backbone_info(
             v.dataset,
             f"{v.licence}{' (gated)' if v.gated else ''}",
         )
-    console.print(table)
-    console.print(f"random presets (random:<name>): {', '.join(sorted(PRESETS))}")
+    emit(console, Output.json if as_json else output, data, table)
+    if not as_json and output is Output.table:
+        console.print(f"random presets (random:<name>): {', '.join(sorted(PRESETS))}")
 
 
 @backbone_app.command("features")
@@ -292,13 +468,13 @@ def backbone_info(
 def backbone_features(
     manifest: Annotated[Path, typer.Option(help="manifest.csv from `aads data ingest`")],
     out: Annotated[Path, typer.Option(help="features .safetensors to write")],
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     which: Annotated[str, typer.Option(help="router | adapter backbone")] = "router",
     data_root: Annotated[
         Path | None, typer.Option(help="image root; default: the one ingest recorded")
     ] = None,
     split: Annotated[str | None, typer.Option(help="only this split")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="images per forward pass")] = 32,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes")] = 0,
 ) -> None:
     """Extract pooled backbone features for manifest images into a safetensors cache."""
@@ -352,34 +528,40 @@ DataRootOpt = Annotated[
 ]
 
 
-def _report_package(pkg: Path) -> None:
+def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
+    table = key_table("metric", "value", title=title)
+    for k, v in sorted(metrics.items()):
+        table.add_row(k, f"{v:.4f}")
+    return table
+
+
+def _report_package(pkg: Path, output: Output) -> None:
     from aads.adapters.package import read_meta
 
     meta = read_meta(pkg)
-    table = Table("metric", "value", title=f"{meta.crop}: phase {meta.last_phase} -> {pkg}")
-    for k, v in sorted(meta.metrics.items()):
-        table.add_row(k, f"{v:.4f}")
-    console.print(table)
+    title = f"{meta.crop}: phase {meta.last_phase} -> {pkg}"
+    data = {"package": pkg, "crop": meta.crop, "phase": meta.last_phase, "metrics": meta.metrics}
+    emit(console, output, data, _metrics_table(title, meta.metrics))
 
 
 @train_app.command("router")
 @reports_errors
 def train_router_cmd(
     out: OutOpt = Path(".aads/models/router"),
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
     data_root: DataRootOpt = None,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Fit the crop and part heads on frozen router-backbone features."""
     from aads.router import train_router
 
+    cfg = _config(config)
     rows, root, _ = _training_inputs(manifest, data_root)
     with progress_bar("router features") as progress:
-        result = train_router(_config(config), rows, root, out, progress=progress)
-    table = Table("metric", "value", title=f"router -> {result.out_dir}")
-    for k, v in sorted(result.metrics.items()):
-        table.add_row(k, f"{v:.4f}")
-    console.print(table)
+        result = train_router(cfg, rows, root, out, progress=progress)
+    data = {"router": result.out_dir, "metrics": result.metrics}
+    emit(console, output, data, _metrics_table(f"router -> {result.out_dir}", result.metrics))
 
 
 def _train_phase(
@@ -387,10 +569,11 @@ def _train_phase(
     crop: str,
     from_pkg: Path | None,
     out: Path,
-    config: Path,
+    config: Path | None,
     manifest: Path,
     data_root: Path | None,
     checkpoint_dir: Path | None,
+    output: Output,
 ) -> None:
     from aads.adapters.phases.phase1 import train_phase1
     from aads.adapters.phases.phase2 import train_phase2
@@ -406,7 +589,7 @@ def _train_phase(
         else:
             train = train_phase2 if phase == "2" else train_phase3
             pkg = train(cfg, crop, rows, root, from_pkg, out, progress=progress, **common)
-    _report_package(pkg)
+    _report_package(pkg, output)
 
 
 @train_app.command("phase1")
@@ -414,13 +597,14 @@ def _train_phase(
 def train_phase1_cmd(
     crop: CropOpt,
     out: OutOpt,
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
     data_root: DataRootOpt = None,
     checkpoint_dir: CheckpointOpt = None,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Phase 1: DoRA on the crop's base disease classes."""
-    _train_phase("1", crop, None, out, config, manifest, data_root, checkpoint_dir)
+    _train_phase("1", crop, None, out, config, manifest, data_root, checkpoint_dir, output)
 
 
 @train_app.command("phase2")
@@ -429,13 +613,14 @@ def train_phase2_cmd(
     crop: CropOpt,
     from_pkg: FromOpt,
     out: OutOpt,
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
     data_root: DataRootOpt = None,
     checkpoint_dir: CheckpointOpt = None,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Phase 2: SD-LoRA, one task per pending phase-2 class batch (rehearsal-free)."""
-    _train_phase("2", crop, from_pkg, out, config, manifest, data_root, checkpoint_dir)
+    _train_phase("2", crop, from_pkg, out, config, manifest, data_root, checkpoint_dir, output)
 
 
 @train_app.command("phase3")
@@ -444,13 +629,14 @@ def train_phase3_cmd(
     crop: CropOpt,
     from_pkg: FromOpt,
     out: OutOpt,
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
     data_root: DataRootOpt = None,
     checkpoint_dir: CheckpointOpt = None,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Phase 3: CONEC-LoRA, one pending domain shift at a time."""
-    _train_phase("3", crop, from_pkg, out, config, manifest, data_root, checkpoint_dir)
+    _train_phase("3", crop, from_pkg, out, config, manifest, data_root, checkpoint_dir, output)
 
 
 # --------------------------------------------------------------------------- ood
@@ -461,21 +647,15 @@ LocoOpt = Annotated[
 ]
 
 
-def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
-    table = Table("metric", "value", title=title)
-    for k, v in sorted(metrics.items()):
-        table.add_row(k, f"{v:.4f}")
-    return table
-
-
 @ood_app.command("calibrate")
 @reports_errors
 def ood_calibrate(
     package: PackageOpt,
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
     data_root: DataRootOpt = None,
     loco: LocoOpt = True,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Fit the package's OOD check (train split), thresholds (val), evaluate (test); store it."""
     from aads.ood.calibrate import calibrate_package
@@ -491,7 +671,9 @@ def ood_calibrate(
             loco=loco,
             progress=progress,
         )
-    console.print(_metrics_table(f"OOD calibration -> {package}/ood", result.metrics))
+    title = f"OOD calibration -> {package}/ood"
+    data = {"package": package, "metrics": result.metrics}
+    emit(console, output, data, _metrics_table(title, result.metrics))
 
 
 @ood_app.command("evaluate")
@@ -499,13 +681,14 @@ def ood_calibrate(
 def ood_evaluate(
     package: PackageOpt,
     out: Annotated[Path, typer.Option(help="report folder")] = Path(".aads/ood-eval"),
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
     data_root: DataRootOpt = None,
     loco: LocoOpt = True,
     compare: Annotated[
         bool, typer.Option("--compare", help="also score every method (method table)")
     ] = False,
+    output: OutputOpt = Output.table,
 ) -> None:
     """AUROC, FPR@95 (both conventions), AUPR-In/Out and ROC curves; the package is unchanged."""
     from aads.ood.report import evaluate_package
@@ -523,9 +706,9 @@ def ood_evaluate(
             compare=compare,
             progress=progress,
         )
-    console.print(_metrics_table(f"OOD evaluation of {package}", report.metrics))
+    tables = [_metrics_table(f"OOD evaluation of {package}", report.metrics)]
     if report.methods:
-        table = Table("method", "threshold", "mean AUROC", "balanced acc", title="methods")
+        table = key_table("method", "threshold", "mean AUROC", "balanced acc", title="methods")
         for row in report.methods:
             name = f"{row['covariance']}/{row['feature_space']}" + (
                 "/relative" if row["relative"] else ""
@@ -536,8 +719,11 @@ def ood_evaluate(
                 f"{row['mean_auroc']:.4f}",
                 f"{row['balanced_operating_accuracy']:.4f}",
             )
-        console.print(table)
-    console.print(f"report: {out}")
+        tables.append(table)
+    data = {"package": package, "report": out, "metrics": report.metrics, "methods": report.methods}
+    emit(console, output, data, *tables)
+    if output is Output.table:
+        console.print(f"report: {out}")
 
 
 # --------------------------------------------------------------------------- promotion
@@ -550,13 +736,22 @@ CrdsOpt = Annotated[
 ]
 
 
-def _promotion_table(result) -> Table:  # noqa: ANN001 - aads.promotion.Promotion
-    table = Table("field", "value", title=f"{result.crop} in {result.env}")
+def _report_promotion(result, output: Output) -> None:  # noqa: ANN001 - promotion.Promotion
+    table = key_table("field", "value", title=f"{result.crop} in {result.env}")
     table.add_row("version", f"{result.version} (was {result.previous_version or 'none'})")
     table.add_row("storage URI", result.storage_uri)
     table.add_row("digest", result.digest)
     table.add_row("commit", result.commit or "none (already promoted)")
-    return table
+    data = {
+        "crop": result.crop,
+        "env": result.env,
+        "version": result.version,
+        "previous_version": result.previous_version,
+        "storage_uri": result.storage_uri,
+        "digest": result.digest,
+        "commit": result.commit,
+    }
+    emit(console, output, data, table)
 
 
 @app.command("promote")
@@ -570,16 +765,17 @@ def promote_cmd(
         typer.Option(help="percent of the crop's traffic for this version, beside the pinned one"),
     ] = None,
     repo: RepoOpt = Path("."),
-    config: ConfigOpt = Path("config/production.yaml"),
+    config: ProductionConfigOpt = None,
     tracking_uri: TrackingOpt = None,
     crds: CrdsOpt = None,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Pin a gated, checksum-verified version for an environment and commit it (GitOps);
     with --canary, send only that share of the crop's traffic to it."""
     from aads.promotion import promote
 
     result = promote(
-        _config(config),
+        _config(config, "production.yaml"),
         repo,
         crop,
         version,
@@ -588,7 +784,7 @@ def promote_cmd(
         tracking_uri=tracking_uri,
         crds=crds,
     )
-    console.print(_promotion_table(result))
+    _report_promotion(result, output)
 
 
 @app.command("rollback")
@@ -597,16 +793,18 @@ def rollback_cmd(
     crop: CropOpt,
     env: EnvOpt,
     repo: RepoOpt = Path("."),
-    config: ConfigOpt = Path("config/production.yaml"),
+    config: ProductionConfigOpt = None,
     tracking_uri: TrackingOpt = None,
     crds: CrdsOpt = None,
+    output: OutputOpt = Output.table,
 ) -> None:
     """End a running canary, or pin the version the current one replaced, the same way as a
     promotion."""
     from aads.promotion import rollback
 
-    result = rollback(_config(config), repo, crop, env, tracking_uri=tracking_uri, crds=crds)
-    console.print(_promotion_table(result))
+    cfg = _config(config, "production.yaml")
+    result = rollback(cfg, repo, crop, env, tracking_uri=tracking_uri, crds=crds)
+    _report_promotion(result, output)
 
 
 # --------------------------------------------------------------------------- demo
@@ -615,18 +813,31 @@ def rollback_cmd(
 @app.command("demo")
 @reports_errors
 def demo(
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     workdir: Annotated[Path, typer.Option(help="where the demo writes")] = Path(".aads/demo"),
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="train on this image folder (any layout `aads data ingest` reads) instead of "
+            "synthetic data",
+            show_default=False,
+        ),
+    ] = None,
+    output: OutputOpt = Output.table,
 ) -> None:
-    """Run the main job end to end on the embedded default (what `make demo` calls)."""
+    """Run the main job in one process: data, router, every crop's phases and OOD
+    calibration (`make demo` runs the same through the KFP pipeline: `aads pipeline demo`)."""
     from aads.demo import run_demo
 
-    summary = run_demo(_config(config), workdir, progress_bar=progress_bar, console=console)
-    table = Table("step", "result", "seconds", title="AADS demo")
+    cfg = _config(config)
+    step_console = console if output is Output.table else err_console
+    summary = run_demo(cfg, workdir, data=data, progress_bar=progress_bar, console=step_console)
+    table = key_table("step", "result", "seconds", title="AADS demo")
     for step in summary["steps"]:
         table.add_row(step["name"], step["result"], f"{step['seconds']:.1f}")
-    console.print(table)
-    console.print(f"summary: {summary['summary_path']}")
+    emit(console, output, summary, table)
+    if output is Output.table:
+        console.print(f"summary: {summary['summary_path']}")
 
 
 from aads.monitor_cli import feedback_app, monitor  # noqa: E402 - it imports this module's helpers

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,11 +32,21 @@ from aads.adapters.config import BlockSelection
 from aads.adapters.dora.config import DoRASettings
 from aads.adapters.sd_lora.config import SDLoRASettings
 from aads.capture.settings import CaptureSettings
-from aads.errors import BadInput
+from aads.errors import BadInput, NotFound
 from aads.vlm.settings import ScoutingSettings
 
 SLUG = r"^[a-z][a-z0-9_]*$"
 Slug = Annotated[str, Field(pattern=SLUG, min_length=1, max_length=48)]
+DataName = Annotated[str, Field(min_length=1, max_length=200)]
+"""A crop or class name as a dataset spells it (``Corn_(maize)``); compared by its slug."""
+
+
+def slugify(name: str) -> str:
+    """The slug a folder name becomes: ``Pepper,_bell`` -> ``pepper_bell``, ``Corn_(maize)`` ->
+    ``corn_maize``. Config names and data aliases are compared through it."""
+    s = re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
+    return s if s and s[0].isalpha() else f"c_{s}" if s else "unnamed"
+
 
 PATCH_SIZES = {"DINOv3": 16, "DINOv2": 14}
 
@@ -195,6 +205,39 @@ class CropSpec(_Model):
     ood_holdout: list[Slug] = Field(
         default_factory=list, description="classes never trained: near-OOD evaluation only"
     )
+    aliases: list[DataName] = Field(
+        default_factory=list,
+        description="this crop's names in the data, e.g. PlantVillage's 'Corn_(maize)' for "
+        "corn; compared by slug (corn_maize)",
+    )
+    class_aliases: dict[Slug, list[DataName]] = Field(
+        default_factory=dict,
+        description="configured class -> its names in the data, e.g. gray_leaf_spot: "
+        "['Cercospora_leaf_spot Gray_leaf_spot']; compared by slug",
+    )
+
+    @model_validator(mode="after")
+    def _aliases_unambiguous(self) -> CropSpec:
+        classes = set(self.all_classes)
+        owner: dict[str, str] = {}
+        for cls_name, names in self.class_aliases.items():
+            if cls_name not in classes:
+                raise ValueError(
+                    f"class_aliases names '{cls_name}', which is not a class of this crop "
+                    f"({', '.join(self.all_classes)})"
+                )
+            for alias in names:
+                slug = slugify(alias)
+                if slug in classes and slug != cls_name:
+                    raise ValueError(
+                        f"class_aliases.{cls_name}: '{alias}' is the configured class '{slug}'"
+                    )
+                if owner.setdefault(slug, cls_name) != cls_name:
+                    raise ValueError(
+                        f"class_aliases: '{alias}' is claimed by both '{owner[slug]}' and "
+                        f"'{cls_name}'"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _classes_disjoint(self) -> CropSpec:
@@ -231,6 +274,23 @@ class CropSpec(_Model):
     def all_classes(self) -> list[str]:
         return [*self.known_classes, *self.ood_holdout]
 
+    def names_crop(self, found: str) -> bool:
+        """Whether a crop name found in the data (any spelling) is this crop."""
+        slug = slugify(found)
+        return slug == self.name or slug in {slugify(a) for a in self.aliases}
+
+    def class_named(self, *found: str) -> str | None:
+        """The configured class that a class name found in the data stands for (itself or
+        through `class_aliases`), trying each spelling given in turn; None if none."""
+        for name in found:
+            slug = slugify(name)
+            if slug in self.all_classes:
+                return slug
+            for cls_name, names in self.class_aliases.items():
+                if slug in {slugify(a) for a in names}:
+                    return cls_name
+        return None
+
 
 BASE_DOMAIN = "base"
 """Domain name of images that are not a domain shift (lab photos, PlantVillage)."""
@@ -258,6 +318,22 @@ class SynthSettings(_Model):
     seed: int = 0
 
 
+class ExcludedImage(_Model):
+    """One image a dataset is known to get wrong (a fruit filed as a leaf, a screenshot),
+    named by its bytes' sha256 (survives renames and copies) or its path under the data root;
+    ingest reports it as ``excluded`` with `reason`."""
+
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    path: str | None = Field(None, min_length=1, description="relative to the data root, '/'")
+    reason: str = Field(min_length=1, description="why it is left out (shown in rejects.csv)")
+
+    @model_validator(mode="after")
+    def _one_key(self) -> ExcludedImage:
+        if (self.sha256 is None) == (self.path is None):
+            raise ValueError("give exactly one of sha256 or path")
+        return self
+
+
 class DataSettings(_Model):
     root: Path = Path(".aads/data")
     split: SplitFractions = SplitFractions()
@@ -267,6 +343,9 @@ class DataSettings(_Model):
         40_000_000, ge=1, description="decompression-bomb guard: larger images are rejected"
     )
     synth: SynthSettings = SynthSettings()
+    exclude: list[ExcludedImage] = Field(
+        default_factory=list, description="known-bad images left out of every manifest"
+    )
 
 
 # --------------------------------------------------------------------------- platform
@@ -420,7 +499,20 @@ class PlatformConfig(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"crop names must be unique; repeated: {dupes}")
+        owner = {c.name: c.name for c in crops}
+        for c in crops:
+            for alias in c.aliases:
+                slug = slugify(alias)
+                if owner.setdefault(slug, c.name) != c.name:
+                    raise ValueError(
+                        f"alias '{alias}' of crop '{c.name}' already names crop '{owner[slug]}'"
+                    )
         return crops
+
+    def crop_named(self, found: str) -> CropSpec | None:
+        """The configured crop that a crop name found in the data stands for (its name or one
+        of its `aliases`, compared by slug), or None."""
+        return next((c for c in self.crops if c.names_crop(found)), None)
 
     def crop(self, name: str) -> CropSpec:
         for c in self.crops:
@@ -458,6 +550,51 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> PlatformConf
         return PlatformConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
+
+
+CONFIG_ENV = "AADS_CONFIG"
+"""Environment variable naming the spec file when ``--config`` is not given."""
+PACKAGED_SPECS = Path(__file__).resolve().parent / "specs"
+"""The spec files shipped inside the package (demo.yaml, production.yaml, plantvillage.yaml)."""
+
+
+class ConfigNotFound(NotFound):
+    """No spec file where the user pointed, or none anywhere it is looked for by default."""
+
+
+def locate_config(
+    given: str | os.PathLike[str] | None,
+    *,
+    environ: Mapping[str, str],
+    default: str = "demo.yaml",
+    cwd: Path | None = None,
+    given_as: str = "--config",
+) -> Path:
+    """The spec file a command uses: `given` (``--config``), else ``$AADS_CONFIG``, else
+    ``./config/<default>`` in the working directory, else the `default` spec shipped with AADS.
+
+    A file named explicitly (flag or variable) must exist: it is never silently replaced by a
+    default. When nothing is found, the error lists every place tried.
+    """
+    if given is not None:
+        if not Path(given).is_file():
+            raise ConfigNotFound(f"{given_as} {given}: no such file".lstrip())
+        return Path(given)
+    if environ.get(CONFIG_ENV):
+        path = Path(environ[CONFIG_ENV])
+        if not path.is_file():
+            raise ConfigNotFound(f"${CONFIG_ENV}={path}: no such file")
+        return path
+    local = (cwd or Path.cwd()) / "config" / default
+    if local.is_file():
+        return local
+    packaged = PACKAGED_SPECS / default
+    if packaged.is_file():
+        return packaged
+    raise ConfigNotFound(
+        f"no platform spec: tried --config (not given), ${CONFIG_ENV} (not set), {local} "
+        f"(missing), the packaged {default} (missing); pass --config FILE or set {CONFIG_ENV}"
+    )
 
 
 def load_config(path: str | os.PathLike[str]) -> PlatformConfig:

@@ -2,7 +2,9 @@
 
 `make demo` calls this through `aads demo`. Each step is the same public function a user or
 a pipeline component calls; the demo only chains them and times them, and it writes a JSON
-summary so the run can be checked by a machine as well as read by a person.
+summary so the run can be checked by a machine as well as read by a person. Given a folder of
+real images (``aads demo --data DIR``) it skips the synthetic data and runs the same steps on
+them; `benchmarks/real.py` measures the pipeline that way on PlantVillage.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from aads.adapters.phases.phase3 import train_phase3
 from aads.atomic import atomic_write_text
 from aads.backbone import Backbone, load_backbone
 from aads.config import PlatformConfig
-from aads.data.ingest import ingest, write_ingest_outputs
+from aads.data.ingest import ingest, require_images, write_ingest_outputs
 from aads.data.manifest import ManifestRow
 from aads.data.synth import synthesize
 from aads.features import FeatureTable, extract_manifest_features, save_features
@@ -88,13 +90,15 @@ def run_demo(
     config: PlatformConfig,
     workdir: Path,
     *,
+    data: Path | None = None,
     progress_bar: ProgressFactory = _no_progress,
     console: Console | None = None,
 ) -> dict:
-    """Synthesise data, ingest it, train the router and every crop's adapter phases (1 DoRA,
-    2 SD-LoRA, 3 CONEC-LoRA, as configured); return and write a summary."""
+    """Synthesise data (or take the images in `data`), ingest it, train the router and every
+    crop's adapter phases (1 DoRA, 2 SD-LoRA, 3 CONEC-LoRA, as configured) and calibrate their
+    OOD checks; return and write a summary (per step, and each crop's final metrics)."""
     workdir = Path(workdir)
-    data_dir = workdir / "data"
+    data_dir = Path(data) if data is not None else workdir / "data"
     manifest_dir = workdir / "manifest"
     features_path = workdir / "features" / "router.safetensors"
     models = workdir / "models"
@@ -109,6 +113,10 @@ def run_demo(
         with progress_bar("checking images") as progress:
             result = ingest(data_dir, config=config, progress=progress)
         write_ingest_outputs(result, manifest_dir)
+        require_images(result, manifest_dir)
+        for warning in result.summary["warnings"]:
+            if console:
+                console.print(f"[yellow]warning:[/] {warning}", highlight=False)
         splits = result.summary["splits"]
         text = (
             f"{len(result.rows)} accepted, {len(result.rejects)} rejected; "
@@ -162,7 +170,7 @@ def run_demo(
         metrics = read_meta(pkg).metrics
         return _phase_line(phase, metrics), metrics, pkg
 
-    def ood_step(pkg: Path) -> tuple[str, dict, None]:
+    def ood_step(pkg: Path) -> tuple[str, dict, dict]:
         nan = float("nan")
         with progress_bar(f"{read_meta(pkg).crop}: OOD calibration") as progress:
             result = calibrate_package(
@@ -174,14 +182,16 @@ def run_demo(
             f"{m.get('ood_loco_auroc', nan):.3f} / far {m.get('ood_far_auroc', nan):.3f}; "
             f"in-distribution rejected {m.get('ood_id_rejected', nan):.2f}"
         )
-        return line, m, None
+        return line, m, m
 
-    steps.run("synthesise data", synth)
+    if data is None:
+        steps.run("synthesise data", synth)
     rows = steps.run("ingest + split", ingest_step)
     digest = steps.steps[-1]["manifest_sha256"]
     backbone, table = steps.run("router features", lambda: features_step(rows))
     steps.run("train router", lambda: router_step(backbone, table))
     packages: dict[str, str] = {}
+    crop_metrics: dict[str, dict[str, float]] = {}
     for spec in config.crops:
         pkg = steps.run(
             f"{spec.name}: phase 1 DoRA", lambda c=spec.name: adapter_step(c, "1", None)
@@ -194,8 +204,9 @@ def run_demo(
             pkg = steps.run(
                 f"{spec.name}: phase 3 CONEC", lambda c=spec.name, p=pkg: adapter_step(c, "3", p)
             )
-        steps.run(f"{spec.name}: OOD calibration", lambda p=pkg: ood_step(p))
+        ood = steps.run(f"{spec.name}: OOD calibration", lambda p=pkg: ood_step(p))
         packages[spec.name] = str(pkg)
+        crop_metrics[spec.name] = {**read_meta(pkg).metrics, **ood}
 
     summary = {
         "config": config.name,
@@ -204,6 +215,7 @@ def run_demo(
         "features": str(features_path),
         "router": str(models / "router"),
         "adapters": packages,
+        "metrics": crop_metrics,
         "steps": steps.steps,
     }
     summary_path = workdir / "demo-summary.json"

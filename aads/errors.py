@@ -63,9 +63,13 @@ def http_status(err: BaseException) -> int:
 
 
 def exit_code(err: BaseException) -> int:
-    """The CLI exit code an error maps to: its kind's, 2 for a missing local file, else 1."""
+    """The CLI exit code an error maps to: its kind's; for an OSError of the standard library,
+    3 when a connection failed or timed out (a server is down), 2 for a local file problem
+    (missing, not allowed, a folder where a file was expected); else 1 (a bug)."""
     if isinstance(err, AADSError):
         return err.exit_code
-    if isinstance(err, FileNotFoundError):
+    if isinstance(err, ConnectionError | TimeoutError):
+        return 3
+    if isinstance(err, OSError):
         return 2
     return 1

@@ -15,8 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from aads.cli import ConfigOpt, CropOpt, console, progress_bar, reports_errors
-from aads.config import load_config
+from aads.cli import ConfigOpt, CropOpt, _config, console, progress_bar, reports_errors
 
 StoreOpt = Annotated[
     str | None,
@@ -45,7 +44,7 @@ TrackingOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI for m
 def monitor(
     crop: CropOpt,
     since: SinceOpt = "7d",
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     package: PackageSourceOpt = None,
     store: StoreOpt = None,
     prefix: PrefixOpt = None,
@@ -71,7 +70,7 @@ def monitor(
         raise DriftInputError(f"--alpha {alpha}: a significance level is between 0 and 1")
     if max_images < 20:
         raise DriftInputError(f"--max-images {max_images}: at least 20")
-    cfg = load_config(config)
+    cfg = _config(config)
     with progress_bar("recent images") as progress:
         report = run_monitor(
             cfg,
@@ -114,7 +113,7 @@ feedback_app = typer.Typer(
 def feedback_review(
     crop: CropOpt,
     since: SinceOpt = "30d",
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     package: PackageSourceOpt = None,
     store: StoreOpt = None,
     prefix: PrefixOpt = None,
@@ -149,7 +148,7 @@ def feedback_review(
     new = tuple(_class_names(new_class or []))
     with progress_bar("unknown images") as progress:
         review = review_unknowns(
-            load_config(config),
+            _config(config),
             crop,
             parse_since(since),
             out or Path(".aads/review") / crop,
@@ -205,7 +204,7 @@ def feedback_import(
     drop_known: Annotated[
         bool, typer.Option(help="leave images of known classes out instead of a domain task")
     ] = False,
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     package: Annotated[
         str | None,
         typer.Option(
@@ -231,7 +230,7 @@ def feedback_import(
 
     if (labelstudio is None) == (folder is None):
         raise BatchError("give exactly one of --labelstudio EXPORT.json or --folder DIR")
-    cfg = load_config(config)
+    cfg = _config(config)
     spec = cfg.crop(crop)
     if package:
         resolved = resolve_model(package, cfg.storage, cfg.registry, tracking_uri=tracking_uri)

@@ -11,12 +11,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from aads.cli import ConfigOpt, _fail, reports_errors
+from aads.cli import ConfigOpt, _fail, config_path, reports_errors
+from aads.cli_output import key_table, print_table
 
 app = typer.Typer(help="Compile, run locally, or submit the KFP training pipeline.")
-console = Console()
+console = Console(soft_wrap=True)
 
 
 ClusterOpt = Annotated[
@@ -63,7 +63,7 @@ PhasesOpt = Annotated[
 @reports_errors
 def run_cmd(
     data: Annotated[str, typer.Option(help="image folder or s3://bucket/prefix")],
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     local: Annotated[bool, typer.Option("--local", help="run here with kfp.local")] = True,
     crop: CropsOpt = None,
     phase: PhasesOpt = None,
@@ -79,7 +79,7 @@ def run_cmd(
         raise typer.BadParameter("only --local runs here; use `aads pipeline submit` for KFP")
     run = _run_quietly(
         workdir,
-        config.read_text(encoding="utf-8"),
+        config_path(config).read_text(encoding="utf-8"),
         data,
         crops=crop,
         phases=phase,
@@ -106,7 +106,7 @@ def _run_quietly(workdir: Path, config_text: str, data: str, **options):  # noqa
 def print_summary(run) -> None:  # noqa: ANN001 - pipelines.local.LocalRun
     from aads.metrics import headline_metrics
 
-    table = Table(
+    table = key_table(
         "model",
         "accuracy",
         "retention",
@@ -134,7 +134,7 @@ def print_summary(run) -> None:  # noqa: ANN001 - pipelines.local.LocalRun
             _gate(c.passed) + ("" if c.passed or not c.gate else f" ({c.gate})"),
             _version(c.version),
         )
-    console.print(table)
+    print_table(console, table)
     console.print(f"MLflow used by the run: {run.tracking_uri}")
 
 
@@ -154,7 +154,7 @@ def _gate(passed: bool | None) -> str:
 @app.command("demo")
 @reports_errors
 def demo_cmd(
-    config: ConfigOpt = Path("config/demo.yaml"),
+    config: ConfigOpt = None,
     workdir: Annotated[Path, typer.Option(help="data, run outputs, MLflow")] = Path(
         ".aads/pipeline-demo"
     ),
@@ -165,6 +165,7 @@ def demo_cmd(
     from aads.data.synth import synthesize
     from aads.mlflow_server import local_mlflow_server, server_command
 
+    config = config_path(config)
     cfg = load_config(config)
     text = config.read_text(encoding="utf-8")
     data = workdir / "data"
@@ -244,16 +245,13 @@ def upload_cmd(
 ) -> None:
     """Publish the training pipeline to KFP as a new version (kept if it already exists), so
     users can start runs from the UI. The chart's upload Job runs this."""
-    from pipelines.submit import SubmitError, upload, version_name_here
+    from pipelines.submit import upload, version_name_here
     from pipelines.training import PIPELINE_NAME
 
     name = version_name or version_name_here()
-    try:
-        pipeline_id, version_id, created = upload(
-            host, name, namespace=namespace, cluster=cluster, spec=spec
-        )
-    except SubmitError as err:
-        _fail(err, 3)
+    pipeline_id, version_id, created = upload(  # KFP down: SubmitError (Unavailable), exit 3
+        host, name, namespace=namespace, cluster=cluster, spec=spec
+    )
     state = "uploaded" if created else "already there"
     console.print(
         f"{PIPELINE_NAME} version {name} {state}: pipeline {pipeline_id}, version {version_id}"
@@ -289,24 +287,21 @@ def submit_cmd(
 ) -> None:
     """Upload this checkout's pipeline version (aads-training-v<version>-g<git sha>, kept if
     present) and start a run; print its URL."""
-    from pipelines.submit import SubmitError, git_sha, submit, version_name_here
+    from pipelines.submit import git_sha, submit, version_name_here
 
     text = config.read_text(encoding="utf-8") if config else ""
-    try:
-        url = submit(
-            host,
-            data,
-            version_name_here(),
-            config_text=text,
-            config_uri=config_uri,
-            crops=crop,
-            phases=phase,
-            experiment=experiment,
-            namespace=namespace,
-            git_sha=git_sha(),
-            cluster=cluster,
-            spec=spec,
-        )
-    except SubmitError as err:
-        _fail(err, 3)
+    url = submit(  # KFP down or refusing: SubmitError (Unavailable), exit 3
+        host,
+        data,
+        version_name_here(),
+        config_text=text,
+        config_uri=config_uri,
+        crops=crop,
+        phases=phase,
+        experiment=experiment,
+        namespace=namespace,
+        git_sha=git_sha(),
+        cluster=cluster,
+        spec=spec,
+    )
     console.print(f"run: {url}")

@@ -120,7 +120,7 @@ def test_ingest_of_a_missing_folder_exits_2(tmp_path, small_config):
 
 def test_bad_layout_option_exits_2(tmp_path, small_config):
     result = invoke("data", "ingest", tmp_path, "--config", small_config, "--layout", "flat")
-    assert result.exit_code == 2 and "--layout 'flat'" in result.output
+    assert result.exit_code == 2 and "'--layout': 'flat' is not one of" in result.output
 
 
 def test_unavailable_backbone_exits_2_with_mirror_instructions(tmp_path, small_config, monkeypatch):
@@ -212,3 +212,32 @@ def test_training_from_a_missing_package_exits_2(tmp_path, small_config):
         tmp_path / "m.csv",
     )
     assert result.exit_code == 2 and "error:" in result.output
+
+
+def test_demo_on_a_folder_of_images_trains_on_them_instead_of_synthesising(tmp_path):
+    from .test_data_ingest import jpeg_bytes, put
+
+    crops = {"pepper": ["healthy", "bacterial_spot"], "corn": ["healthy", "common_rust"]}
+    for c, (crop, classes) in enumerate(crops.items()):
+        for k, label in enumerate(classes):
+            for i in range(6):
+                put(
+                    tmp_path / "photos", f"{crop}/{label}/{i}.jpg", jpeg_bytes(100 * c + 10 * k + i)
+                )
+    spec = {
+        "crops": [{"name": n, "phase1_classes": cls} for n, cls in crops.items()],
+        "router": {"source": "random:tiny", "image_size": 32},
+        "adapter": {"backbone": {"source": "random:tiny", "image_size": 32}},
+        "training": {p: {"epochs": 1, "batch_size": 8} for p in ("router", "phase1")},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = invoke(
+        "demo", "-c", path, "--data", tmp_path / "photos", "--workdir", tmp_path / "w", "-o", "json"
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert [s["name"] for s in summary["steps"]][:2] == ["ingest + split", "router features"]
+    assert not (tmp_path / "w" / "data").exists()
+    assert set(summary["metrics"]) == {"pepper", "corn"}
+    assert "phase1_test_accuracy" in summary["metrics"]["corn"]

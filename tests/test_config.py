@@ -34,10 +34,65 @@ def error_of(spec: dict) -> str:
     return str(err.value)
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "production.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "production.yaml", "plantvillage.yaml"])
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "config" / name)
     assert cfg.crops and cfg.router.source and cfg.adapter.backbone.source
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "production.yaml", "plantvillage.yaml"])
+def test_the_package_ships_each_config_as_it_is_in_the_repository(name):
+    from aads.config import PACKAGED_SPECS
+
+    assert (PACKAGED_SPECS / name).read_bytes() == (ROOT / "config" / name).read_bytes()
+
+
+def test_a_crop_is_found_by_its_name_or_any_alias_spelling():
+    cfg = parse_config(
+        minimal(crops=[{"name": "corn", "aliases": ["Corn_(maize)"], "phase1_classes": ["a", "b"]}])
+    )
+    assert cfg.crop_named("Corn_(maize)").name == "corn"
+    assert cfg.crop_named("corn_maize").name == "corn" and cfg.crop_named("CORN").name == "corn"
+    assert cfg.crop_named("maize") is None
+
+
+def test_a_class_is_found_by_its_name_or_its_alias():
+    crop = {
+        "name": "corn",
+        "phase1_classes": ["healthy", "gray_leaf_spot"],
+        "class_aliases": {"gray_leaf_spot": ["Cercospora_leaf_spot Gray_leaf_spot"]},
+    }
+    spec = parse_config(minimal(crops=[crop])).crops[0]
+    assert spec.class_named("cercospora_leaf_spot_gray_leaf_spot") == "gray_leaf_spot"
+    assert spec.class_named("Healthy") == "healthy"
+    assert spec.class_named("rust", "corn_rust") is None
+
+
+def test_a_class_alias_for_a_class_the_crop_does_not_have_names_the_field():
+    crop = {"name": "corn", "phase1_classes": ["a", "b"], "class_aliases": {"c": ["x"]}}
+    msg = error_of(minimal(crops=[crop]))
+    assert "crops.0" in msg and "class_aliases names 'c'" in msg
+
+
+def test_a_class_alias_that_is_another_configured_class_is_refused():
+    crop = {"name": "corn", "phase1_classes": ["a", "b"], "class_aliases": {"a": ["B"]}}
+    assert "'B' is the configured class 'b'" in error_of(minimal(crops=[crop]))
+
+
+def test_a_crop_alias_that_names_another_crop_is_refused():
+    crops = [
+        {"name": "pepper", "phase1_classes": ["a", "b"]},
+        {"name": "chili", "aliases": ["Pepper"], "phase1_classes": ["a", "b"]},
+    ]
+    msg = error_of(minimal(crops=crops))
+    assert "crops:" in msg and "alias 'Pepper' of crop 'chili' already names crop 'pepper'" in msg
+
+
+def test_an_exclusion_needs_exactly_one_of_sha256_or_path():
+    msg = error_of(minimal(data={"exclude": [{"reason": "why"}]}))
+    assert "data.exclude.0" in msg and "exactly one of sha256 or path" in msg
+    msg = error_of(minimal(data={"exclude": [{"sha256": "abc", "reason": "why"}]}))
+    assert "data.exclude.0.sha256" in msg
 
 
 def test_production_config_uses_real_dinov3_ids():

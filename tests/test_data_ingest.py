@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aads.config import SplitFractions, load_config
-from aads.data.ingest import ingest, write_ingest_outputs
+from aads.config import PlatformConfig, SplitFractions, load_config, parse_config
+from aads.data.ingest import NothingIngested, closest, ingest, require_images, write_ingest_outputs
 from aads.data.layout import LayoutError, slugify
 from aads.data.manifest import ManifestError, read_manifest, select
 from aads.data.splits import split_counts
@@ -132,11 +132,12 @@ def test_phase_assignment_follows_the_config(tmp_path, demo_config_path):
         put(tmp_path, f"base/wheat/leaf/rust/{i}.jpg", jpeg_bytes(40 + i))
     rows = ingest(tmp_path, config=config, layout="crop-part-class", domain_dirs=True).rows
     phase = {(r.crop, r.domain, r.label): (r.phase, r.task) for r in rows}
-    assert phase[("tomato", "base", "healthy")] == ("1", "")
-    assert phase[("tomato", "base", "mosaic_virus")] == ("2", "1")
-    assert phase[("tomato", "base", "yellow_leaf_curl")] == ("ood", "")
-    assert phase[("tomato", "low_light", "healthy")] == ("3", "low_light")
-    assert phase[("wheat", "base", "rust")] == ("", "")
+    assert phase == {
+        ("tomato", "base", "healthy"): ("1", ""),
+        ("tomato", "base", "mosaic_virus"): ("2", "1"),
+        ("tomato", "base", "yellow_leaf_curl"): ("ood", ""),
+        ("tomato", "low_light", "healthy"): ("3", "low_light"),
+    }
 
 
 def test_missing_configured_classes_are_reported(tmp_path, demo_config_path):
@@ -174,3 +175,79 @@ def test_malformed_manifest_names_the_line(tmp_path):
     )
     with pytest.raises(ManifestError, match=r"manifest.csv:2: split 'holdout'"):
         read_manifest(bad)
+
+
+def aliased_config(data: dict | None = None, **crop) -> PlatformConfig:
+    """A spec with one crop, pepper (healthy, bacterial_spot), changed by `crop`."""
+    spec = {"name": "pepper", "phase1_classes": ["healthy", "bacterial_spot"], **crop}
+    return parse_config(
+        {
+            "crops": [spec],
+            "router": {"source": "random:tiny"},
+            "adapter": {"backbone": {"source": "random:tiny"}},
+            "data": data or {},
+        }
+    )
+
+
+def test_folders_reach_a_configured_crop_through_its_alias(tmp_path):
+    for i in range(3):
+        put(tmp_path, f"Pepper,_bell/healthy/{i}.jpg", jpeg_bytes(i))
+        put(tmp_path, f"Pepper,_bell/Bacterial_spot/{i}.jpg", jpeg_bytes(10 + i))
+    result = ingest(tmp_path, config=aliased_config(aliases=["Pepper,_bell"]))
+    assert {(r.crop, r.label, r.phase) for r in result.rows} == {
+        ("pepper", "healthy", "1"),
+        ("pepper", "bacterial_spot", "1"),
+    }
+    assert result.unused == []
+
+
+def test_images_of_unnamed_crops_classes_and_domains_are_listed_as_unused(tmp_path):
+    for i in range(2):
+        put(tmp_path, f"base/pepper/leaf/healthy/{i}.jpg", jpeg_bytes(i))
+        put(tmp_path, f"base/pepper/leaf/bacterial_spot/{i}.jpg", jpeg_bytes(10 + i))
+        put(tmp_path, f"base/pepper/leaf/mosaic/{i}.jpg", jpeg_bytes(20 + i))
+        put(tmp_path, f"base/okra/leaf/healthy/{i}.jpg", jpeg_bytes(30 + i))
+        put(tmp_path, f"field/pepper/leaf/healthy/{i}.jpg", jpeg_bytes(40 + i))
+    result = ingest(tmp_path, config=aliased_config(), layout="crop-part-class", domain_dirs=True)
+    assert {r.label for r in result.rows} == {"healthy", "bacterial_spot"}
+    assert {(u.crop, u.label, u.domain, u.reason) for u in result.unused} == {
+        ("pepper", "mosaic", "base", "class"),
+        ("okra", "healthy", "base", "crop"),
+        ("pepper", "healthy", "field", "domain"),
+    }
+    assert [u["images"] for u in result.summary["unused"]] == [2, 2, 2]
+
+
+def test_an_image_the_config_excludes_by_path_is_rejected_with_its_reason(tmp_path):
+    for i in range(3):
+        put(tmp_path, f"pepper/healthy/{i}.jpg", jpeg_bytes(i))
+        put(tmp_path, f"pepper/bacterial_spot/{i}.jpg", jpeg_bytes(10 + i))
+    config = aliased_config({"exclude": [{"path": "pepper/healthy/1.jpg", "reason": "a fruit"}]})
+    result = ingest(tmp_path, config=config)
+    assert reasons(result)["pepper/healthy/1.jpg"] == "excluded"
+    assert {r.detail for r in result.rejects} == {"a fruit"}
+    assert len(result.rows) == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "candidates", "expected"),
+    [
+        ("corn", ["corn_maize", "pepper_bell", "potato"], "corn_maize"),
+        ("gray_leaf_spot", ["cercospora_leaf_spot_gray_leaf_spot", "common_rust"],
+         "cercospora_leaf_spot_gray_leaf_spot"),
+        ("early_blight", ["early_bligth", "healthy"], "early_bligth"),
+        ("mosaic_virus", ["healthy", "leaf_mold"], None),
+    ],
+)  # fmt: skip
+def test_the_closest_label_is_one_that_contains_the_name_or_else_the_most_similar(
+    name, candidates, expected
+):
+    assert closest(name, candidates) == expected
+
+
+def test_ingest_of_nothing_usable_is_an_error_naming_where_the_reasons_are(tmp_path):
+    put(tmp_path, "okra/healthy/0.jpg", jpeg_bytes(0))
+    result = ingest(tmp_path, config=aliased_config())
+    with pytest.raises(NothingIngested, match="1 of crops, classes or domains"):
+        require_images(result, tmp_path / "out")

@@ -258,10 +258,11 @@ def test_ingest_reads_the_batch_as_crop_class_data(reviewed, tmp_path):
     tasks = [exported(t, annotation([choice("septoria_leaf_spot")])) for t in reviewed.flat]
     out = tmp_path / "batch"
     do_import(reviewed, write_export(tmp_path, tasks), out)
-    rows = ingest(out, layout="crop-class").rows
-    assert len(rows) == 12 and {(r.crop, r.label) for r in rows} == {
+    result = ingest(out, layout="crop-class")
+    assert len(result.rows) == 12 and {(r.crop, r.label) for r in result.rows} == {
         ("tomato", "septoria_leaf_spot")
     }
+    assert not result.rejects, "the batch's task.json is the batch's own file, not a reject"
 
 
 def test_known_classes_need_the_domain_named_and_nothing_is_written_before(reviewed, tmp_path):

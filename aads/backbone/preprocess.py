@@ -4,7 +4,9 @@ The stock `DINOv3ViTImageProcessor` needs torchvision, which is unusable here. T
 apply the EXIF orientation, convert to RGB, resize the whole image to a square (bilinear,
 antialiased; no crop), scale to [0, 1], normalise with the model's pretraining statistics,
 and return float32 CHW. Anything that is not a decodable image raises `ImageDecodeError`
-naming the file, so one bad upload is reported instead of crashing a batch.
+naming the file, so one bad upload is reported instead of crashing a batch. HEIC/HEIF photos
+decode like any other format (`aads.image_formats` registers pillow-heif); a file Pillow
+cannot open is named by what its header announces (a HEIC without a decoder says so).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from aads.image_formats import HEAD_BYTES, why_undecodable
 
 from .errors import ImageDecodeError
 from .normalization import Normalization
@@ -41,9 +45,24 @@ def open_image(source: ImageInput) -> Image.Image:
             return ImageOps.exif_transpose(img)
     except FileNotFoundError:
         raise ImageDecodeError(f"{name}: no such file", path=name) from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as err:
-        # PIL reports truncated/corrupt data as OSError (sometimes SyntaxError for bad headers).
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{name}: {why_undecodable(_head(source))}", path=name) from None
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
+        # PIL reports truncated/corrupt data as OSError (sometimes SyntaxError for bad headers);
+        # pillow-heif raises ValueError for a HEIC cut short ("iloc box references data
+        # outside of file bounds"), found by the fuzz test.
         raise ImageDecodeError(f"{name}: not a decodable image ({err})", path=name) from None
+
+
+def _head(source: bytes | str | os.PathLike[str]) -> bytes:
+    """The first bytes of an encoded image, for naming what it claims to be."""
+    if isinstance(source, bytes):
+        return source[:HEAD_BYTES]
+    try:
+        with open(source, "rb") as f:
+            return f.read(HEAD_BYTES)
+    except OSError:
+        return b""
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -1,7 +1,10 @@
 """Checking that a file really is a usable image, without trusting its extension.
 
 Ingest decodes every file fully once: a truncated JPEG passes `Image.verify()` but fails on
-`load()`, and we want that found at ingest, not in the middle of an epoch on a GPU node.
+`load()`, and we want that found at ingest, not in the middle of an epoch on a GPU node. The
+formats are `aads.image_formats.DECODED_FORMATS` (HEIC photos included when pillow-heif is
+installed); a HEIC file without the decoder is an ``unsupported_format`` that says so, not
+``not_an_image``.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from aads import image_formats
 from aads.errors import BadInput
+from aads.image_formats import DECODED_FORMATS, HEAD_BYTES, sniff_format, why_undecodable
 
-ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF"})
+ACCEPTED_FORMATS = DECODED_FORMATS
 
 
 class ImageRejected(BadInput):
@@ -57,7 +62,15 @@ def probe_image(path: Path, *, min_side: int, max_pixels: int) -> ImageProbe:
     except ImageRejected:
         raise
     except UnidentifiedImageError:
-        raise ImageRejected("not_an_image", "not a recognised image format") from None
+        head = data[:HEAD_BYTES]
+        announced = sniff_format(head)
+        if announced is None:
+            reason = "not_an_image"
+        elif announced == "HEIC" and not image_formats.HEIF_SUPPORTED:
+            reason = "unsupported_format"
+        else:
+            reason = "corrupt"
+        raise ImageRejected(reason, why_undecodable(head)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageRejected("too_large", str(err)) from None
     except (OSError, SyntaxError, ValueError) as err:

@@ -12,14 +12,14 @@ synth leaves, else infers the layout from folder depth and PlantVillage's ``___`
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from aads.config import BASE_DOMAIN
+from aads.config import BASE_DOMAIN, slugify
 from aads.errors import BadInput
+from aads.tasks import TASK_FILE
 
 Layout = Literal["auto", "plantvillage", "crop-class", "crop-part-class"]
 LAYOUT_MARKER = "aads-layout.json"
@@ -40,6 +40,8 @@ class Labelled:
     part: str
     label: str
     domain: str
+    written_label: str = ""
+    """The class folder's own slug when the layout shortened it (``tomato_mosaic_virus``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,23 +50,21 @@ class Misplaced:
     why: str
 
 
-def slugify(name: str) -> str:
-    """``Pepper,_bell`` -> ``pepper_bell``; ``Corn_(maize)`` -> ``corn_maize``."""
-    s = re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
-    return s if s and s[0].isalpha() else f"c_{s}" if s else "unnamed"
+__all__ = ["Labelled", "Layout", "LayoutError", "Misplaced", "detect_layout", "discover", "slugify"]
 
 
-def _plantvillage_labels(folder: str) -> tuple[str, str]:
+def _plantvillage_labels(folder: str) -> tuple[str, str, str]:
+    """(crop, class, class as written) slugs of a ``Crop___Disease`` folder."""
     crop_raw, sep, disease_raw = folder.partition("___")
     if not sep:
         raise LayoutError(f"folder {folder!r} is not Crop___Disease")
     crop = slugify(crop_raw)
-    label = slugify(disease_raw)
+    label = written = slugify(disease_raw)
     # PlantVillage repeats the crop in some classes: Tomato___Tomato_mosaic_virus.
     first_word = crop.split("_")[0]
     if label.startswith(f"{first_word}_") and label != first_word:
         label = label[len(first_word) + 1 :]
-    return crop, label
+    return crop, label, written
 
 
 def _files(root: Path) -> list[Path]:
@@ -73,7 +73,7 @@ def _files(root: Path) -> list[Path]:
         for p in root.rglob("*")
         if p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        and p.name != LAYOUT_MARKER
+        and p.name not in (LAYOUT_MARKER, TASK_FILE)
     )
 
 
@@ -140,11 +140,13 @@ def discover(
         dom, dirs = (slugify(parts[0]), parts[1:-1]) if domain_dirs else (domain, parts[:-1])
         if layout == "plantvillage":
             try:
-                crop, label = _plantvillage_labels(dirs[0])
+                crop, label, written = _plantvillage_labels(dirs[0])
             except LayoutError as err:
                 misplaced.append(Misplaced(rel, str(err)))
                 continue
             part = default_part
+            labelled.append(Labelled(p, rel, crop, part, label, dom, written))
+            continue
         elif layout == "crop-class":
             crop, part, label = slugify(dirs[0]), default_part, slugify(dirs[1])
         else:

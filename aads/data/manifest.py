@@ -49,6 +49,17 @@ class RejectRow:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class UnusedRow:
+    """A good image the config does not use: its crop, class or domain is not configured."""
+
+    path: str
+    crop: str  # the configured crop when only its class or domain is unknown, else as found
+    label: str
+    domain: str
+    reason: str  # what the config does not name: crop | class | domain
+
+
 def _to_csv(rows: Iterable[object], columns: Sequence[str]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
@@ -76,6 +87,11 @@ def write_manifest(rows: Iterable[ManifestRow], path: Path) -> str:
 
 def write_rejects(rows: Iterable[RejectRow], path: Path) -> None:
     cols = tuple(f.name for f in fields(RejectRow))
+    atomic_write_text(Path(path), _to_csv(sorted(rows, key=lambda r: r.path), cols))
+
+
+def write_unused(rows: Iterable[UnusedRow], path: Path) -> None:
+    cols = tuple(f.name for f in fields(UnusedRow))
     atomic_write_text(Path(path), _to_csv(sorted(rows, key=lambda r: r.path), cols))
 
 

@@ -32,6 +32,7 @@ from aads.adapters.phases.common import (
     phase_rows,
     predict,
     require_images,
+    start_head_from_probe,
     val_accuracy,
 )
 from aads.backbone import load_backbone
@@ -83,6 +84,11 @@ def train_phase1(
     train_loader = image_loader(data.train, data_root, classes, backbone, settings, train=True)
     val_rows = data.val or data.train
     val_loader = image_loader(val_rows, data_root, classes, backbone, settings, train=False)
+    train_in_order = image_loader(data.train, data_root, classes, backbone, settings, train=False)
+    with torch.no_grad():  # DoRA starts as the identity: these are the frozen backbone's features
+        probe_val_accuracy = start_head_from_probe(
+            model, head, train_in_order, val_loader, backbone.device
+        )
 
     def loss_fn(m: nn.Module, batch: tuple) -> torch.Tensor:
         pixels, labels, _ = batch
@@ -118,7 +124,7 @@ def train_phase1(
     add_class_statistics(
         stats,
         model,
-        image_loader(data.train, data_root, classes, backbone, settings, train=False),
+        train_in_order,
         list(range(len(classes))),
         backbone.device,
     )
@@ -132,6 +138,7 @@ def train_phase1(
     metrics = {
         "phase1_test_accuracy": summary["accuracy"],
         "phase1_val_accuracy": best_metric(result),
+        "phase1_probe_val_accuracy": probe_val_accuracy,
     }
     meta = AdapterMeta(
         crop=crop,
