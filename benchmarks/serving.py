@@ -13,9 +13,9 @@ cost is that of real weights) at 224 px, float32 on CPU, for the router and ever
    setting sent by asyncio + httpx at concurrency 1, 8, 32 after an untimed warm-up of
    max(4, concurrency) requests; latency = request sent to answer read (p50 / p99, numpy
    linear percentile), images/s = N / wall time of the N requests.
-   (a) in process: `check_image` (JPEG decode) + `Diagnoser.diagnose` on the benchmark's own
-   thread, sequential batch 1 and batch 8 (no HTTP, no batcher); the router's
-   `CropRouter.route` at batch 1 is timed too, to split the chain's cost;
+   (a) in process: `Diagnoser.prepare` (checked JPEG decode) + `diagnose_pixels` on the
+   benchmark's own thread, sequential batch 1 and batch 8 (no HTTP, no batcher); the router's
+   `prepare` + `route_pixels` at batch 1 is timed too, to split the chain's cost;
    (b) predictor: ``POST /v2/models/tomato/infer`` to a ``serving.predictor`` process serving
    all 8 crops (``--model-root``, dynamic batching max_batch_size 16, max_wait_ms 5);
    (c) chain: ``POST /v2/models/aads/infer`` to a ``serving.router`` process (no crop hint:
@@ -210,7 +210,7 @@ def in_process(workdir: Path, config: PlatformConfig, images: list[bytes], n: in
     1; as is, and with numpy's OpenBLAS held to one thread (threadpoolctl)."""
     from threadpoolctl import threadpool_limits
 
-    from aads.inference import Diagnoser, check_image
+    from aads.inference import Diagnoser
     from aads.router import load_router
 
     diagnoser = Diagnoser.from_dir(
@@ -219,13 +219,13 @@ def in_process(workdir: Path, config: PlatformConfig, images: list[bytes], n: in
     router = load_router(workdir / "router", config.storage, device="cpu", dtype="float32")
 
     def diagnose(batch: list[bytes]) -> None:
-        decoded = [check_image(b, "image", config.serving) for b in batch]
-        answers = diagnoser.diagnose(decoded)
-        assert len(answers) == len(batch) and "label" in answers[0]
+        pixels = [diagnoser.prepare(b, "image", config.serving) for b in batch]
+        answers = diagnoser.diagnose_pixels(pixels)
+        assert len(answers) == len(batch) and answers[0].label
 
     def route(batch: list[bytes]) -> None:
-        decoded = [check_image(b, "image", config.serving) for b in batch]
-        assert len(router.route(decoded)) == len(batch)
+        pixels = [router.prepare(b, "image", config.serving) for b in batch]
+        assert len(router.route_pixels(pixels)) == len(batch)
 
     def run(fn, batch_size: int, calls: int) -> dict[str, Any]:
         def batch(i: int) -> list[bytes]:

@@ -17,12 +17,13 @@ import pytest
 from PIL import Image
 
 from aads.adapters.phases.phase1 import train_phase1
+from aads.answer import Answer, ErrorEntry, Routing
 from aads.config import PlatformConfig, SynthSettings, parse_config
 from aads.data.ingest import ingest
 from aads.data.synth import synthesize
-from aads.inference import InvalidRequest
 from aads.ood.calibrate import calibrate_package
 from aads.router import train_router
+from aads.uploads import UploadRejected
 from aads.vlm.diagnosis import LocalDiagnoser
 from aads.vlm.errors import VLMError
 from aads.vlm.masks import decode_rle
@@ -162,8 +163,8 @@ def test_bare_soil_is_answered_no_regions(trained):
         (b"GIF89a", "not an image"),
     ],
 )
-def test_a_corrupt_upload_is_an_invalid_request_naming_the_image(trained, data, message):
-    with pytest.raises(InvalidRequest, match=f"image 2: .*{message}"):
+def test_a_corrupt_upload_is_refused_naming_the_image(trained, data, message):
+    with pytest.raises(UploadRejected, match=f"image 2: .*{message}"):
         scout(trained).scout(data, "image 2")
 
 
@@ -191,13 +192,14 @@ def test_the_local_diagnoser_sends_known_crops_to_their_adapter_in_input_order(t
     answers = trained["diagnoser"](images)
     assert len(answers) == len(images)
     for answer in answers:
-        route = answer["routing"]
-        if route.get("is_ood"):
-            assert answer["crop"] is None and answer["label"] == "unknown"
+        route = answer.routing
+        assert route is not None and route.source == "router"
+        if route.rejected:
+            assert answer.crop is None and answer.label == "unknown"
         else:
-            assert answer["crop"] == route["crop"]
-            assert answer["model"]["name"] == f"aads-adapter-{route['crop']}"
-    assert any(not a["routing"].get("is_ood") for a in answers)
+            assert answer.crop == route.crop
+            assert answer.model is not None and answer.model.name == f"aads-adapter-{route.crop}"
+    assert any(not a.routing.rejected for a in answers if a.routing)
     assert trained["diagnoser"]([]) == []
 
 
@@ -238,7 +240,11 @@ def test_the_verdict_is_the_most_confident_disease_else_healthy_else_unknown():
 
 def test_an_error_answer_is_parsed_as_not_answered():
     diag = RegionDiagnosis.from_answer(
-        {"crop": "corn", "error": {"code": 503, "message": "down"}, "routing": {"part": "leaf"}}
+        Answer.failed(
+            ErrorEntry(code=503, message="down"),
+            crop="corn",
+            routing=Routing(source="router", crop="corn", part="leaf"),
+        )
     )
     assert (diag.crop, diag.label, diag.error, diag.answered) == ("corn", None, "down", False)
     assert np.isclose(diag.confidence, 0.0)
