@@ -126,9 +126,29 @@ _REQUEST_TIMEOUT = (
 ) + _TIMEOUT_BODY
 
 
+LINGER_S = 2.0
+LINGER_BYTES = 64 * 2**20
+"""After answering a request whose body is still arriving (a 413), keep reading and dropping
+it for this long (or this many bytes) before closing, so the client reads the answer instead
+of a connection reset (what nginx calls a lingering close)."""
+
+
+class _LingeringTransport:
+    """The request cycle's view of the transport: closing it lingers (see `LINGER_S`)."""
+
+    def __init__(self, transport: asyncio.Transport, conn: GuardedHttpToolsProtocol) -> None:
+        self._transport, self._conn = transport, conn
+
+    def close(self) -> None:
+        self._conn.linger()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with header and body read deadlines and the connection
-    guard (see the module docstring)."""
+    """uvicorn's httptools protocol with header and body read deadlines, lingering close and
+    the connection guard (see the module docstring)."""
 
     def __init__(self, config: GuardedConfig, *args: Any, **kw: Any) -> None:
         super().__init__(config, *args, **kw)
@@ -138,6 +158,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.deadline: asyncio.TimerHandle | None = None
         self.counted = False
         self.started = False  # bytes of the current request have arrived
+        self.lingering = False
+        self.dropped = 0  # bytes dropped while lingering
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            self.dropped += len(data)
+            if self.dropped > LINGER_BYTES:
+                self.transport.close()
+            return
+        super().data_received(data)
+
+    def linger(self) -> None:
+        """Close now if the request was read whole; else half-close, drop what still
+        arrives for `LINGER_S`, then close."""
+        transport = self.transport
+        if not self.started or transport.is_closing() or not transport.can_write_eof():
+            transport.close()
+            return
+        self._disarm()
+        self.lingering = True
+        transport.write_eof()
+        transport.resume_reading()
+        self.loop.call_later(LINGER_S, transport.close)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -161,6 +204,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+        if self.cycle is not None:
+            self.cycle.transport = _LingeringTransport(self.transport, self)  # type: ignore[assignment]
         self._arm(self.body_timeout_s)
 
     def on_message_complete(self) -> None:

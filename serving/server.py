@@ -70,6 +70,17 @@ def server_arguments() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_like_kserve(name: str) -> None:
+    """Send the `name` logger's records to KServe's handlers (its format, its stream)."""
+    logger = logging.getLogger(name)
+    if logger.handlers:
+        return
+    for handler in logging.getLogger("kserve").handlers:
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 class RESTServer(KServeRESTServer):
     """KServe's REST server on our host, routes, error mapping and connection handling."""
 
@@ -146,6 +157,7 @@ class ModelServer(kserve.ModelServer):
             grace_period=grace_period,
         )
         self.spec, self.host = spec, host
+        _log_like_kserve("aads")
         quiet_repeats()
 
     @classmethod

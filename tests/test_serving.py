@@ -19,41 +19,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from aads.adapters.phases.phase1 import train_phase1
-from aads.config import SynthSettings, parse_config
-from aads.data.ingest import ingest
-from aads.data.synth import synthesize
-from aads.ood.calibrate import calibrate_package
-from aads.router import train_router
 from aads.vlm.synthetic import field_image
 from serving.local import ServerProcess, start_server
 from serving.router import canary_bucket
 from tests.conftest import free_port
-
-TINY = {"source": "random:tiny", "image_size": 32}
-SPEC = {
-    "crops": [
-        {"name": "tomato", "phase1_classes": ["healthy", "early_blight", "leaf_mold"]},
-        {"name": "corn", "phase1_classes": ["healthy", "common_rust"]},
-    ],
-    "router": TINY,
-    "adapter": {
-        "backbone": TINY,
-        "dora": {"r": 2, "alpha": 4},
-        "ood": {"threshold": {"min_samples": 2}},
-    },
-    "training": {
-        name: {"epochs": 2, "batch_size": 16, "early_stopping_patience": None}
-        for name in ("router", "phase1")
-    },
-    "serving": {
-        "max_image_bytes": 200_000,
-        "max_request_bytes": 1_000_000,
-        "predictor_timeout_s": 3,
-        "predictor_retries": 0,
-        "max_wait_ms": 2,
-    },
-}
+from tests.images import not_a_plant
+from tests.serving_models import SPEC, trained_models
 
 
 def start(args: list[str], port: int, log: Path) -> ServerProcess:
@@ -68,14 +39,11 @@ def stop(server: ServerProcess) -> None:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[dict]:
     """Router + one multi-adapter predictor (tomato, corn) + a single-adapter corn predictor."""
+    models = trained_models(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("serving")
-    config = parse_config(SPEC)
-    synthesize(config, tmp / "data", settings=SynthSettings(images_per_class=10, image_size=32))
-    rows = ingest(tmp / "data", config=config).rows
-    train_router(config, rows, tmp / "data", tmp / "router")
-    for crop in ("tomato", "corn"):
-        pkg = train_phase1(config, crop, rows, tmp / "data", tmp / "adapters" / crop)
-        calibrate_package(config, pkg, rows, tmp / "data", loco=False)
+    (tmp / "adapters").symlink_to(models / "adapters", target_is_directory=True)
+    (tmp / "router").symlink_to(models / "router", target_is_directory=True)
+    (tmp / "data").symlink_to(models / "data", target_is_directory=True)
     ports = {k: free_port() for k in ("router", "multi", "single", "scouting")}
     spec = {
         **SPEC,
@@ -169,15 +137,6 @@ def v2(*images: Path | bytes, shape: list[int] | None = None, datatype: str = "B
             {"name": "image", "shape": shape or [len(data)], "datatype": datatype, "data": data}
         ]
     }
-
-
-def ood_image() -> bytes:
-    """Not a plant: a saturated magenta checkerboard, far from every synthetic leaf."""
-    board = (np.indices((64, 64)).sum(0) // 8 % 2).astype(np.uint8) * 255
-    rgb = np.stack([board, np.zeros_like(board), board], axis=-1)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- scouting
@@ -281,7 +240,7 @@ def test_crop_hint_skips_routing(served):
 
 def test_an_out_of_distribution_image_is_answered_unknown_with_a_hint(served):
     _, body = post(
-        served["ports"]["router"], "/v1/models/aads:predict", v1(ood_image(), hint="tomato")
+        served["ports"]["router"], "/v1/models/aads:predict", v1(not_a_plant(), hint="tomato")
     )
     answer = body["predictions"][0]
     assert answer["is_ood"] is True and answer["label"] == "unknown"
@@ -410,7 +369,7 @@ def test_a_dead_predictor_costs_only_its_own_images_an_error(served):
 
 def test_a_picture_of_no_known_crop_is_answered_unknown_by_the_router(served):
     """The router's own crop-level OOD check answers it; no adapter is asked."""
-    _, body = post(served["ports"]["router"], "/v1/models/aads:predict", v1(ood_image()))
+    _, body = post(served["ports"]["router"], "/v1/models/aads:predict", v1(not_a_plant()))
     answer = body["predictions"][0]
     assert answer["label"] == "unknown" and answer.get("crop") is None
     assert answer["reason"] == "not one of the known crops"
