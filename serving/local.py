@@ -258,7 +258,9 @@ def predict_files(
                 detail = err.reason
             if err.code >= 500 and err.code != 503:
                 raise ServingFailed(f"{url} answered {err.code}: {detail}") from None
-            return Answer.failed(ErrorEntry(code=err.code, message=str(detail)))
+            # One image per request: its index says nothing; the caller names the file.
+            message = str(detail).removeprefix("image 0: ")
+            return Answer.failed(ErrorEntry(code=err.code, message=message))
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise ServingFailed(f"cannot reach the AADS router at {base}: {reason}") from None
