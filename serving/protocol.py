@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from aads.answer import Answer, capped
 from aads.config import ServingSettings
+from aads.errors import TooLarge
 from aads.inference import InvalidRequest
 
 IMAGE_INPUT = "image"
@@ -48,6 +49,10 @@ OUTPUTS: dict[str, str] = {
 BINARY_HEADER = "inference-header-content-length"
 
 Protocol = Literal["v1", "v2"]
+
+
+class TooManyImages(TooLarge):
+    """More images in one request than ``serving.max_images_per_request`` (413)."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +164,7 @@ def parse_request(call: InferenceCall, limits: ServingSettings) -> ParsedRequest
     """The request's images and options; `InvalidRequest` (400) naming what is wrong."""
     parsed = _parse_v2(call) if call.protocol == "v2" else _parse_v1(call.body)
     if len(parsed.instances) > limits.max_images_per_request:
-        raise InvalidRequest(
+        raise TooManyImages(
             f"{len(parsed.instances)} images in one request; the limit is "
             f"{limits.max_images_per_request}"
         )

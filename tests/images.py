@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import strategies as st
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,3 +105,28 @@ def not_a_plant() -> bytes:
     """A saturated magenta checkerboard, far from every synthetic leaf."""
     board = (np.indices((64, 64)).sum(0) // 8 % 2).astype(np.uint8) * 255
     return encode(Image.fromarray(np.stack([board, np.zeros_like(board), board], axis=-1)), "PNG")
+
+
+@st.composite
+def mutated_images(draw: st.DrawFn) -> bytes:
+    """Real image bytes, mutated: a PlantVillage JPEG, a PNG made from one, or the corrupt-EXIF
+    JPEG, with 1 to 8 bit flips, insertions, cuts or duplicated runs (a fuzzer's moves)."""
+    photo = real_jpeg(draw(st.integers(0, 400)))
+    kind = draw(st.sampled_from(["jpeg", "png", "exif"]))
+    if kind == "png":
+        photo = encode(Image.open(io.BytesIO(photo)).resize((48, 48)))
+    elif kind == "exif":
+        photo = corrupt_exif_jpeg(photo)
+    raw = bytearray(photo)
+    for _ in range(draw(st.integers(1, 8))):
+        where = draw(st.integers(0, len(raw) - 1))
+        move = draw(st.sampled_from(["flip", "insert", "cut", "repeat"]))
+        if move == "flip":
+            raw[where] ^= 1 << draw(st.integers(0, 7))
+        elif move == "insert":
+            raw[where:where] = draw(st.binary(min_size=1, max_size=32))
+        elif move == "cut":
+            del raw[where : where + draw(st.integers(1, 256))]
+        else:
+            raw[where:where] = raw[where : where + draw(st.integers(1, 256))]
+    return bytes(raw)

@@ -1,5 +1,5 @@
 """The scouting stage end to end on synthetic field photos, with the real crop router and real
-crop adapters (tiny random DINOv3 backbones, trained for an epoch on synthetic plants).
+crop adapters (tiny random DINOv3 backbones trained on synthetic plants, `tests.serving_models`).
 
 Which path finds the regions: Grounding DINO with random weights proposes arbitrary boxes, so
 "one region per leaf" is checked with the vegetation proposal stage (the configured fallback
@@ -16,13 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aads.adapters.phases.phase1 import train_phase1
 from aads.answer import Answer, ErrorEntry, Routing
-from aads.config import PlatformConfig, SynthSettings, parse_config
-from aads.data.ingest import ingest
-from aads.data.synth import synthesize
-from aads.ood.calibrate import calibrate_package
-from aads.router import train_router
+from aads.config import PlatformConfig, parse_config
 from aads.uploads import UploadRejected
 from aads.vlm.diagnosis import LocalDiagnoser
 from aads.vlm.errors import VLMError
@@ -30,9 +25,11 @@ from aads.vlm.masks import decode_rle
 from aads.vlm.response import Region, RegionDiagnosis, image_verdict
 from aads.vlm.scouting import Scout, load_scout
 from aads.vlm.synthetic import field_image, soil_image
+from tests.serving_models import SPEC as SERVING_SPEC
+from tests.serving_models import trained_models
 
-TINY = {"source": "random:tiny", "image_size": 32}
-SPEC = {
+SPEC = {  # the served models' spec, with leaf_mold as a hold-out BioCLIP is asked about
+    **SERVING_SPEC,
     "crops": [
         {
             "name": "tomato",
@@ -41,35 +38,18 @@ SPEC = {
         },
         {"name": "corn", "phase1_classes": ["healthy", "common_rust"]},
     ],
-    "router": TINY,
-    "adapter": {
-        "backbone": TINY,
-        "dora": {"r": 2, "alpha": 4},
-        "ood": {"threshold": {"min_samples": 2}},
-    },
-    "training": {
-        n: {"epochs": 1, "batch_size": 16, "early_stopping_patience": None}
-        for n in ("router", "phase1")
-    },
 }
 MODELS = {"sam2": {"source": "random:tiny"}, "bioclip": {"source": "random:tiny"}}
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Iterator[dict]:
-    """A trained router and calibrated tomato and corn adapters, loaded (about 2 s)."""
-    tmp = tmp_path_factory.mktemp("vlm")
-    config = parse_config(SPEC)
-    synthesize(config, tmp / "data", settings=SynthSettings(images_per_class=6, image_size=32))
-    rows = ingest(tmp / "data", config=config).rows
-    train_router(config, rows, tmp / "data", tmp / "router")
-    for crop in ("tomato", "corn"):
-        pkg = train_phase1(config, crop, rows, tmp / "data", tmp / "adapters" / crop)
-        calibrate_package(config, pkg, rows, tmp / "data", loco=False)
+    """The session's trained router and calibrated tomato and corn adapters, loaded."""
+    models = trained_models(tmp_path_factory)
     diagnoser = LocalDiagnoser.from_dirs(
-        tmp / "router", {c: tmp / "adapters" / c for c in ("tomato", "corn")}, device="cpu"
+        models / "router", {c: models / "adapters" / c for c in ("tomato", "corn")}, device="cpu"
     )
-    yield {"diagnoser": diagnoser, "data": tmp / "data"}
+    yield {"diagnoser": diagnoser, "data": models / "data"}
 
 
 def scout(trained: dict, **scouting) -> Scout:
