@@ -411,7 +411,7 @@ class ServingSettings(_Model):
         64 * 2**20, ge=1024, description="per request body, enforced while it streams in"
     )
     max_inflight_request_bytes: int = Field(
-        256 * 2**20,
+        128 * 2**20,
         ge=1024,
         description="request bodies being read or answered at once, per process; a request "
         "that would exceed it is answered 503 (retry later)",

@@ -19,9 +19,12 @@ from the network through here, in this order:
    leaves here carries no metadata);
 5. RGB (`aads.backbone.to_rgb`: alpha on white, 16-bit scaled).
 
-Memory: the largest buffer is one decoded image at full size (JPEG: at draft size), at most
-``max_pixels`` x 4 bytes plus one converted copy for palette and 16-bit modes, so a server that
-decodes at most N images at once (``serving.max_concurrent_decodes``) holds at most N of them.
+Memory: the largest buffer is one decoded frame in its own mode (JPEG: at draft size); colour
+conversion and reduction work strip by strip. Measured peaks for 40 megapixels shrunk for a 224
+px model (``benchmarks/serving.py``): RGBA PNG 174 MiB (the worst, about 4.5 bytes a pixel),
+RGB PNG 163, 16-bit PNG 94, palette PNG 63, 1-bit PNG 44, JPEG 3; WebP needs 16 bytes a pixel,
+so its limit is a quarter of ``max_pixels``. A server that decodes at most N images at once
+(``serving.max_concurrent_decodes``) holds at most N such frames.
 
 Every failure is an `UploadRejected` (400) or `UploadTooLarge` (413) naming the image (`where`);
 a decoder's own exception never escapes, whatever the bytes.
@@ -55,6 +58,10 @@ MPO, the multi-picture JPEG phones write (its first picture is used)."""
 ACCEPTED = "JPEG, PNG or WebP"
 REDUCING_GAP = 2
 """Shrink while decoding to at least this many times the model's side."""
+COSTLY = {"WEBP": 4}
+"""Formats whose decoder needs several times the memory of a PNG or JPEG frame: libwebp
+decodes into its own canvas and PIL copies it twice (measured: 16 bytes a pixel against about
+4.5 for an RGBA PNG). Their pixel limit is ``max_pixels`` divided by this."""
 
 # Orientation tag (0x0112) -> the transpose that undoes it (as `ImageOps.exif_transpose`).
 _ORIENTATION = {
@@ -117,10 +124,13 @@ def read_header(data: bytes, where: str, limits: ServingSettings) -> ImageHeader
         raise UploadRejected(f"{where}: not an image ({ACCEPTED} expected)") from None
     if header.width < 1 or header.height < 1:
         raise UploadRejected(f"{where}: image has no pixels ({header.width}x{header.height})")
-    if header.pixels > limits.max_pixels:
+    cost = COSTLY.get(header.format, 1)
+    if header.pixels * cost > limits.max_pixels:
+        name = "WebP" if header.format == "WEBP" else header.format
+        which = f" for {name} (its decoder needs {cost}x the memory)" if cost > 1 else ""
         raise UploadTooLarge(
             f"{where}: image is {header.width}x{header.height} = {megapixels(header.pixels)}, "
-            f"over the {megapixels(limits.max_pixels)} limit"
+            f"over the {megapixels(limits.max_pixels // cost)} limit{which}"
         )
     return header
 
@@ -182,20 +192,39 @@ def _orientation(img: Image.Image, where: str) -> int:
         return 1
 
 
-def _shrink(img: Image.Image, side: int | None) -> Image.Image:
-    """Reduce by whole factors per axis so that each stays >= REDUCING_GAP x side; modes that
-    cannot be averaged (1-bit, palette, 16-bit) are converted first."""
+STRIP_ROWS = 32
+"""Output rows shrunk at a time: conversions and ``reduce`` work on a strip, never on a second
+full-size copy of the frame."""
+
+
+def _averageable(img: Image.Image) -> Image.Image:
+    """The image in a mode `Image.reduce` can average: 1-bit as L, palette as RGB(A), 16-bit
+    as 32-bit integers (as `aads.backbone.to_rgb` reads them)."""
     if img.mode == "1":
-        img = img.convert("L")
-    elif img.mode in ("P", "PA"):
-        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
-    width, height = img.size
-    if not side:
-        return img
-    fx = max(1, width // (REDUCING_GAP * side))
-    fy = max(1, height // (REDUCING_GAP * side))
-    if fx == 1 and fy == 1:
-        return img
+        return img.convert("L")
+    if img.mode in ("P", "PA"):
+        return img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
     if img.mode.startswith("I;16"):
-        img = img.convert("I")
-    return img.reduce((fx, fy))
+        return img.convert("I")
+    return img
+
+
+def _shrink(img: Image.Image, side: int | None) -> Image.Image:
+    """Reduce by whole factors per axis so that each stays >= REDUCING_GAP x side, strip by
+    strip: the full-size frame decoded is the only full-size buffer."""
+    width, height = img.size
+    fx = max(1, width // (REDUCING_GAP * side)) if side else 1
+    fy = max(1, height // (REDUCING_GAP * side)) if side else 1
+    if fx == 1 and fy == 1:
+        return _averageable(img)
+    rows = fy * STRIP_ROWS  # strips aligned to fy: no block straddles two strips
+    strips = [
+        _averageable(img.crop((0, top, width, min(top + rows, height)))).reduce((fx, fy))
+        for top in range(0, height, rows)
+    ]
+    out = Image.new(strips[0].mode, (strips[0].width, sum(s.height for s in strips)))
+    top = 0
+    for strip in strips:
+        out.paste(strip, (0, top))
+        top += strip.height
+    return out

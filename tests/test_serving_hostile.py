@@ -648,6 +648,38 @@ def test_v2_responses_and_metadata_are_valid_oip_objects_without_nulls(servers):
     assert_valid(infer(servers, v2(b"junk")).json(), "inference_error_response")
 
 
+def test_the_router_publishes_the_answer_schema_and_its_answers_validate_against_it(servers):
+    import jsonschema
+
+    spec = httpx.get(url(servers) + "/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    answer = schemas["Answer"]["properties"]
+    assert {"label", "is_ood", "confidence", "routing", "error", "ood", "top_k"} <= set(answer)
+    assert "/v1/models/{model_name}:predict" in spec["paths"]
+    assert not any("repository" in path for path in spec["paths"])  # no admin surface
+
+    def validate(instance: object, name: str) -> None:
+        schema = {"$ref": f"#/components/schemas/{name}", "components": spec["components"]}
+        jsonschema.Draft202012Validator(schema).validate(instance)
+
+    corn = sorted((servers["models"] / "data" / "base" / "corn").rglob("*.jpg"))[0].read_bytes()
+    body = {
+        "instances": [
+            {"image": {"b64": b64(tomato(servers))}, "crop_hint": "tomato"},
+            {"image": {"b64": b64(tomato(servers, 1))}},  # routed by the router
+            {"image": {"b64": b64(corn)}, "crop_hint": "corn"},  # its predictor is down
+            {"image": {"b64": b64(b"junk")}},
+        ]
+    }
+    response = predict(servers, body)
+    validate(response.json(), "V1Response")
+    for answer_ in response.json()["predictions"]:
+        validate(answer_, "Answer")
+    validate(json.loads(json.dumps(v1(b"x"))), "V1Request")
+    with pytest.raises(jsonschema.ValidationError):
+        validate({"label": 3}, "Answer")
+
+
 @settings(
     max_examples=40,
     deadline=30_000,

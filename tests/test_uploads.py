@@ -83,6 +83,15 @@ def test_an_image_over_the_pixel_limit_is_refused_from_its_header_with_its_size(
         decode_upload(bomb, "image 0", LIMITS)
 
 
+def test_webp_has_a_quarter_of_the_pixel_limit_because_its_decoder_needs_four_times_the_memory():
+    limits = ServingSettings(max_pixels=4_000_000)
+    big = encode(Image.new("RGB", (1200, 1000), (10, 200, 30)), "WEBP", lossless=True)
+    with pytest.raises(UploadTooLarge, match=r"1200x1000 = 1.2 MP, over the 1.0 MP limit for WebP"):
+        read_header(big, "image 0", limits)
+    small = encode(Image.new("RGB", (1000, 1000), (10, 200, 30)), "WEBP", lossless=True)
+    assert read_header(small, "image 0", limits).pixels == 1_000_000
+
+
 def test_the_request_pixel_budget_counts_every_image_before_any_decodes():
     headers = [ImageHeader("PNG", 6300, 6300)] * 64  # the 0.4 MB request
     with pytest.raises(UploadTooLarge, match=r"64 images have 2540.2 MP in all, over the 256.0"):

@@ -158,6 +158,27 @@ def test_encoded_bytes_and_a_decoded_image_get_the_same_regions(trained):
     assert from_bytes.model_dump(exclude=strip) == from_image.model_dump(exclude=strip)
 
 
+def test_a_reloaded_spec_reconfigures_the_scout_and_keeps_its_loaded_models(trained, caplog):
+    scouting = scout(trained, **MODELS)
+    more_crops = {
+        **SPEC,
+        "crops": [
+            *SPEC["crops"],
+            {"name": "pepper", "phase1_classes": ["healthy", "bacterial_spot"]},
+        ],
+        "scouting": {"device": "cpu", "max_regions": 3, **MODELS},
+    }
+    again = scouting.reconfigured(parse_config(more_crops))
+    assert again.settings.max_regions == 3 and again.scorer is not None
+    assert again.scorer.bioclip is scouting.scorer.bioclip  # the same loaded model
+    assert ("pepper", "bacterial_spot") in {(lab.crop, lab.disease) for lab in again.scorer.labels}
+    assert len(again.scout(field_image(4, seed=7).image).regions) <= 3
+    new_model = {**more_crops, "scouting": {"device": "cpu", "sam2": {"source": "random:tiny"}}}
+    with caplog.at_level("WARNING", logger="aads.vlm.scouting"):
+        kept = scouting.reconfigured(parse_config(new_model))
+    assert kept.scorer is scouting.scorer and "restart" in caplog.text
+
+
 def test_a_spec_without_scouting_cannot_load_a_scout(trained):
     with pytest.raises(VLMError, match="no `scouting:` section"):
         load_scout(parse_config(SPEC), trained["diagnoser"])
