@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import resource
 import sys
 from collections import Counter
@@ -28,7 +29,7 @@ async def hold(port: int, n: int, seconds: float) -> dict:
     stdin_closed.add_done_callback(lambda _: loop.call_soon_threadsafe(stop.set))
 
     async def one(k: int) -> None:
-        await asyncio.sleep(k * 0.0003)  # ramp up: about 3,300 new connections a second
+        await asyncio.sleep(k * 0.001)  # ramp up: about 1,000 new connections a second
         while not stop.is_set():
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -48,6 +49,7 @@ async def hold(port: int, n: int, seconds: float) -> dict:
             read.cancel()
             stats["open"] -= 1
             writer.close()
+            await asyncio.sleep(random.uniform(0, 2))  # reconnect spread out: a steady flood
 
     await asyncio.gather(*(one(k) for k in range(n)))
     return {"connections": n, **{k: v for k, v in stats.items() if k != "open"}}

@@ -845,7 +845,7 @@ def idle_flood(
         for _ in range(2)
     ]  # fmt: skip
     router_pid = group.procs["hostile-router"].proc.pid
-    ramp_s = 20.0  # the holders connect about 3,300 a second each when the server keeps up
+    ramp_s = 20.0  # the holders connect about 1,000 a second each when the server keeps up
     time.sleep(ramp_s)
     fds = [open_fds(router_pid)]
     sampler_stop = threading.Event()
@@ -1004,7 +1004,7 @@ def report(result: dict[str, Any]) -> str:
     if "memory" in result:
         lines += memory_report(result)
     if "hostile" in result:
-        lines += hostile_report(result["hostile"])
+        lines += ["", *hostile_report(result["hostile"])]
     return "\n".join(lines) + "\n"
 
 
@@ -1120,7 +1120,8 @@ def hostile_report(h: dict[str, Any]) -> list[str]:
         "PlantVillage photo) to the router, and one pixel-budget request a second (64 one-bit "
         "PNGs of 6300 x 6300, 0.3 MB, 2.5 gigapixels) to the router and one to the predictor. "
         "Idle flood: 20,000 connections opened by two helper processes and held idle (reopened "
-        "when the server closes them) while the good load runs. Failed = not a 200, or an "
+        "after 0 to 2 s when the server closes them) while the good load runs. Failed = not a "
+        "200, or an "
         "answer with an error entry. Peak RSS: VmHWM over the phase (reset at its start).",
         "",
         "| phase | good requests | failed | p50 ms | p99 ms | peak RSS router MiB "

@@ -130,18 +130,12 @@ class ServedModel(Model):
         config = self.config
         limits = config.serving
         batch = Batch(parse_request(payload, limits), config)
-        headers_ok: dict[int, ImageHeader] = {}
-        for i, instance in enumerate(batch.instances):
-            where = f"image {i}"
-            try:
-                self.check_instance(instance, where, config)
-                headers_ok[i] = read_header(instance.image, where, limits)
-            except AADSError as err:
-                batch.errors[i] = err
-        check_request_pixels(list(headers_ok.values()), limits)
         loop = asyncio.get_running_loop()
         pool = DecodePool.executor(limits.max_concurrent_decodes)
-        for i in headers_ok:
+        # Headers too are read in the pool: a PNG's text chunks are decompressed to read them.
+        headers = await loop.run_in_executor(pool, self._check_headers, batch)
+        check_request_pixels(list(headers.values()), limits)
+        for i in headers:
             where = f"image {i}"
             try:
                 batch.inputs[i] = await loop.run_in_executor(
@@ -155,6 +149,18 @@ class ServedModel(Model):
         if not batch.inputs:
             raise batch.errors[min(batch.errors)]
         return batch
+
+    def _check_headers(self, batch: Batch) -> dict[int, ImageHeader]:
+        """Each image's own rules and header; a failure is that image's error."""
+        checked = {}
+        for i, instance in enumerate(batch.instances):
+            where = f"image {i}"
+            try:
+                self.check_instance(instance, where, batch.config)
+                checked[i] = read_header(instance.image, where, batch.config.serving)
+            except AADSError as err:
+                batch.errors[i] = err
+        return checked
 
     async def predict(
         self,

@@ -48,12 +48,22 @@ class BadServerURL(BadInput):
     """A URL that names no AADS router."""
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies (Linux; elsewhere a no-op)."""
+PARENT_ENV = "AADS_DIE_WITH_PARENT"
+"""Set by `start_server` to its own pid: the server process then dies with it."""
+
+
+def die_with_parent() -> None:
+    """In a server started by `start_server`: ask Linux for SIGTERM when the starting process
+    dies (``PR_SET_PDEATHSIG``), and exit now if it already has. Elsewhere a no-op."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or sys.platform != "linux":
+        return
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() != int(parent):  # it died before the request took effect
+        raise SystemExit(f"the process that started this server ({parent}) is gone")
 
 
 @dataclass
@@ -101,9 +111,8 @@ def start_server(
             command,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())},
             cwd=cwd,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,  # noqa: PLW1509
         )
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     server = ServerProcess(module.rsplit(".", 1)[-1], f"http://{connect_host}:{port}", proc, log)

@@ -42,6 +42,7 @@ from serving.http import (
     quiet_repeats,
     raise_fd_limit,
 )
+from serving.local import die_with_parent
 from serving.routes import Surface, install_error_handlers, install_openapi, register_routes
 
 log = logging.getLogger("aads.serving.server")
@@ -171,6 +172,7 @@ class ModelServer(kserve.ModelServer):
         """A server for `server_arguments`' options. `reload_spec`: follow the spec file while
         serving (`aads.specwatch`), else read it once; `adjust` applies command-line
         overrides to every version of the spec."""
+        die_with_parent()
         spec: SpecSource = (
             SpecWatcher(Path(args.spec), adjust=adjust).start()
             if reload_spec
