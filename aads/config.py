@@ -436,6 +436,9 @@ class ServingSettings(_Model):
     header_timeout_s: float = Field(
         10.0, gt=0, le=600, description="to receive a request's headers (else 408, closed)"
     )
+    max_header_bytes: int = Field(
+        64 * 2**10, ge=1024, description="request line and headers together (else 431, closed)"
+    )
     body_timeout_s: float = Field(
         60.0, gt=0, le=3600, description="to receive a request's body once its headers are in"
     )

@@ -5,6 +5,8 @@
   connection, for its first request) and its body within ``body_timeout_s`` of its headers;
   otherwise 408 and the connection is closed (a silent close when nothing was sent). uvicorn's
   own keep-alive timeout (``keep_alive_timeout_s``) covers idle connections between requests.
+  The request line and headers are held to ``max_header_bytes`` (431, closed): llhttp sets no
+  limit and uvicorn keeps them in memory until they end.
 - `ConnectionGuard`: at most ``max_connections`` open connections (default: the file-descriptor
   limit less a reserve, after `raise_fd_limit`). At the limit a new connection closes the
   connection that has been idle longest (no request in progress); if every connection is busy,
@@ -117,6 +119,7 @@ class GuardedConfig(uvicorn.Config):
         self.guard = guard
         self.header_timeout_s = settings.header_timeout_s
         self.body_timeout_s = settings.body_timeout_s
+        self.max_header_bytes = settings.max_header_bytes
 
 
 _TIMEOUT_BODY = orjson.dumps({"error": "request not received in time; connection closed"})
@@ -155,6 +158,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.guard = config.guard
         self.header_timeout_s = config.header_timeout_s
         self.body_timeout_s = config.body_timeout_s
+        self.max_header_bytes = config.max_header_bytes
+        self.header_bytes = 0  # of the current request's line and headers
+        self.headers_too_large = False
         self.deadline: asyncio.TimerHandle | None = None
         self.counted = False
         self.started = False  # bytes of the current request have arrived
@@ -197,9 +203,39 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.started = True
+        self.header_bytes = 0
         self.guard.mark_busy(self)
         if self.deadline is None:
             self._arm(self.header_timeout_s)
+
+    def on_url(self, url: bytes) -> None:
+        self._count_header_bytes(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_header_bytes(self, n: int) -> None:
+        """Headers are held in memory until they end: refuse them past the limit (raising
+        here stops the parser, and uvicorn answers through `send_400_response`)."""
+        self.header_bytes += n
+        if self.header_bytes > self.max_header_bytes:
+            self.headers_too_large = True
+            raise ValueError("request headers over the limit")
+
+    def send_400_response(self, msg: str) -> None:
+        if not self.headers_too_large:
+            super().send_400_response(msg)
+            return
+        body = orjson.dumps(
+            {"error": f"request line and headers over {self.max_header_bytes} bytes"}
+        )
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        self.linger()  # the rest of the headers is still arriving
 
     def on_headers_complete(self) -> None:
         self._disarm()

@@ -350,6 +350,16 @@ def test_headers_that_never_finish_get_408_and_the_connection_closes(servers):
     good_answer(servers)
 
 
+def test_headers_over_the_size_limit_get_431_and_the_connection_closes(servers):
+    huge = b"X-Padding: " + b"a" * 100_000 + b"\r\n"
+    head = b"POST /v1/models/aads:predict HTTP/1.1\r\nHost: x\r\n" + huge * 3 + b"\r\n"
+    out, took = raw_exchange(port(servers), head)
+    assert out.startswith(b"HTTP/1.1 431") and b"over 65536 bytes" in out and took < 2
+    long_url = b"GET /v2/models/" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert raw_exchange(port(servers), long_url)[0].startswith(b"HTTP/1.1 431")
+    good_answer(servers)
+
+
 def test_a_body_shorter_than_its_content_length_gets_408_not_a_wait_forever(servers):
     head = b"POST /v1/models/aads:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
     out, took = raw_exchange(port(servers), head + b'{"instances"')
