@@ -26,10 +26,12 @@ Semantics:
   loop is never blocked by a forward pass (health checks and new requests keep being accepted),
   and model calls are serialized on one thread (one batch at a time; the background task waits
   for each batch before forming the next, whatever the executor).
-- `fn` must return exactly one output per input. Otherwise every request of that batch fails with
-  a `ValueError` that says how many outputs came back for how many inputs. If `fn` raises, every
-  request of that batch fails with that exception (the same object); requests in other batches
-  are unaffected and the batcher keeps serving.
+- `fn` must return exactly one output per input; otherwise the call fails with a `ValueError`
+  that says how many outputs came back for how many inputs. When a call over several requests
+  fails (`fn` raises, or the count is wrong), each of those requests is run again alone, so the
+  failure reaches only the requests whose own items cause it: one poisoned item never fails its
+  neighbours. A request that fails alone gets that exception; requests in other batches are
+  unaffected and the batcher keeps serving.
 - A caller that stops waiting (client disconnect, `asyncio.wait_for` timeout: its task is
   cancelled) does not disturb the batcher: if its request is still queued it is dropped before it
   reaches `fn`; if it is already in a batch, the batch runs and its outputs are discarded.
@@ -70,10 +72,10 @@ class BatcherClosed(Unavailable):
 class BatchStats:
     """What a batcher has done so far: `batches` calls of `fn` over `items` items in all."""
 
-    batches: int = 0
+    batches: int = 0  # calls of `fn` (a failed batch's requests rerun alone count too)
     items: int = 0
     max_batch_seen: int = 0
-    failed_batches: int = 0  # `fn` raised or returned the wrong number of outputs
+    failed_batches: int = 0  # calls where `fn` raised or returned the wrong number of outputs
 
     @property
     def mean_batch_size(self) -> float:
@@ -252,7 +254,7 @@ class DynamicBatcher(Generic[In, Out]):
                         await asyncio.wait_for(wakeup.wait(), remaining)
                     except TimeoutError:
                         break
-                await self._process(batch, size)
+                await self._process(batch)
         finally:
             # Only reached with requests left if the task is cancelled or fails unexpectedly:
             # never leave a caller waiting forever.
@@ -262,31 +264,29 @@ class DynamicBatcher(Generic[In, Out]):
                 if not request.future.done():
                     request.future.set_exception(error)
 
-    async def _process(self, batch: list[_Request[In, Out]], size: int) -> None:
+    async def _process(self, batch: list[_Request[In, Out]]) -> None:
         items = [item for request in batch for item in request.items]
-        loop = asyncio.get_running_loop()
-        failed = False
         try:
-            outputs = list(await loop.run_in_executor(self._executor, self._fn, items))
-            if len(outputs) != len(items):
-                raise ValueError(
-                    f"{self._name}: fn returned {len(outputs)} outputs for {len(items)} inputs; "
-                    "it must return exactly one output per input, in order"
-                )
-        except BaseException as exc:
-            failed = True
-            # An error of `fn` goes to its callers; anything else (this task being cancelled)
-            # is raised on, and the callers learn that their batch will never finish.
-            error = (
-                exc
-                if isinstance(exc, Exception)
-                else BatcherClosed(f"{self._name}: batcher stopped while this request ran")
-            )
+            outputs = await self._call(items)
+        except Exception as exc:
+            if len(batch) == 1:
+                _fail(batch, exc)
+                return
+            # One request's items may be what broke the batch: run each request alone, so
+            # an error reaches only the callers whose own items raise it.
             for request in batch:
-                if not request.future.done():
-                    request.future.set_exception(error)
-            if error is not exc:
-                raise
+                if request.future.done():
+                    continue
+                try:
+                    alone = await self._call(request.items)
+                except Exception as err:  # noqa: BLE001 - it goes to this request's caller
+                    _fail([request], err)
+                else:
+                    request.future.set_result(alone)
+        except BaseException:
+            # This task is being cancelled: the callers learn that their batch never finishes.
+            _fail(batch, BatcherClosed(f"{self._name}: batcher stopped while this request ran"))
+            raise
         else:
             start = 0
             for request in batch:
@@ -294,11 +294,32 @@ class DynamicBatcher(Generic[In, Out]):
                 if not request.future.done():
                     request.future.set_result(outputs[start:end])
                 start = end
+
+    async def _call(self, items: list[In]) -> list[Out]:
+        """One call of `fn` in the executor, counted in the stats; raises what `fn` raised, or
+        `ValueError` for a wrong number of outputs."""
+        loop = asyncio.get_running_loop()
+        failed = True
+        try:
+            outputs = list(await loop.run_in_executor(self._executor, self._fn, items))
+            if len(outputs) != len(items):
+                raise ValueError(
+                    f"{self._name}: fn returned {len(outputs)} outputs for {len(items)} inputs; "
+                    "it must return exactly one output per input, in order"
+                )
+            failed = False
+            return outputs
         finally:
             s = self._stats
             self._stats = BatchStats(
                 batches=s.batches + 1,
-                items=s.items + size,
-                max_batch_seen=max(s.max_batch_seen, size),
+                items=s.items + len(items),
+                max_batch_seen=max(s.max_batch_seen, len(items)),
                 failed_batches=s.failed_batches + int(failed),
             )
+
+
+def _fail(requests: list[_Request], error: BaseException) -> None:
+    for request in requests:
+        if not request.future.done():
+            request.future.set_exception(error)

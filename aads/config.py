@@ -432,12 +432,53 @@ class CanaryRoute(_Model):
 
 
 class ServingSettings(_Model):
-    """Limits and batching of the KServe router and adapter predictors."""
+    """Limits, batching and connection hygiene of the KServe router, adapter predictors and
+    scouting service (README, "Serving": what each bounds, and the worst case they allow)."""
 
     max_image_bytes: int = Field(10 * 2**20, ge=1024, description="per encoded image")
-    max_request_bytes: int = Field(64 * 2**20, ge=1024, description="per request body")
+    max_request_bytes: int = Field(
+        64 * 2**20, ge=1024, description="per request body, enforced while it streams in"
+    )
+    max_inflight_request_bytes: int = Field(
+        128 * 2**20,
+        ge=1024,
+        description="request bodies being read or answered at once, per process; a request "
+        "that would exceed it is answered 503 (retry later)",
+    )
     max_images_per_request: int = Field(64, ge=1, le=4096)
-    max_pixels: int = Field(40_000_000, ge=1024, description="decoded width x height")
+    max_pixels: int = Field(40_000_000, ge=1024, description="decoded width x height, per image")
+    max_request_pixels: int = Field(
+        256_000_000, ge=1024, description="decoded pixels of a request's images together"
+    )
+    max_concurrent_decodes: int = Field(
+        2, ge=1, le=64, description="images decoded at once, per process (memory bound)"
+    )
+    max_concurrent_requests: int = Field(
+        64, ge=1, le=100_000, description="requests in flight per process; more are 503"
+    )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="open connections per process; 0: the file-descriptor limit less a reserve. "
+        "At the limit the longest-idle connection is closed for a new one",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="to receive a request's headers (else 408, closed)"
+    )
+    max_header_bytes: int = Field(
+        64 * 2**10, ge=1024, description="request line and headers together (else 431, closed)"
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="to receive a request's body once its headers are in"
+    )
+    keep_alive_timeout_s: float = Field(
+        65.0, gt=0, le=3600, description="an idle keep-alive connection is closed after this"
+    )
+    model_repository: bool = Field(
+        False,
+        description="expose KServe's model repository load/unload routes (an unauthenticated "
+        "admin surface: keep off on anything reachable)",
+    )
     max_batch_size: int = Field(16, ge=1, le=1024, description="dynamic batching")
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="dynamic batching")
     top_k: int = Field(3, ge=1, le=100)

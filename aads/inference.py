@@ -1,5 +1,5 @@
-"""Serving-side diagnosis, independent of any server framework: image checks, where a model
-comes from, and one answer per image from a loaded adapter.
+"""Serving-side diagnosis, independent of any server framework: where a model comes from, and
+one answer per image from a loaded adapter (uploads are checked by `aads.uploads`).
 
 `serving/` wraps these in KServe models; tests and `aads predict` call them directly, so the
 answer a user gets is computed by the same code everywhere.
@@ -7,25 +7,22 @@ answer a user gets is computed by the same code everywhere.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from aads.adapters.loading import LoadedAdapter, load_adapter
-from aads.backbone import ImageDecodeError, open_image, preprocess_image
+from aads.answer import Answer, ModelRef, OODVerdict, TopClass
+from aads.backbone import Backbone, ImageInput, preprocess_image
 from aads.config import RegistrySettings, ServingSettings, StorageSettings
 from aads.errors import BadInput, NotFound
+from aads.uploads import model_input
 
 KSERVE_MODEL_DIR = Path("/mnt/models")
-SUPPORTED_FORMATS = {"JPEG", "PNG", "WEBP"}
 
 
 class InvalidRequest(BadInput):
@@ -34,46 +31,6 @@ class InvalidRequest(BadInput):
 
 class ModelSourceNotFound(NotFound, FileNotFoundError):
     """A model source folder that does not exist (HTTP 404, exit code 2)."""
-
-
-# --------------------------------------------------------------------------- images
-
-
-def b64_bytes(value: object, where: str) -> bytes:
-    """Raw bytes of one image given as base64 text ({"b64": ...} or a plain string)."""
-    if isinstance(value, dict):
-        value = value.get("b64")
-    if isinstance(value, bytes):
-        return value
-    if not isinstance(value, str) or not value:
-        raise InvalidRequest(f"{where}: expected base64 image bytes (a string or {{'b64': ...}})")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest(f"{where}: not valid base64") from None
-
-
-def check_image(data: bytes, where: str, limits: ServingSettings) -> Image.Image:
-    """Decode and check one uploaded image; every failure is an `InvalidRequest`."""
-    if not data:
-        raise InvalidRequest(f"{where}: empty image")
-    if len(data) > limits.max_image_bytes:
-        raise InvalidRequest(
-            f"{where}: image is {len(data)} bytes, over the {limits.max_image_bytes} byte limit"
-        )
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            fmt, (w, h) = probe.format, probe.size
-    except Exception:  # noqa: BLE001 - PIL raises many types for garbage; all mean "not an image"
-        raise InvalidRequest(f"{where}: not an image (JPEG, PNG or WebP expected)") from None
-    if fmt not in SUPPORTED_FORMATS:
-        raise InvalidRequest(f"{where}: {fmt} images are not accepted (JPEG, PNG or WebP)")
-    if w * h > limits.max_pixels:
-        raise InvalidRequest(f"{where}: {w}x{h} pixels is over the {limits.max_pixels} limit")
-    try:
-        return open_image(data)
-    except ImageDecodeError as err:
-        raise InvalidRequest(f"{where}: {str(err).removeprefix('<bytes>: ')}") from None
 
 
 # --------------------------------------------------------------------------- model sources
@@ -182,39 +139,53 @@ class Diagnoser:
     def crop(self) -> str:
         return self.adapter.meta.crop
 
-    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        bb = self.adapter.backbone
-        return torch.stack([preprocess_image(im, bb.image_size, bb.normalization) for im in images])
+    @property
+    def backbone(self) -> Backbone:
+        return self.adapter.backbone
 
-    def diagnose(self, images: Sequence[Image.Image]) -> list[dict]:
-        """One JSON-able answer per image (same order)."""
-        if not images:
+    def prepare(self, image: bytes, where: str, limits: ServingSettings) -> torch.Tensor:
+        """One upload, checked and decoded (`aads.uploads`), as this adapter's input tensor;
+        `UploadRejected` / `UploadTooLarge` name `where`. One image's error boundary."""
+        return model_input(image, where, limits, self.backbone)
+
+    def diagnose(self, images: Sequence[ImageInput]) -> list[Answer]:
+        """One answer per decoded image or file (same order): training's own preprocessing."""
+        bb = self.backbone
+        return self.diagnose_pixels(
+            [preprocess_image(im, bb.image_size, bb.normalization) for im in images]
+        )
+
+    def diagnose_pixels(self, pixels: Sequence[torch.Tensor]) -> list[Answer]:
+        """One answer per prepared input tensor (same order). Every item is already a checked
+        tensor of one shape, so no item can fail the batch."""
+        if not pixels:
             return []
-        features, logits = self.adapter.features_and_logits(self.pixels(images))
+        features, logits = self.adapter.features_and_logits(torch.stack(list(pixels)))
         probs = torch.softmax(logits.double(), dim=1).numpy()
         assert self.adapter.ood is not None
         verdicts = self.adapter.ood.verdicts(features.double().numpy(), logits.double().numpy())
         classes = self.adapter.classes
         k = min(self.top_k, len(classes))
         top = np.argsort(-probs, axis=1)[:, :k]
+        model = ModelRef(name=self.model_name, version=self.model_version)
         return [
-            {
-                "crop": self.crop,
-                "label": v.label,
-                "is_ood": v.is_ood,
-                "predicted_class": v.predicted_class,
-                "confidence": round(v.confidence, 6),
-                "top_k": [
-                    {"class": classes[j], "probability": round(float(probs[i, j]), 6)}
+            Answer(
+                crop=self.crop,
+                label=v.label,
+                is_ood=v.is_ood,
+                predicted_class=v.predicted_class,
+                confidence=round(v.confidence, 6),
+                top_k=[
+                    TopClass(class_=classes[j], probability=round(float(probs[i, j]), 6))
                     for j in top[i]
                 ],
-                "ood": {
-                    "distance": round(v.distance, 6),
-                    "threshold": round(v.threshold, 6),
-                    "nearest_class": v.nearest_class,
-                },
-                "model": {"name": self.model_name, "version": self.model_version},
-            }
+                ood=OODVerdict(
+                    distance=round(v.distance, 6),
+                    threshold=round(v.threshold, 6),
+                    nearest_class=v.nearest_class,
+                ),
+                model=model,
+            )
             for i, v in enumerate(verdicts)
         ]
 

@@ -21,9 +21,22 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from aads.answer import Routing
 from aads.atomic import atomic_write, atomic_write_text
-from aads.backbone import Backbone, FeatureExtractor, ImageInput, load_backbone
-from aads.config import BackboneSettings, PlatformConfig, StorageSettings, TrainingSettings
+from aads.backbone import (
+    Backbone,
+    FeatureExtractor,
+    ImageInput,
+    extract_features,
+    load_backbone,
+)
+from aads.config import (
+    BackboneSettings,
+    PlatformConfig,
+    ServingSettings,
+    StorageSettings,
+    TrainingSettings,
+)
 from aads.data.manifest import ManifestRow, select
 from aads.errors import BadInput
 from aads.features import FeatureTable, backbone_signature, extract_manifest_features
@@ -31,6 +44,7 @@ from aads.metrics import classification_summary, save_confusion_matrix
 from aads.ood.detector import OODDetector, fit_detector, load_detector, save_detector
 from aads.progress import Progress
 from aads.storage import CHECKSUM_FILE, StorageError, verify_checksums, write_checksums
+from aads.uploads import model_input
 
 FORMAT = "aads-router/1"
 WEIGHTS_FILE = "router.safetensors"
@@ -67,41 +81,25 @@ class RouteDecision:
     distance: float | None = None
     threshold: float | None = None
 
-    def as_dict(self) -> dict:
-        """The ``routing`` entry of an answer (what the router transformer and the scouting
-        stage report)."""
-        route = {
-            "crop": self.crop,
-            "crop_confidence": round(self.crop_confidence, 6),
-            "part": self.part,
-            "part_confidence": round(self.part_confidence, 6),
-            "source": "router",
-        }
-        if self.distance is not None:
-            route |= {
+    def routing(self) -> Routing:
+        """The ``routing`` entry of an answer (the serving router and the scouting stage)."""
+        ood = (
+            {
                 "is_ood": self.is_ood,
                 "distance": round(self.distance, 6),
                 "threshold": round(self.threshold or 0.0, 6),
             }
-        return route
-
-
-def not_a_known_crop(route: dict) -> dict:
-    """The answer for an image the router's OOD check rejects (`route` from
-    `RouteDecision.as_dict`): no adapter is asked."""
-    return {
-        "crop": None,
-        "label": "unknown",
-        "is_ood": True,
-        "reason": "not one of the known crops",
-        "confidence": 0.0,
-        "ood": {
-            "distance": route["distance"],
-            "threshold": route["threshold"],
-            "nearest_class": route["crop"],
-        },
-        "routing": route,
-    }
+            if self.distance is not None
+            else {}
+        )
+        return Routing(
+            source="router",
+            crop=self.crop,
+            crop_confidence=round(self.crop_confidence, 6),
+            part=self.part,
+            part_confidence=round(self.part_confidence, 6),
+            **ood,
+        )
 
 
 @dataclass
@@ -145,9 +143,20 @@ class CropRouter:
         ]
 
     def route(self, images: list[ImageInput], batch_size: int = 32) -> list[RouteDecision]:
+        """Decisions for decoded images or trusted files (training's preprocessing)."""
         return self.route_features(
             FeatureExtractor(self.backbone, batch_size).extract_images(images)
         )
+
+    def prepare(self, image: bytes, where: str, limits: ServingSettings) -> torch.Tensor:
+        """One upload, checked and decoded (`aads.uploads`), as the router's input tensor."""
+        return model_input(image, where, limits, self.backbone)
+
+    def route_pixels(self, pixels: list[torch.Tensor]) -> list[RouteDecision]:
+        """Decisions for prepared input tensors (what the serving router batches)."""
+        if not pixels:
+            return []
+        return self.route_features(extract_features(self.backbone, torch.stack(pixels)))
 
 
 # --------------------------------------------------------------------------- training

@@ -13,9 +13,9 @@ cost is that of real weights) at 224 px, float32 on CPU, for the router and ever
    setting sent by asyncio + httpx at concurrency 1, 8, 32 after an untimed warm-up of
    max(4, concurrency) requests; latency = request sent to answer read (p50 / p99, numpy
    linear percentile), images/s = N / wall time of the N requests.
-   (a) in process: `check_image` (JPEG decode) + `Diagnoser.diagnose` on the benchmark's own
-   thread, sequential batch 1 and batch 8 (no HTTP, no batcher); the router's
-   `CropRouter.route` at batch 1 is timed too, to split the chain's cost;
+   (a) in process: `Diagnoser.prepare` (checked JPEG decode) + `diagnose_pixels` on the
+   benchmark's own thread, sequential batch 1 and batch 8 (no HTTP, no batcher); the router's
+   `prepare` + `route_pixels` at batch 1 is timed too, to split the chain's cost;
    (b) predictor: ``POST /v2/models/tomato/infer`` to a ``serving.predictor`` process serving
    all 8 crops (``--model-root``, dynamic batching max_batch_size 16, max_wait_ms 5);
    (c) chain: ``POST /v2/models/aads/infer`` to a ``serving.router`` process (no crop hint:
@@ -59,6 +59,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -75,7 +76,10 @@ from machine import load_average, machine
 
 from aads.atomic import atomic_write_text
 from aads.config import PlatformConfig, SynthSettings, parse_config
-from aads.mlflow_server import free_port
+
+# Run as a script, this file is on sys.path[0] as "serving": put the package first.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from serving.local import ServerProcess, start_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -210,7 +214,7 @@ def in_process(workdir: Path, config: PlatformConfig, images: list[bytes], n: in
     1; as is, and with numpy's OpenBLAS held to one thread (threadpoolctl)."""
     from threadpoolctl import threadpool_limits
 
-    from aads.inference import Diagnoser, check_image
+    from aads.inference import Diagnoser
     from aads.router import load_router
 
     diagnoser = Diagnoser.from_dir(
@@ -219,13 +223,13 @@ def in_process(workdir: Path, config: PlatformConfig, images: list[bytes], n: in
     router = load_router(workdir / "router", config.storage, device="cpu", dtype="float32")
 
     def diagnose(batch: list[bytes]) -> None:
-        decoded = [check_image(b, "image", config.serving) for b in batch]
-        answers = diagnoser.diagnose(decoded)
-        assert len(answers) == len(batch) and "label" in answers[0]
+        pixels = [diagnoser.prepare(b, "image", config.serving) for b in batch]
+        answers = diagnoser.diagnose_pixels(pixels)
+        assert len(answers) == len(batch) and answers[0].label
 
     def route(batch: list[bytes]) -> None:
-        decoded = [check_image(b, "image", config.serving) for b in batch]
-        assert len(router.route(decoded)) == len(batch)
+        pixels = [router.prepare(b, "image", config.serving) for b in batch]
+        assert len(router.route_pixels(pixels)) == len(batch)
 
     def run(fn, batch_size: int, calls: int) -> dict[str, Any]:
         def batch(i: int) -> list[bytes]:
@@ -266,52 +270,38 @@ def in_process(workdir: Path, config: PlatformConfig, images: list[bytes], n: in
 
 
 class Servers:
-    """Server subprocesses, each stopped on `close` (and so on any exit of `main`)."""
+    """Server processes (`serving.local.start_server`), each stopped on `close` (and so on any
+    exit of `main`)."""
 
     def __init__(self, logdir: Path, threads: int | None = None):
         self.logdir = logdir
-        self.env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+        self.procs: dict[str, ServerProcess] = {}
         logdir.mkdir(parents=True, exist_ok=True)
 
     def start(
         self, name: str, args: list[str], env: dict[str, str] | None = None
     ) -> tuple[subprocess.Popen, int, float]:
-        port = free_port()
-        log = self.logdir / f"{name}.log"
         began = time.perf_counter()
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", *args, "--http_port", str(port)],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**self.env, **(env or {})},
-            )
-        self.procs[name] = proc
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited {proc.returncode}: {log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2):
-                    seconds = time.perf_counter() - began
-                    print(f"{name}: ready on :{port} in {seconds:.1f} s", flush=True)
-                    return proc, port, seconds
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.5)
-        raise RuntimeError(f"{name} not ready in {READY_TIMEOUT_S} s: {log.read_text()[-3000:]}")
+        module, *rest = args
+        server = start_server(
+            module,
+            rest,
+            self.logdir / f"{name}.log",
+            env={**self.env, **(env or {})},
+            cwd=ROOT,
+            timeout_s=READY_TIMEOUT_S,
+        )
+        self.procs[name] = server
+        seconds = time.perf_counter() - began
+        port = int(server.url.rsplit(":", 1)[1])
+        print(f"{name}: ready on :{port} in {seconds:.1f} s", flush=True)
+        return server.proc, port, seconds
 
     def stop(self, name: str) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server = self.procs.pop(name, None)
+        if server is not None:
+            server.stop(timeout_s=20)
 
     def close(self) -> None:
         for name in list(self.procs):
@@ -608,6 +598,344 @@ def memory(workdir: Path, group: Servers, quick: bool, threads: int | None) -> d
     }
 
 
+# --------------------------------------------------------------------------- hostile
+
+HOSTILE = {"concurrency": 32, "phase_s": 60, "quick_phase_s": 15, "idle_connections": 20_000}
+PLANTVILLAGE = ROOT.parent / "shared" / "data" / "plantvillage"
+
+
+def poisoned_jpeg(fallback: bytes) -> bytes:
+    """The issue's poisoned photo: a real PlantVillage JPEG (synthetic if the sample is absent)
+    shrunk, with a big-endian EXIF block whose TIFF magic MM\\0* is changed to MM^*."""
+    import io
+
+    from PIL import Image
+
+    folder = Path(os.environ.get("AADS_PLANTVILLAGE_DIR", PLANTVILLAGE))
+    photos = sorted(folder.rglob("*.JPG")) if folder.is_dir() else []
+    photo = Image.open(io.BytesIO(photos[0].read_bytes() if photos else fallback)).resize((16, 16))
+    exif = Image.Exif()
+    exif.endian = ">"
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", exif=exif.tobytes(), quality=50)
+    return buf.getvalue().replace(b"MM\x00*", b"MM^*", 1)
+
+
+def pixel_budget_body() -> bytes:
+    """The issue's 0.3 MB request: 64 one-bit PNGs of 6300 x 6300 (2.5 gigapixels)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (6300, 6300), 0).save(buf, "PNG", optimize=True)
+    image = {"image": {"b64": base64.b64encode(buf.getvalue()).decode()}}
+    return json.dumps({"instances": [image] * 64}).encode()
+
+
+DECODE_CASES = {
+    "RGBA PNG": ("RGBA", (10, 200, 30, 128), "PNG"),
+    "RGB PNG": ("RGB", (10, 200, 30), "PNG"),
+    "16-bit PNG": ("I;16", 30_000, "PNG"),
+    "palette PNG": ("P", 1, "PNG"),
+    "1-bit PNG": ("1", 1, "PNG"),
+    "RGB JPEG": ("RGB", (10, 200, 30), "JPEG"),
+    "RGBA WebP (at its 10 MP limit)": ("RGBA", (10, 200, 30, 128), "WEBP"),
+}
+
+
+def decode_probe(path: Path) -> dict:
+    """In this process: the peak-RSS growth of `decode_upload` on one file, shrunk for a 224
+    px model, under the default limits (VmHWM reset to VmRSS first)."""
+    from aads.config import ServingSettings
+    from aads.uploads import decode_upload
+
+    data = path.read_bytes()
+    pid = os.getpid()
+    reset_peak(pid)
+    before = process_memory(pid)["rss_mib"]
+    image = decode_upload(data, "image 0", ServingSettings(), 224)
+    grown = process_memory(pid)["hwm_mib"] - before
+    return {"bytes": len(data), "shrunk_to": list(image.size), "peak_growth_mib": round(grown, 1)}
+
+
+def decode_memory(workdir: Path) -> dict[str, Any]:
+    """Peak memory of decoding one image at the pixel limit (40 MP; WebP 10 MP), per format,
+    each in a fresh process."""
+    from PIL import Image
+
+    folder = workdir / "run" / "decode"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name, (mode, color, fmt) in DECODE_CASES.items():
+        side = 3160 if fmt == "WEBP" else 6320  # 10.0 MP / 39.9 MP
+        image = Image.new(mode, (side, side), color)
+        path = folder / f"{name.split()[0]}-{mode}.{fmt.lower()}"
+        if mode == "P":
+            image.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)
+            image.save(path, fmt, transparency=0)
+        else:
+            image.save(path, fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+        del image
+        done = subprocess.run(
+            [sys.executable, __file__, "--decode-probe", str(path)],
+            capture_output=True, text=True, timeout=300, cwd=ROOT,
+        )  # fmt: skip
+        if done.returncode:
+            raise RuntimeError(f"decode probe {name}: {done.stderr[-2000:]}")
+        out[name] = {
+            "megapixels": round(side * side / 1e6, 1),
+            **json.loads(done.stdout.splitlines()[-1]),
+        }
+        print(f"decode {name}: peak +{out[name]['peak_growth_mib']} MiB", flush=True)
+        path.unlink()
+    return out
+
+
+def reset_peak(pid: int) -> None:
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+
+
+async def _closed_loop(url: str, bodies: list[bytes], seconds: float, concurrency: int) -> dict:
+    """`concurrency` clients, each sending its next request as soon as the last is answered,
+    for `seconds`; a request failed when it is not a 200 or its answer carries an error."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    latencies: list[float] = []
+    failures: Counter[str] = Counter()
+    deadline = time.perf_counter() + seconds
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+
+        async def worker(k: int) -> None:
+            i = k
+            while time.perf_counter() < deadline:
+                began = time.perf_counter()
+                try:
+                    resp = await client.post(url, content=bodies[i % len(bodies)])
+                    status = resp.status_code
+                    answer = (
+                        json.loads(
+                            next(o for o in resp.json()["outputs"] if o["name"] == "diagnosis")[
+                                "data"
+                            ][0]
+                        )
+                        if status == 200
+                        else {}
+                    )
+                except (httpx.HTTPError, ValueError, StopIteration) as err:
+                    failures[type(err).__name__] += 1
+                    continue
+                finally:
+                    i += concurrency
+                if status != 200 or "error" in answer:
+                    failures[f"HTTP {status}" if status != 200 else "error entry"] += 1
+                else:
+                    latencies.append(time.perf_counter() - began)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        wall = time.perf_counter() - start
+    out = summary(latencies, wall, len(latencies)) if latencies else {"requests": 0}
+    return {**out, "failed": sum(failures.values()), "failures": dict(failures)}
+
+
+async def _attack(url: str, body: bytes, seconds: float, per_s: float = 1.0) -> dict:
+    """`per_s` requests a second for `seconds`; the statuses they got."""
+    statuses: Counter[str] = Counter()
+    deadline = time.perf_counter() + seconds
+    async with httpx.AsyncClient(timeout=120) as client:
+        pending = []
+
+        async def one() -> None:
+            try:
+                resp = await client.post(url, content=body)
+                statuses[str(resp.status_code)] += 1
+            except httpx.HTTPError as err:
+                statuses[type(err).__name__] += 1
+
+        while time.perf_counter() < deadline:
+            pending.append(asyncio.create_task(one()))
+            await asyncio.sleep(1 / per_s)
+        await asyncio.gather(*pending)
+    return dict(statuses)
+
+
+def _phase(
+    group: Servers, good_url: str, bodies: list[bytes], seconds: float, attacks: dict
+) -> dict:
+    """Good load plus `attacks` ({name: (url, body)}, one a second each), with the peak RSS of
+    every server process over the phase."""
+    pids = {name: server.proc.pid for name, server in group.procs.items()}
+    for pid in pids.values():
+        reset_peak(pid)
+
+    async def run() -> tuple[dict, list[dict]]:
+        good = _closed_loop(good_url, bodies, seconds, HOSTILE["concurrency"])
+        bad = [_attack(url, body, seconds) for url, body in attacks.values()]
+        results = await asyncio.gather(good, *bad)
+        return results[0], list(results[1:])
+
+    good, bad = asyncio.run(run())
+    memory = {name: process_memory(pid) for name, pid in pids.items()}
+    return {
+        "good": good,
+        "attacks": dict(zip(attacks, bad, strict=True)),
+        "peak_rss_mib": {name: m["hwm_mib"] for name, m in memory.items()},
+        "rss_mib": {name: m["rss_mib"] for name, m in memory.items()},
+    }
+
+
+def worst_decode(group: Servers, predictor: str, requests: int = 4) -> dict[str, Any]:
+    """`requests` concurrent requests, each one 40 MP RGBA PNG (the costliest format at the
+    limit), to the predictor: its peak RSS growth, against the bound max_concurrent_decodes
+    (2) frames."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGBA", (6320, 6320), (10, 200, 30, 128)).save(buf, "PNG")
+    body = json.dumps(
+        {"instances": [{"image": {"b64": base64.b64encode(buf.getvalue()).decode()}}]}
+    ).encode()
+    pid = group.procs["hostile-predictor"].proc.pid
+    before = process_memory(pid)["rss_mib"]
+    reset_peak(pid)
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(timeout=300) as client:
+            url = f"{predictor}/v1/models/{TARGET}:predict"
+            responses = await asyncio.gather(
+                *(client.post(url, content=body) for _ in range(requests))
+            )
+        return [r.status_code for r in responses]
+
+    statuses = asyncio.run(run())
+    peak = process_memory(pid)["hwm_mib"]
+    print(
+        f"worst decode: {requests} x 40 MP RGBA PNG -> {statuses}, peak +{peak - before:.0f} MiB",
+        flush=True,
+    )
+    return {
+        "requests": requests,
+        "statuses": statuses,
+        "rss_before_mib": before,
+        "peak_mib": peak,
+        "peak_growth_mib": round(peak - before, 1),
+    }
+
+
+def open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def idle_flood(
+    group: Servers, router_port: int, good_url: str, bodies: list[bytes], seconds: float
+) -> dict:
+    """`HOSTILE["idle_connections"]` idle connections held by two `idle_connections.py`
+    processes (reopened whenever the server closes one) while the good load runs."""
+    total = HOSTILE["idle_connections"]
+    script = Path(__file__).with_name("idle_connections.py")
+    holders = [
+        subprocess.Popen(
+            [sys.executable, str(script), "--port", str(router_port),
+             "--connections", str(total // 2), "--seconds", str(seconds + 180)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    router_pid = group.procs["hostile-router"].proc.pid
+    ramp_s = 20.0  # the holders connect about 1,000 a second each when the server keeps up
+    time.sleep(ramp_s)
+    fds = [open_fds(router_pid)]
+    sampler_stop = threading.Event()
+
+    def sample() -> None:
+        while not sampler_stop.wait(0.5):
+            fds.append(open_fds(router_pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    good = asyncio.run(_closed_loop(good_url, bodies, seconds, HOSTILE["concurrency"]))
+    sampler_stop.set()
+    sampler.join()
+    held = [json.loads(h.communicate(input="", timeout=120)[0].splitlines()[-1]) for h in holders]
+    return {
+        "idle_connections": total,
+        "ramp_s": ramp_s,
+        "holders": held,
+        "router_open_fds_max": max(fds),
+        "router_open_fds_median": int(statistics.median(fds)),
+        "good": good,
+    }
+
+
+def hostile(workdir: Path, group: Servers, images: list[bytes], quick: bool) -> dict[str, Any]:
+    """Concurrency-32 good traffic through router -> predictor: clean, then with one poisoned
+    image and one pixel-budget request a second (to the router and to the predictor), then
+    next to 20,000 idle connections. Peak RSS of both servers per phase."""
+    seconds = HOSTILE["quick_phase_s" if quick else "phase_s"]
+    run = workdir / "run"
+    root = model_root(workdir, list(CROPS))
+    bodies = [v2_body(im) for im in images]
+    _, pport, _ = group.start(
+        "hostile-predictor",
+        [
+            "serving.predictor",
+            "--model-root",
+            str(root),
+            "--spec",
+            str(write_spec(run / "hp.yaml", {})),
+        ],
+    )
+    predictor = f"http://127.0.0.1:{pport}"
+    spec = write_spec(run / "hr.yaml", {"predictor_urls": dict.fromkeys(CROPS, predictor)})
+    _, rport, _ = group.start(
+        "hostile-router",
+        ["serving.router", "--router", str(workdir / "router"), "--spec", str(spec)],
+    )
+    router = f"http://127.0.0.1:{rport}"
+    good_url = f"{router}/v2/models/aads/infer"
+    forwarded = [b for b in bodies if answer(good_url, b).get("crop") is not None] or bodies
+    poisoned = json.dumps(
+        {"instances": [{"image": {"b64": base64.b64encode(poisoned_jpeg(images[0])).decode()}}]}
+    ).encode()
+    budget = pixel_budget_body()
+    attacks = {
+        "poisoned_jpeg_router": (f"{router}/v1/models/aads:predict", poisoned),
+        "pixel_budget_router": (f"{router}/v1/models/aads:predict", budget),
+        "pixel_budget_predictor": (f"{predictor}/v1/models/{TARGET}:predict", budget),
+    }
+    asyncio.run(_closed_loop(good_url, forwarded, 3, HOSTILE["concurrency"]))  # warm-up
+    idle = {n: process_memory(server.proc.pid) for n, server in group.procs.items()}
+    out: dict[str, Any] = {"phase_s": seconds, "concurrency": HOSTILE["concurrency"]}
+    out["rss_idle_mib"] = {n: m["rss_mib"] for n, m in idle.items()}
+    for name, phase_attacks in (("clean", {}), ("hostile", attacks)):
+        out[name] = _phase(group, good_url, forwarded, seconds, phase_attacks)
+        g = out[name]["good"]
+        print(
+            f"hostile/{name}: {g['requests']} good requests, {g['failed']} failed, p50 "
+            f"{g.get('p50_ms', 0):.0f} ms, p99 {g.get('p99_ms', 0):.0f} ms; peak RSS "
+            f"{out[name]['peak_rss_mib']}; attacks {out[name]['attacks']}",
+            flush=True,
+        )
+    clean, hot = out["clean"]["good"], out["hostile"]["good"]
+    out["p99_ratio_hostile_over_clean"] = round(hot["p99_ms"] / clean["p99_ms"], 2)
+    out["decode_peak"] = decode_memory(workdir)
+    out["server_worst_decode"] = worst_decode(group, predictor)
+    out["idle_flood"] = idle_flood(group, rport, good_url, forwarded, seconds)
+    flood = out["idle_flood"]
+    print(
+        f"hostile/idle flood: {flood['good']['requests']} good requests, "
+        f"{flood['good']['failed']} failed, p99 {flood['good'].get('p99_ms', 0):.0f} ms; "
+        f"router fds max {flood['router_open_fds_max']}; holders {flood['holders']}",
+        flush=True,
+    )
+    group.stop("hostile-router")
+    group.stop("hostile-predictor")
+    return out
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -656,6 +984,7 @@ def derived(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> str:
+    """The markdown report of the sections that ran."""
     m, s = result["machine"], result["setup"]
     lines = [
         f"# Serving benchmark ({result['mode']})",
@@ -669,6 +998,18 @@ def report(result: dict[str, Any]) -> str:
         "after each forward pass) held to one thread, in process with threadpoolctl, in the "
         "servers through the environment.",
         "",
+    ]
+    if "http" in result:
+        lines += latency_report(result)
+    if "memory" in result:
+        lines += memory_report(result)
+    if "hostile" in result:
+        lines += ["", *hostile_report(result["hostile"])]
+    return "\n".join(lines) + "\n"
+
+
+def latency_report(result: dict[str, Any]) -> list[str]:
+    lines = [
         "## Latency and throughput",
         "",
         "| path | variant | concurrency | p50 ms | p99 ms | images/s |",
@@ -728,6 +1069,12 @@ def report(result: dict[str, Any]) -> str:
         f"x{sp['in_process_batch1']:.2f}, in-process router x{sp['in_process_router_batch1']:.2f}, "
         f"predictor x{sp['predictor_c1']:.2f}, chain x{sp['chain_c1']:.2f} (concurrency 1).",
         "",
+    ]
+    return lines
+
+
+def memory_report(result: dict[str, Any]) -> list[str]:
+    lines = [
         "## Resident memory (predictor, after one warm-up request per crop)",
         "",
         "| crops | one multi-adapter process RSS MiB (peak) | separate processes, sum RSS MiB "
@@ -758,24 +1105,111 @@ def report(result: dict[str, Any]) -> str:
                 f"| {p['crops']} | {p['rss_loaded_mib']:.0f} | {p['freed_by_sharing_mib']:.0f} | "
                 f"{p['rss_shared_mib']:.0f} | {p['rss_shared_trimmed_mib']:.0f} |"
             )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def hostile_report(h: dict[str, Any]) -> list[str]:
+    clean, hot, flood = h["clean"], h["hostile"], h["idle_flood"]
+    flood_phase = {"good": flood["good"], "peak_rss_mib": {}, "attacks": {}}
+    lines = [
+        "## Hostile traffic",
+        "",
+        f"Router -> predictor (every crop's adapter), {h['concurrency']} clients sending good "
+        f"V2 requests back to back for {h['phase_s']} s per phase. Hostile phase: at the same "
+        "time one request a second carrying the corrupt-EXIF JPEG (TIFF magic MM^* from a real "
+        "PlantVillage photo) to the router, and one pixel-budget request a second (64 one-bit "
+        "PNGs of 6300 x 6300, 0.3 MB, 2.5 gigapixels) to the router and one to the predictor. "
+        "Idle flood: 20,000 connections opened by two helper processes and held idle (reopened "
+        "after 0 to 2 s when the server closes them) while the good load runs. Failed = not a "
+        "200, or an "
+        "answer with an error entry. Peak RSS: VmHWM over the phase (reset at its start).",
+        "",
+        "| phase | good requests | failed | p50 ms | p99 ms | peak RSS router MiB "
+        "| peak RSS predictor MiB | attack responses |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, phase in (
+        ("clean", clean),
+        ("hostile", hot),
+        ("20,000 idle connections", flood_phase),
+    ):
+        g, peak = phase["good"], phase["peak_rss_mib"]
+        lines.append(
+            f"| {name} | {g['requests']} | {g['failed']} | {g.get('p50_ms', 0):.0f} | "
+            f"{g.get('p99_ms', 0):.0f} | {peak.get('hostile-router', '-')} | "
+            f"{peak.get('hostile-predictor', '-')} | {phase['attacks'] or '-'} |"
+        )
+    held = flood["holders"]
+    lines += [
+        "",
+        f"p99 hostile / clean: x{h['p99_ratio_hostile_over_clean']:.2f}. RSS idle before the "
+        f"phases: {h['rss_idle_mib']} MiB.",
+        "",
+        f"Idle flood: two helpers kept trying to hold {flood['idle_connections']} connections "
+        f"({flood['ramp_s']:.0f} s of ramp-up before the good load); they opened "
+        f"{sum(x.get('opened', 0) for x in held)} in all "
+        f"(at most {sum(x.get('max_open', 0) for x in held)} open at once; the server closed "
+        f"{sum(x.get('closed_by_server', 0) for x in held)} of them: longest-idle first at the "
+        f"connection cap, and every one after header_timeout_s); the router's open file "
+        f"descriptors peaked at {flood['router_open_fds_max']} (median "
+        f"{flood['router_open_fds_median']}); good requests during it: "
+        f"{flood['good']['requests']}, {flood['good']['failed']} failed.",
+        "",
+        "Decoding one image at the pixel limit, shrunk for a 224 px model, peak RSS growth of a "
+        "fresh process (`aads.uploads.decode_upload`):",
+        "",
+        "| format | megapixels | bytes on the wire | peak growth MiB |",
+        "|---|---|---|---|",
+    ]
+    for name, d in h["decode_peak"].items():
+        lines.append(f"| {name} | {d['megapixels']} | {d['bytes']} | {d['peak_growth_mib']} |")
+    w = h["server_worst_decode"]
+    lines += [
+        "",
+        f"Worst case at the predictor: {w['requests']} concurrent requests of one 40 MP RGBA "
+        f"PNG each (statuses {w['statuses']}): peak RSS {w['peak_mib']:.0f} MiB, "
+        f"{w['peak_growth_mib']:+.0f} MiB over its {w['rss_before_mib']:.0f} MiB before "
+        "(max_concurrent_decodes = 2 frames decode at once).",
+        "",
+    ]
+    return lines
+
+
+SECTIONS = ("latency", "memory", "hostile")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="16 requests, memory for 1-2 crops")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="16 requests, memory for 1-2 crops, 15 s hostile phases (prints only unless --out)",
+    )
     parser.add_argument("--rebuild", action="store_true", help="redo the cached setup")
     parser.add_argument("--requests", type=int, default=None, help="per setting (64; quick 16)")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated, of {', '.join(SECTIONS)} (default: all)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON path")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".aads" / "bench" / "serving")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads everywhere (default: torch's)"
     )
     parser.add_argument("--sharing-probe", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--decode-probe", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.sharing_probe:
         print(json.dumps(sharing_probe(args.workdir, args.sharing_probe)))
         return
+    if args.decode_probe:
+        print(json.dumps(decode_probe(args.decode_probe)))
+        return
+    sections = [x.strip() for x in args.sections.split(",") if x.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--sections: unknown {unknown}; choose from {SECTIONS}")
     if args.threads:
         import torch
 
@@ -784,6 +1218,7 @@ def main(argv: list[str] | None = None) -> None:
     began = time.perf_counter()
     result: dict[str, Any] = {
         "mode": "quick" if args.quick else "full",
+        "sections": sections,
         "machine": machine(),
         "load_average_before": load_average(),
         "requests": n,
@@ -795,6 +1230,7 @@ def main(argv: list[str] | None = None) -> None:
             "training": TRAIN,
             "batching": BATCHING,
             "concurrency": list(CONCURRENCY),
+            "hostile": HOSTILE,
             "torch_threads": args.threads or "torch default",
         },
     }
@@ -803,13 +1239,20 @@ def main(argv: list[str] | None = None) -> None:
     run_began = time.perf_counter()
     config = parse_config(base_spec())
     images = crop_images(args.workdir, TARGET)
-    result["in_process"] = in_process(args.workdir, config, images, n)
+    if "latency" in sections:
+        result["in_process"] = in_process(args.workdir, config, images, n)
     with servers(args.workdir / "run" / "logs", args.threads) as group:
-        result["http"] = {
-            variant: http_latency(args.workdir, group, images, n, variant) for variant in VARIANTS
-        }
-        result["memory"] = memory(args.workdir, group, args.quick, args.threads)
-    result["derived"] = derived(result)
+        if "latency" in sections:
+            result["http"] = {
+                variant: http_latency(args.workdir, group, images, n, variant)
+                for variant in VARIANTS
+            }
+        if "memory" in sections:
+            result["memory"] = memory(args.workdir, group, args.quick, args.threads)
+        if "hostile" in sections:
+            result["hostile"] = hostile(args.workdir, group, images, args.quick)
+    if "latency" in sections:
+        result["derived"] = derived(result)
     result["run_seconds"] = round(time.perf_counter() - run_began, 1)
     result["total_seconds"] = round(time.perf_counter() - began, 1)
     result["load_average_after"] = load_average()

@@ -1,9 +1,11 @@
-"""KServe model servers of AADS: the router transformer and the crop adapter predictors.
+"""KServe model servers of AADS: the router transformer, the crop adapter predictors and the
+scouting service.
 
-Thin shells over `aads.inference` (image checks, model sources, diagnosis) and `aads.router`:
-each class is a `kserve.Model` whose hooks parse the protocol (V1 or V2), call `aads`, and
-shape the answer; typed errors map to HTTP codes in KServe's one place (``InvalidInput`` ->
-400, ``ModelNotFound`` -> 404).
+Thin shells over `aads` (uploads, model sources, diagnosis, the answer model): each is a
+`serving.base.ServedModel` (a `kserve.Model` whose hooks parse V1 or V2, check every image in
+its own error boundary, call `aads`, and answer in the caller's protocol), served by
+`serving.server.ModelServer` (KServe's, with our host, routes, connection limits and the one
+mapping of error kinds to HTTP statuses in `serving.routes`).
 """
 
 import os

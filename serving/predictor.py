@@ -17,73 +17,61 @@ import json
 import logging
 from pathlib import Path
 
-import kserve
-from kserve import Model, ModelServer
-from kserve.protocol.infer_type import InferRequest, InferResponse
-
+from aads.adapters.package import PackageError
+from aads.answer import Answer
 from aads.batching import DynamicBatcher
-from aads.config import PlatformConfig, load_config
+from aads.config import PlatformConfig, ServingSettings
 from aads.inference import (
     KSERVE_MODEL_DIR,
     Diagnoser,
-    InvalidRequest,
-    check_image,
     resolve_model,
     share_identical_parameters,
 )
-from serving.protocol import (
-    answer_metadata,
-    check_request_size,
-    image_metadata,
-    parse_instances,
-    respond,
-)
+from serving.base import Batch, FixedSpec, ServedModel, SpecSource
+from serving.server import ModelServer, server_arguments
 
 log = logging.getLogger("aads.serving.predictor")
 
 
-class AdapterPredictor(Model):
+class AdapterPredictor(ServedModel):
     """One crop's adapter: images in, disease or unknown out (with OOD verdict and top-k)."""
 
     def __init__(
         self,
         crop: str,
         source: str,
-        config: PlatformConfig,
+        spec: SpecSource,
         *,
         tracking_uri: str | None = None,
         version: str = "",
     ):
-        super().__init__(crop)
-        self.source, self.config, self.tracking_uri, self.version = (
-            source,
-            config,
-            tracking_uri,
-            version,
-        )
+        super().__init__(crop, spec)
+        self.source, self.tracking_uri, self.version = source, tracking_uri, version
         self.diagnoser: Diagnoser | None = None
         self.batcher: DynamicBatcher | None = None
 
     def load(self) -> bool:
+        config = self.config
         resolved = resolve_model(
-            self.source, self.config.storage, self.config.registry, tracking_uri=self.tracking_uri
+            self.source, config.storage, config.registry, tracking_uri=self.tracking_uri
         )
-        package, version = resolved.path, self.version or resolved.version
+        self.version = self.version or resolved.version
         self.diagnoser = Diagnoser.from_dir(
-            package,
-            self.config.storage,
-            model_version=version,
-            top_k=self.config.serving.top_k,
-            device=self.config.adapter.backbone.device,
-            dtype=self.config.adapter.backbone.dtype,
+            resolved.path,
+            config.storage,
+            model_version=self.version,
+            top_k=config.serving.top_k,
+            device=config.adapter.backbone.device,
+            dtype=config.adapter.backbone.dtype,
         )
         if self.diagnoser.crop != self.name:
-            raise kserve.errors.ModelMissingError(
-                f"{package} is the '{self.diagnoser.crop}' adapter, served as '{self.name}'"
+            raise PackageError(
+                f"{resolved.path} is the '{self.diagnoser.crop}' adapter, served as '{self.name}'"
             )
-        serving = self.config.serving
+        serving = config.serving
+        # Items are checked tensors of one shape: a batch cannot fail because of one of them.
         self.batcher = DynamicBatcher(
-            self.diagnoser.diagnose,
+            self.diagnoser.diagnose_pixels,
             max_batch_size=serving.max_batch_size,
             max_wait_ms=serving.max_wait_ms,
             name=f"{self.name}-batcher",
@@ -91,30 +79,13 @@ class AdapterPredictor(Model):
         self.ready = True
         return self.ready
 
-    async def predict(
-        self,
-        payload: dict | InferRequest,
-        headers: dict[str, str] | None = None,
-        response_headers: dict[str, str] | None = None,
-    ) -> dict | InferResponse:
-        assert self.batcher is not None and self.diagnoser is not None
-        check_request_size(headers, self.config.serving)
-        instances = parse_instances(payload, self.config.serving)
-        try:
-            images = [
-                check_image(inst.image, f"image {i}", self.config.serving)
-                for i, inst in enumerate(instances)
-            ]
-        except InvalidRequest as err:
-            raise kserve.errors.InvalidInput(str(err)) from None
-        answers = await self.batcher.submit(images)
-        return respond(payload, answers, self.name, self.diagnoser.model_version)
+    def prepare(self, image: bytes, where: str, limits: ServingSettings):  # noqa: ANN201
+        assert self.diagnoser is not None
+        return self.diagnoser.prepare(image, where, limits)
 
-    def get_input_types(self) -> list[dict]:
-        return image_metadata()
-
-    def get_output_types(self) -> list[dict]:
-        return answer_metadata()
+    async def answer(self, batch: Batch, headers: dict[str, str]) -> list[Answer]:
+        assert self.batcher is not None
+        return await self.batcher.submit([batch.inputs[i] for i in batch.ready])
 
 
 def model_sources(args: argparse.Namespace) -> dict[str, str]:
@@ -141,8 +112,9 @@ def build_predictors(
     sources: dict[str, str], config: PlatformConfig, tracking_uri: str | None = None
 ) -> list[AdapterPredictor]:
     """Load every crop's predictor; with several, share their identical weights."""
+    spec = FixedSpec(config)
     predictors = [
-        AdapterPredictor(crop, source, config, tracking_uri=tracking_uri)
+        AdapterPredictor(crop, source, spec, tracking_uri=tracking_uri)
         for crop, source in sources.items()
     ]
     for p in predictors:
@@ -174,16 +146,17 @@ def release_free_memory() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        parents=[kserve.model_server.parser], conflict_handler="resolve"
+        description="AADS crop adapter predictor (KServe V1/V2)", parents=[server_arguments()]
     )
     parser.add_argument("--adapter", action="append", help="crop=source (repeat)")
     parser.add_argument("--model-root", help="folder of adapter packages, one per crop")
-    parser.add_argument("--spec", default="config/demo.yaml", help="platform spec YAML")
     parser.add_argument("--tracking-uri", default=None, help="MLflow, for models:/ sources")
-    args, _ = parser.parse_known_args()
-    config = load_config(args.spec)
-    predictors = build_predictors(model_sources(args), config, args.tracking_uri)
-    ModelServer(http_port=args.http_port, enable_grpc=False, workers=1).start(predictors)
+    args, ignored = parser.parse_known_args()
+    if ignored:
+        log.warning("ignoring unknown arguments %s", ignored)
+    server = ModelServer.from_args(args)
+    predictors = build_predictors(model_sources(args), server.spec.current, args.tracking_uri)
+    server.start(predictors)
 
 
 if __name__ == "__main__":

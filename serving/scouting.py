@@ -22,25 +22,17 @@ import logging
 from collections.abc import Sequence
 
 import httpx
-import kserve
-from kserve import Model, ModelServer
-from kserve.protocol.infer_type import InferRequest, InferResponse
 from PIL import Image
+from pydantic import ValidationError
 
-from aads.config import PlatformConfig, load_config
-from aads.inference import InvalidRequest
+from aads.answer import Answer, ErrorEntry
+from aads.config import PlatformConfig, ServingSettings
+from aads.uploads import decode_upload
 from aads.vlm.diagnosis import LocalDiagnoser, RegionDiagnoser
-from aads.vlm.errors import VLMError
-from aads.vlm.response import ScoutingAnswer
 from aads.vlm.scouting import Scout, load_scout
-from serving.protocol import (
-    SCOUTING_MODEL_NAME,
-    answer_metadata,
-    check_request_size,
-    image_metadata,
-    parse_instances,
-    respond,
-)
+from serving.base import Batch, ServedModel, SpecSource
+from serving.protocol import SCOUTING_MODEL_NAME
+from serving.server import ModelServer, server_arguments
 
 log = logging.getLogger("aads.serving.scouting")
 
@@ -53,16 +45,19 @@ class RouterDiagnoser:
         self.url = router_url.rstrip("/") + "/v1/models/aads:predict"
         self.client = httpx.Client(timeout=timeout_s)
 
-    def __call__(self, images: Sequence[Image.Image]) -> list[dict]:
+    def __call__(self, images: Sequence[Image.Image]) -> list[Answer]:
         body = {"instances": [{"image": {"b64": _png_b64(im)}, "scouting": False} for im in images]}
         try:
             response = self.client.post(self.url, json=body)
             response.raise_for_status()
-            return response.json()["predictions"]
-        except (httpx.HTTPError, KeyError, ValueError) as err:
-            message = f"the router at {self.url} failed: {str(err).strip() or type(err).__name__}"
-            log.warning(message)
-            return [{"crop": None, "error": {"code": 503, "message": message}} for _ in images]
+            predictions = response.json()["predictions"]
+            if len(predictions) != len(images):
+                raise ValueError(f"{len(predictions)} answers for {len(images)} regions")
+            return [Answer.model_validate(p) for p in predictions]
+        except (httpx.HTTPError, KeyError, TypeError, ValueError, ValidationError) as err:
+            log.warning("the router at %s failed: %s: %s", self.url, type(err).__name__, err)
+            error = ErrorEntry(code=503, message="the router is unavailable; retry later")
+            return [Answer.failed(error) for _ in images]
 
 
 def _png_b64(image: Image.Image) -> str:
@@ -71,61 +66,38 @@ def _png_b64(image: Image.Image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-class ScoutingModel(Model):
-    """`kserve.Model` over a `Scout`; photos are scouted one after another in a worker thread
-    (the stage is compute-bound, the event loop keeps answering health checks)."""
+class ScoutingModel(ServedModel):
+    """`kserve.Model` over a `Scout`; each photo is decoded once at full size (checked like
+    every upload) and scouted in a worker thread (the stage is compute-bound; the event loop
+    keeps answering health checks)."""
 
-    def __init__(self, config: PlatformConfig, diagnoser: RegionDiagnoser):
-        super().__init__(SCOUTING_MODEL_NAME)
-        self.config, self.diagnoser = config, diagnoser
+    def __init__(self, spec: SpecSource, diagnoser: RegionDiagnoser):
+        super().__init__(SCOUTING_MODEL_NAME, spec)
+        self.diagnoser = diagnoser
         self.scout: Scout | None = None
+        self.scout_config: PlatformConfig | None = None
 
     def load(self) -> bool:
-        self.scout = load_scout(self.config, self.diagnoser)
+        self.scout_config = self.config
+        self.scout = load_scout(self.scout_config, self.diagnoser)
         self.ready = True
         return self.ready
 
-    async def predict(
-        self,
-        payload: dict | InferRequest,
-        headers: dict[str, str] | None = None,
-        response_headers: dict[str, str] | None = None,
-    ) -> dict | InferResponse:
+    def current_scout(self, config: PlatformConfig) -> Scout:
+        """The scout under `config`: a reloaded spec reconfigures it (same loaded models)."""
         assert self.scout is not None
-        check_request_size(headers, self.config.serving)
-        instances = parse_instances(payload, self.config.serving)
-        scout = self.scout
-        try:
-            answers = await asyncio.to_thread(
-                lambda: [
-                    scouting_answer(scout.scout(inst.image, f"instances[{i}]"))
-                    for i, inst in enumerate(instances)
-                ]
-            )
-        except (InvalidRequest, VLMError) as err:
-            raise kserve.errors.InvalidInput(str(err)) from None
-        return respond(payload, answers, self.name)
+        if config is not self.scout_config:
+            self.scout, self.scout_config = self.scout.reconfigured(config), config
+        return self.scout
 
-    def get_input_types(self) -> list[dict]:
-        return image_metadata()
+    def prepare(self, image: bytes, where: str, limits: ServingSettings) -> Image.Image:
+        return decode_upload(image, where, limits)
 
-    def get_output_types(self) -> list[dict]:
-        return answer_metadata()
-
-
-def scouting_answer(answer: ScoutingAnswer) -> dict:
-    """A scouting answer with the flat fields every answer has (label, confidence, is_ood),
-    taken from its verdict, so V2 outputs and simple clients read it like a diagnosis."""
-    verdict = answer.verdict
-    label = verdict.disease if verdict.status in ("diseased", "healthy") else verdict.status
-    return {
-        "scouting": True,
-        "label": label or "unknown",
-        "confidence": verdict.confidence or 0.0,
-        "is_ood": verdict.status in ("unknown", "no_regions"),
-        "crop": verdict.crop,
-        **answer.model_dump(mode="json"),
-    }
+    async def answer(self, batch: Batch, headers: dict[str, str]) -> list[Answer]:
+        scout = self.current_scout(batch.config)
+        photos = [batch.inputs[i] for i in batch.ready]
+        reports = await asyncio.to_thread(lambda: [scout.scout(photo) for photo in photos])
+        return [Answer.scouted(report) for report in reports]
 
 
 def build_diagnoser(args: argparse.Namespace, config: PlatformConfig) -> RegionDiagnoser:
@@ -139,19 +111,21 @@ def build_diagnoser(args: argparse.Namespace, config: PlatformConfig) -> RegionD
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        parents=[kserve.model_server.parser], conflict_handler="resolve"
+        description="AADS scouting service (KServe V1/V2)", parents=[server_arguments()]
     )
-    parser.add_argument("--spec", default="config/demo.yaml", help="platform spec YAML")
     parser.add_argument("--router-url", default=None, help="the router that diagnoses regions")
     parser.add_argument("--router", default=None, help="router folder (in-process diagnosis)")
     parser.add_argument("--adapter", action="append", help="crop=folder (repeat; in-process)")
-    args, _ = parser.parse_known_args()
-    config = load_config(args.spec)
+    args, ignored = parser.parse_known_args()
+    if ignored:
+        log.warning("ignoring unknown arguments %s", ignored)
+    server = ModelServer.from_args(args, reload_spec=True)
+    config = server.spec.current
     if config.scouting is None:
         raise SystemExit(f"{args.spec} has no `scouting:` section")
-    model = ScoutingModel(config, build_diagnoser(args, config))
+    model = ScoutingModel(server.spec, build_diagnoser(args, config))
     model.load()
-    ModelServer(http_port=args.http_port, enable_grpc=False, workers=1).start([model])
+    server.start([model])
 
 
 if __name__ == "__main__":

@@ -81,14 +81,9 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def plantvillage() -> Path:
     """The real PlantVillage sample beside the repository (read in place, never copied in);
     ``AADS_PLANTVILLAGE_DIR`` overrides where it is."""
-    import os
+    from tests.images import plantvillage_dir
 
-    where = Path(
-        os.environ.get("AADS_PLANTVILLAGE_DIR") or ROOT.parent / "shared" / "data" / "plantvillage"
-    )
-    if not where.is_dir():
-        pytest.skip(f"the PlantVillage sample is not at {where} (set AADS_PLANTVILLAGE_DIR)")
-    return where
+    return plantvillage_dir()
 
 
 @pytest.fixture(scope="module")

@@ -195,7 +195,7 @@ def test_fn_runs_in_the_given_executor() -> None:
         assert executor.submit(lambda: 1).result() == 1  # close() left it usable
 
 
-def test_fn_raising_fails_only_that_batch_and_later_submits_succeed() -> None:
+def test_an_item_that_makes_fn_raise_fails_only_its_own_request_not_its_batch() -> None:
     boom = RuntimeError("boom")
 
     def fn(xs: list[int]) -> list[int]:
@@ -213,9 +213,29 @@ def test_fn_raising_fails_only_that_batch_and_later_submits_succeed() -> None:
         return first, later
 
     first, later = run(main)
-    assert first[0] is boom and first[1] is boom  # batch [-1, 2]
-    assert first[2:] == [[30], [40]]  # batch [3, 4]
+    assert first[0] is boom  # the poisoned request, batched with [2]
+    assert first[1:] == [[20], [30], [40]]  # its neighbour in the batch is answered
     assert later == [50]
+
+
+def test_a_request_whose_items_fail_alone_gets_the_error_and_the_batch_is_counted() -> None:
+    def fn(xs: list[int]) -> list[int]:
+        if any(x < 0 for x in xs):
+            raise RuntimeError("poisoned")
+        return [x * 10 for x in xs]
+
+    async def main() -> tuple[list[Any], BatchStats]:
+        batcher = DynamicBatcher(fn, max_batch_size=8, max_wait_ms=50)
+        results = await asyncio.gather(
+            batcher.submit([1, -1]), batcher.submit([2, 3]), return_exceptions=True
+        )
+        await batcher.close()
+        return results, batcher.stats
+
+    results, stats = run(main)
+    assert isinstance(results[0], RuntimeError) and results[1] == [20, 30]
+    # one failed call over both requests, then each alone (the first fails again)
+    assert (stats.batches, stats.failed_batches) == (3, 2)
 
 
 def test_fn_returning_wrong_number_of_outputs_raises_value_error_for_its_callers() -> None:
@@ -232,9 +252,10 @@ def test_fn_returning_wrong_number_of_outputs_raises_value_error_for_its_callers
         return first, later
 
     first, later = run(main)
-    assert all(isinstance(r, ValueError) for r in first)
+    assert isinstance(first[0], ValueError)
     message = str(first[0])
-    assert "adapter-tomato" in message and "2 outputs for 3 inputs" in message
+    assert "adapter-tomato" in message and "1 outputs for 2 inputs" in message
+    assert first[1] == [30]  # run alone after the batch of 3 failed, it is answered
     assert later == [40]
 
 

@@ -87,28 +87,16 @@ def test_the_serving_images_default_command_names_files_the_image_has():
     assert "--host=0.0.0.0" in command  # reachable from outside the container
 
 
-def accepts_host_flag() -> bool:
-    out = subprocess.run(
-        [sys.executable, "-m", "serving.predictor", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    return "--host" in out.stdout
-
-
 @pytest.mark.slow
 def test_the_serving_images_default_command_serves_a_mounted_package(tmp_path):
     """The image's command, run here with /mnt/models and /opt/aads/config mapped to local
     folders (and the host to loopback), serves a real package."""
-    if not accepts_host_flag():
-        pytest.skip("serving entry points get --host with issue 13's serving work")
     from aads.adapters.phases.phase1 import train_phase1
     from aads.config import SynthSettings, parse_config
     from aads.data.ingest import ingest
     from aads.data.synth import synthesize
     from aads.ood.calibrate import calibrate_package
-    from serving.local import wait_ready
+    from serving.local import ServerProcess, wait_ready
 
     spec = {
         "crops": [{"name": "tomato", "phase1_classes": ["healthy", "early_blight"]}],
@@ -140,7 +128,7 @@ def test_the_serving_images_default_command_serves_a_mounted_package(tmp_path):
     with log.open("wb") as out:
         proc = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_ready(f"http://127.0.0.1:{port}", proc, log, timeout_s=180)
+        wait_ready(ServerProcess("predictor", f"http://127.0.0.1:{port}", proc, log), 180)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/tomato", timeout=30) as r:
             assert json.load(r)["name"] == "tomato"
     finally:

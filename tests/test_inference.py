@@ -1,4 +1,5 @@
-"""Serving core without servers: where models come from, image checks, shared weights."""
+"""Serving core without servers: where models come from, shared weights (image checks:
+test_uploads.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import torch
 from PIL import Image
 
 from aads.adapters.package import AdapterMeta, PackageContents, verify_package, write_package
-from aads.config import RegistrySettings, ServingSettings, StorageSettings
-from aads.inference import InvalidRequest, check_image, resolve_model, share_identical_parameters
+from aads.config import RegistrySettings, StorageSettings
+from aads.inference import resolve_model, share_identical_parameters
 from aads.registry import Registry
 
 
@@ -58,25 +59,6 @@ def test_a_local_folder_is_served_as_is_and_a_missing_one_is_a_clear_error(tmp_p
     assert resolve_model(tmp_path, storage).path == tmp_path
     with pytest.raises(FileNotFoundError, match="no such folder"):
         resolve_model(tmp_path / "absent", storage)
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (b"", "empty"),
-        (b"GIF89a" + b"\0" * 64, "not an image"),
-        (png()[:40], "not an image|truncated|decodable"),
-    ],
-)
-def test_bad_images_are_invalid_requests_naming_the_image(data, message):
-    with pytest.raises(InvalidRequest, match=message):
-        check_image(data, "image 3", ServingSettings())
-
-
-def test_images_over_the_pixel_limit_are_refused_before_decoding():
-    limits = ServingSettings(max_pixels=100 * 100)
-    with pytest.raises(InvalidRequest, match="pixels"):
-        check_image(png((200, 200)), "image 0", limits)
 
 
 def test_equal_weights_of_several_networks_become_one_tensor():

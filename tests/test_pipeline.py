@@ -301,7 +301,7 @@ def test_local_run_registers_every_gated_model_with_tags_and_candidate_alias(
     )
     image = Image.open(next((images / "base" / "tomato").rglob("*.jpg")))
     (answer,) = Diagnoser.from_dir(package.path, config.storage).diagnose([image])
-    assert answer["label"] in [*config.crop("tomato").known_classes, UNKNOWN]
+    assert answer.label in [*config.crop("tomato").known_classes, UNKNOWN]
 
 
 def test_a_failing_gate_registers_nothing_and_leaves_a_report(images, tmp_path):

@@ -8,8 +8,6 @@ import base64
 import io
 import json
 import shutil
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -21,78 +19,31 @@ import pytest
 import yaml
 from PIL import Image
 
-from aads.adapters.phases.phase1 import train_phase1
-from aads.config import SynthSettings, parse_config
-from aads.data.ingest import ingest
-from aads.data.synth import synthesize
-from aads.ood.calibrate import calibrate_package
-from aads.router import train_router
 from aads.vlm.synthetic import field_image
-from serving.local import ServingFailed, wait_ready
+from serving.local import ServerProcess, start_server
 from serving.router import canary_bucket
-from tests.conftest import ROOT, free_port
-
-TINY = {"source": "random:tiny", "image_size": 32}
-SPEC = {
-    "crops": [
-        {"name": "tomato", "phase1_classes": ["healthy", "early_blight", "leaf_mold"]},
-        {"name": "corn", "phase1_classes": ["healthy", "common_rust"]},
-    ],
-    "router": TINY,
-    "adapter": {
-        "backbone": TINY,
-        "dora": {"r": 2, "alpha": 4},
-        "ood": {"threshold": {"min_samples": 2}},
-    },
-    "training": {
-        name: {"epochs": 2, "batch_size": 16, "early_stopping_patience": None}
-        for name in ("router", "phase1")
-    },
-    "serving": {
-        "max_image_bytes": 200_000,
-        "max_request_bytes": 1_000_000,
-        "predictor_timeout_s": 3,
-        "predictor_retries": 0,
-        "max_wait_ms": 2,
-    },
-}
+from tests.conftest import free_port
+from tests.images import not_a_plant
+from tests.serving_models import SPEC, trained_models
 
 
-def start(args: list[str], port: int, log: Path) -> subprocess.Popen:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", *args, "--http_port", str(port)],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", proc, log, timeout_s=120)
-    except ServingFailed as err:
-        proc.kill()
-        pytest.fail(str(err))
-    return proc
+def start(args: list[str], port: int, log: Path) -> ServerProcess:
+    module, *rest = args
+    return start_server(module, rest, log, port=port, timeout_s=120)
 
 
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def stop(server: ServerProcess) -> None:
+    server.stop()
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[dict]:
     """Router + one multi-adapter predictor (tomato, corn) + a single-adapter corn predictor."""
+    models = trained_models(tmp_path_factory)
     tmp = tmp_path_factory.mktemp("serving")
-    config = parse_config(SPEC)
-    synthesize(config, tmp / "data", settings=SynthSettings(images_per_class=10, image_size=32))
-    rows = ingest(tmp / "data", config=config).rows
-    train_router(config, rows, tmp / "data", tmp / "router")
-    for crop in ("tomato", "corn"):
-        pkg = train_phase1(config, crop, rows, tmp / "data", tmp / "adapters" / crop)
-        calibrate_package(config, pkg, rows, tmp / "data", loco=False)
+    (tmp / "adapters").symlink_to(models / "adapters", target_is_directory=True)
+    (tmp / "router").symlink_to(models / "router", target_is_directory=True)
+    (tmp / "data").symlink_to(models / "data", target_is_directory=True)
     ports = {k: free_port() for k in ("router", "multi", "single", "scouting")}
     spec = {
         **SPEC,
@@ -188,15 +139,6 @@ def v2(*images: Path | bytes, shape: list[int] | None = None, datatype: str = "B
     }
 
 
-def ood_image() -> bytes:
-    """Not a plant: a saturated magenta checkerboard, far from every synthetic leaf."""
-    board = (np.indices((64, 64)).sum(0) // 8 % 2).astype(np.uint8) * 255
-    rgb = np.stack([board, np.zeros_like(board), board], axis=-1)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 # --------------------------------------------------------------------------- scouting
 
 
@@ -212,14 +154,15 @@ def test_a_scouting_request_answers_one_region_per_leaf_through_the_router(serve
     body = {"instances": [{"image": {"b64": b64(photo)}, "scouting": True}]}
     status, answer = post(served["ports"]["router"], "/v1/models/aads:predict", body, timeout=60)
     assert status == 200, answer
-    (scouted,) = answer["predictions"]
-    assert scouted["scouting"] is True and scouted["detector"] == "vegetation"
+    (answered,) = answer["predictions"]
+    scouted = answered["scouting"]
+    assert scouted["detector"] == "vegetation"
     assert len(scouted["regions"]) == len(boxes) == scouted["verdict"]["regions"]
     for region in scouted["regions"]:
         x0, y0, x1, y1 = region["box"]
         assert 0 <= x0 < x1 <= scouted["width"] and 0 <= y0 < y1 <= scouted["height"]
         assert region["diagnosis"]["label"] and region["bioclip"]["probability"] > 0
-    assert scouted["label"] and "is_ood" in scouted  # the flat fields every answer has
+    assert answered["label"] and "is_ood" in answered  # the flat fields every answer has
 
 
 def test_scouted_and_plain_images_share_a_request_and_keep_their_order(served):
@@ -234,8 +177,8 @@ def test_scouted_and_plain_images_share_a_request_and_keep_their_order(served):
     status, answer = post(served["ports"]["router"], "/v1/models/aads:predict", body, timeout=60)
     assert status == 200
     plain, scouted = answer["predictions"]
-    assert "regions" not in plain and plain["routing"]["source"] == "router"
-    assert len(scouted["regions"]) == 2
+    assert "scouting" not in plain and plain["routing"]["source"] == "router"
+    assert len(scouted["scouting"]["regions"]) == 2
 
 
 def test_a_scouting_flag_that_is_not_a_boolean_is_a_400_naming_it(served):
@@ -297,7 +240,7 @@ def test_crop_hint_skips_routing(served):
 
 def test_an_out_of_distribution_image_is_answered_unknown_with_a_hint(served):
     _, body = post(
-        served["ports"]["router"], "/v1/models/aads:predict", v1(ood_image(), hint="tomato")
+        served["ports"]["router"], "/v1/models/aads:predict", v1(not_a_plant(), hint="tomato")
     )
     answer = body["predictions"][0]
     assert answer["is_ood"] is True and answer["label"] == "unknown"
@@ -321,7 +264,11 @@ def test_v2_metadata_and_readiness(served):
     with urllib.request.urlopen(f"http://127.0.0.1:{ports['multi']}/v2/models/tomato") as r:
         meta = json.loads(r.read())
     assert meta["name"] == "tomato"
-    assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    assert meta["inputs"] == [
+        {"name": "image", "datatype": "BYTES", "shape": [-1]},
+        {"name": "crop_hint", "datatype": "BYTES", "shape": [-1]},
+    ]
+    assert meta["platform"] and meta["versions"] == []  # a local folder has no version
     for port, model in ((ports["multi"], "corn"), (ports["router"], "aads")):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{model}/ready") as r:
             assert json.loads(r.read())["ready"] is True
@@ -368,14 +315,14 @@ def test_an_image_over_the_size_limit_is_refused(served):
     Image.fromarray(noise).save(buf, format="PNG")
     assert len(buf.getvalue()) > 200_000
     status, answer = post(served["ports"]["router"], "/v1/models/aads:predict", v1(buf.getvalue()))
-    assert status == 400 and "limit" in answer["error"]
+    assert status == 413 and "image 0" in answer["error"] and "byte limit" in answer["error"]
 
 
 def test_a_request_body_over_the_limit_is_refused(served):
     image = served["images"]["tomato"][0]
     body = v1(image) | {"padding": "x" * 1_200_000}
     status, answer = post(served["ports"]["router"], "/v1/models/aads:predict", body)
-    assert status == 400 and "request body" in answer["error"]
+    assert status == 413 and "max_request_bytes" in answer["error"]
 
 
 # --------------------------------------------------------------------------- faults
@@ -422,9 +369,9 @@ def test_a_dead_predictor_costs_only_its_own_images_an_error(served):
 
 def test_a_picture_of_no_known_crop_is_answered_unknown_by_the_router(served):
     """The router's own crop-level OOD check answers it; no adapter is asked."""
-    _, body = post(served["ports"]["router"], "/v1/models/aads:predict", v1(ood_image()))
+    _, body = post(served["ports"]["router"], "/v1/models/aads:predict", v1(not_a_plant()))
     answer = body["predictions"][0]
-    assert answer["label"] == "unknown" and answer["crop"] is None
+    assert answer["label"] == "unknown" and answer.get("crop") is None
     assert answer["reason"] == "not one of the known crops"
     assert answer["routing"]["is_ood"] is True and "model" not in answer
 

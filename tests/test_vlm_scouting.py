@@ -1,5 +1,5 @@
 """The scouting stage end to end on synthetic field photos, with the real crop router and real
-crop adapters (tiny random DINOv3 backbones, trained for an epoch on synthetic plants).
+crop adapters (tiny random DINOv3 backbones trained on synthetic plants, `tests.serving_models`).
 
 Which path finds the regions: Grounding DINO with random weights proposes arbitrary boxes, so
 "one region per leaf" is checked with the vegetation proposal stage (the configured fallback
@@ -16,22 +16,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aads.adapters.phases.phase1 import train_phase1
-from aads.config import PlatformConfig, SynthSettings, parse_config
-from aads.data.ingest import ingest
-from aads.data.synth import synthesize
-from aads.inference import InvalidRequest
-from aads.ood.calibrate import calibrate_package
-from aads.router import train_router
+from aads.answer import Answer, ErrorEntry, Routing
+from aads.config import PlatformConfig, parse_config
+from aads.uploads import UploadRejected
 from aads.vlm.diagnosis import LocalDiagnoser
 from aads.vlm.errors import VLMError
 from aads.vlm.masks import decode_rle
 from aads.vlm.response import Region, RegionDiagnosis, image_verdict
 from aads.vlm.scouting import Scout, load_scout
 from aads.vlm.synthetic import field_image, soil_image
+from tests.serving_models import SPEC as SERVING_SPEC
+from tests.serving_models import trained_models
 
-TINY = {"source": "random:tiny", "image_size": 32}
-SPEC = {
+SPEC = {  # the served models' spec, with leaf_mold as a hold-out BioCLIP is asked about
+    **SERVING_SPEC,
     "crops": [
         {
             "name": "tomato",
@@ -40,35 +38,18 @@ SPEC = {
         },
         {"name": "corn", "phase1_classes": ["healthy", "common_rust"]},
     ],
-    "router": TINY,
-    "adapter": {
-        "backbone": TINY,
-        "dora": {"r": 2, "alpha": 4},
-        "ood": {"threshold": {"min_samples": 2}},
-    },
-    "training": {
-        n: {"epochs": 1, "batch_size": 16, "early_stopping_patience": None}
-        for n in ("router", "phase1")
-    },
 }
 MODELS = {"sam2": {"source": "random:tiny"}, "bioclip": {"source": "random:tiny"}}
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Iterator[dict]:
-    """A trained router and calibrated tomato and corn adapters, loaded (about 2 s)."""
-    tmp = tmp_path_factory.mktemp("vlm")
-    config = parse_config(SPEC)
-    synthesize(config, tmp / "data", settings=SynthSettings(images_per_class=6, image_size=32))
-    rows = ingest(tmp / "data", config=config).rows
-    train_router(config, rows, tmp / "data", tmp / "router")
-    for crop in ("tomato", "corn"):
-        pkg = train_phase1(config, crop, rows, tmp / "data", tmp / "adapters" / crop)
-        calibrate_package(config, pkg, rows, tmp / "data", loco=False)
+    """The session's trained router and calibrated tomato and corn adapters, loaded."""
+    models = trained_models(tmp_path_factory)
     diagnoser = LocalDiagnoser.from_dirs(
-        tmp / "router", {c: tmp / "adapters" / c for c in ("tomato", "corn")}, device="cpu"
+        models / "router", {c: models / "adapters" / c for c in ("tomato", "corn")}, device="cpu"
     )
-    yield {"diagnoser": diagnoser, "data": tmp / "data"}
+    yield {"diagnoser": diagnoser, "data": models / "data"}
 
 
 def scout(trained: dict, **scouting) -> Scout:
@@ -162,8 +143,8 @@ def test_bare_soil_is_answered_no_regions(trained):
         (b"GIF89a", "not an image"),
     ],
 )
-def test_a_corrupt_upload_is_an_invalid_request_naming_the_image(trained, data, message):
-    with pytest.raises(InvalidRequest, match=f"image 2: .*{message}"):
+def test_a_corrupt_upload_is_refused_naming_the_image(trained, data, message):
+    with pytest.raises(UploadRejected, match=f"image 2: .*{message}"):
         scout(trained).scout(data, "image 2")
 
 
@@ -175,6 +156,27 @@ def test_encoded_bytes_and_a_decoded_image_get_the_same_regions(trained):
     from_bytes, from_image = scouting.scout_many([buf.getvalue(), field.image])
     strip = {"timings_ms"}
     assert from_bytes.model_dump(exclude=strip) == from_image.model_dump(exclude=strip)
+
+
+def test_a_reloaded_spec_reconfigures_the_scout_and_keeps_its_loaded_models(trained, caplog):
+    scouting = scout(trained, **MODELS)
+    more_crops = {
+        **SPEC,
+        "crops": [
+            *SPEC["crops"],
+            {"name": "pepper", "phase1_classes": ["healthy", "bacterial_spot"]},
+        ],
+        "scouting": {"device": "cpu", "max_regions": 3, **MODELS},
+    }
+    again = scouting.reconfigured(parse_config(more_crops))
+    assert again.settings.max_regions == 3 and again.scorer is not None
+    assert again.scorer.bioclip is scouting.scorer.bioclip  # the same loaded model
+    assert ("pepper", "bacterial_spot") in {(lab.crop, lab.disease) for lab in again.scorer.labels}
+    assert len(again.scout(field_image(4, seed=7).image).regions) <= 3
+    new_model = {**more_crops, "scouting": {"device": "cpu", "sam2": {"source": "random:tiny"}}}
+    with caplog.at_level("WARNING", logger="aads.vlm.scouting"):
+        kept = scouting.reconfigured(parse_config(new_model))
+    assert kept.scorer is scouting.scorer and "restart" in caplog.text
 
 
 def test_a_spec_without_scouting_cannot_load_a_scout(trained):
@@ -191,13 +193,14 @@ def test_the_local_diagnoser_sends_known_crops_to_their_adapter_in_input_order(t
     answers = trained["diagnoser"](images)
     assert len(answers) == len(images)
     for answer in answers:
-        route = answer["routing"]
-        if route.get("is_ood"):
-            assert answer["crop"] is None and answer["label"] == "unknown"
+        route = answer.routing
+        assert route is not None and route.source == "router"
+        if route.rejected:
+            assert answer.crop is None and answer.label == "unknown"
         else:
-            assert answer["crop"] == route["crop"]
-            assert answer["model"]["name"] == f"aads-adapter-{route['crop']}"
-    assert any(not a["routing"].get("is_ood") for a in answers)
+            assert answer.crop == route.crop
+            assert answer.model is not None and answer.model.name == f"aads-adapter-{route.crop}"
+    assert any(not a.routing.rejected for a in answers if a.routing)
     assert trained["diagnoser"]([]) == []
 
 
@@ -238,7 +241,11 @@ def test_the_verdict_is_the_most_confident_disease_else_healthy_else_unknown():
 
 def test_an_error_answer_is_parsed_as_not_answered():
     diag = RegionDiagnosis.from_answer(
-        {"crop": "corn", "error": {"code": 503, "message": "down"}, "routing": {"part": "leaf"}}
+        Answer.failed(
+            ErrorEntry(code=503, message="down"),
+            crop="corn",
+            routing=Routing(source="router", crop="corn", part="leaf"),
+        )
     )
     assert (diag.crop, diag.label, diag.error, diag.answered) == ("corn", None, "down", False)
     assert np.isclose(diag.confidence, 0.0)

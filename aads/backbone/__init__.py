@@ -37,7 +37,14 @@ from .normalization import (
     Normalization,
     normalization_for,
 )
-from .preprocess import ImageInput, open_image, preprocess_batch, preprocess_image, to_rgb
+from .preprocess import (
+    ImageInput,
+    open_image,
+    preprocess_batch,
+    preprocess_image,
+    rgb_tensor,
+    to_rgb,
+)
 from .presets import PRESETS, build_random_model, preset_config
 from .targets import lora_target_regex, lora_target_regex_for, resolve_lora_targets, target_names
 from .variants import (
@@ -95,6 +102,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "resolve_lora_targets",
+    "rgb_tensor",
     "save_backbone",
     "source_kind",
     "target_names",

@@ -91,7 +91,14 @@ def preprocess_image(
     image: ImageInput, image_size: int, normalization: Normalization
 ) -> torch.Tensor:
     """One image as a normalised float32 tensor of shape (3, image_size, image_size)."""
-    rgb = to_rgb(open_image(image))
+    return rgb_tensor(to_rgb(open_image(image)), image_size, normalization)
+
+
+def rgb_tensor(rgb: Image.Image, image_size: int, normalization: Normalization) -> torch.Tensor:
+    """The transform's last steps on an RGB image: square resize, scale, normalise, CHW.
+
+    Training (`preprocess_image`) and serving (`aads.uploads` decodes, then this) share it, so
+    a served image meets exactly the arithmetic the model was trained with."""
     if rgb.size != (image_size, image_size):
         # PIL's bilinear filter widens its support when downscaling: antialiased, like
         # torchvision's Resize(antialias=True) in the official transform.

@@ -1,12 +1,12 @@
 """Who diagnoses a region: the crop router and that crop's adapter, behind one callable.
 
-The scouting stage only needs "region images in, one answer each out", in the answer schema
-of the router transformer (`serving/router.py`): the adapter's answer plus a ``routing``
-entry, ``crop: None`` with ``label: "unknown"`` for a picture of no known crop, or an
-``error`` entry when the crop's adapter could not be asked. `RegionDiagnoser` is that
-contract; `LocalDiagnoser` fulfils it in process with a loaded `CropRouter` and `Diagnoser`s
-(tests, the CLI, a single-pod VLM service). A VLM InferenceService in front of the deployed
-router can fulfil it with one V1 call per image batch instead, unchanged downstream.
+The scouting stage only needs "region images in, one `aads.answer.Answer` each out", as the
+serving router answers them: the adapter's answer with its ``routing``, `Answer.unknown_crop`
+for a picture of no known crop, or an error entry when the crop's adapter could not be asked.
+`RegionDiagnoser` is that contract; `LocalDiagnoser` fulfils it in process with a loaded
+`CropRouter` and `Diagnoser`s (tests, the CLI, a single-pod VLM service). A VLM
+InferenceService in front of the deployed router can fulfil it with one V1 call per image batch
+instead, unchanged downstream.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ from typing import Protocol
 
 from PIL import Image
 
+from aads.answer import Answer, ErrorEntry
 from aads.config import StorageSettings
 from aads.inference import Diagnoser
-from aads.router import CropRouter, load_router, not_a_known_crop
+from aads.router import CropRouter, load_router
 
 
 class RegionDiagnoser(Protocol):
-    """Answers region crops, one dict per image in the same order."""
+    """Answers region crops, one answer per image in the same order."""
 
-    def __call__(self, images: Sequence[Image.Image]) -> list[dict]: ...
+    def __call__(self, images: Sequence[Image.Image]) -> list[Answer]: ...
 
 
 @dataclass
@@ -55,28 +56,24 @@ class LocalDiagnoser:
         }
         return cls(router, adapters)
 
-    def __call__(self, images: Sequence[Image.Image]) -> list[dict]:
+    def __call__(self, images: Sequence[Image.Image]) -> list[Answer]:
         if not images:
             return []
         decisions = self.router.route(list(images))
-        answers: list[dict] = [{} for _ in images]
+        answers: list[Answer | None] = [None] * len(images)
         groups: dict[str, list[int]] = defaultdict(list)
         for i, decision in enumerate(decisions):
-            route = decision.as_dict()
+            routing = decision.routing()
             if decision.is_ood:
-                answers[i] = not_a_known_crop(route)
+                answers[i] = Answer.unknown_crop(routing)
             elif decision.crop not in self.adapters:
-                message = f"no adapter is loaded for crop '{decision.crop}'"
-                answers[i] = {
-                    "crop": decision.crop,
-                    "error": {"code": 404, "message": message},
-                    "routing": route,
-                }
+                error = ErrorEntry(code=404, message=f"no adapter is served for {decision.crop}")
+                answers[i] = Answer.failed(error, crop=decision.crop, routing=routing)
             else:
-                answers[i] = {"routing": route}
                 groups[decision.crop].append(i)
         for crop, idx in groups.items():
             crop_answers = self.adapters[crop].diagnose([images[i] for i in idx])
             for i, answer in zip(idx, crop_answers, strict=True):
-                answers[i] = {**answer, "routing": answers[i]["routing"]}
-        return answers
+                answers[i] = answer.routed(decisions[i].routing())
+        assert all(a is not None for a in answers), "every region is answered"
+        return answers  # type: ignore[return-value]

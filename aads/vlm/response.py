@@ -2,16 +2,19 @@
 
 Kept small on purpose (it travels through KServe as JSON): boxes are whole pixels, masks are
 box-relative compressed RLE strings, probabilities are rounded to 6 digits. `RegionDiagnosis`
-reads the router transformer's per-image answer (the same dicts `serving/router.py` returns),
-so a diagnoser that calls the deployed router over HTTP and one that runs it in process are
-interchangeable.
+is the compact per-region view of an `aads.answer.Answer` (what the serving router answers per
+image), so a diagnoser that calls the deployed router over HTTP and one that runs it in process
+are interchangeable.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from aads.answer import Answer
 
 
 class _Answer(BaseModel):
@@ -32,10 +35,10 @@ class MaskSummary(_Answer):
 
 
 class RegionDiagnosis(_Answer):
-    crop: str | None = Field(description="routed crop; None when the router rejects it")
+    crop: str | None = Field(None, description="routed crop; None when the router rejects it")
     crop_confidence: float | None = None
     routed_part: str | None = Field(None, description="the router's part head")
-    label: str | None = Field(description="the adapter's class, 'unknown' when OOD")
+    label: str | None = Field(None, description="the adapter's class, 'unknown' when OOD")
     predicted_class: str | None = Field(None, description="the class before the OOD check")
     is_ood: bool = True
     confidence: float = 0.0
@@ -46,24 +49,22 @@ class RegionDiagnosis(_Answer):
     model: dict | None = Field(None, description="the adapter that answered: name, version")
 
     @classmethod
-    def from_answer(cls, answer: dict) -> RegionDiagnosis:
-        """Parse one answer of the router transformer / `LocalDiagnoser`."""
-        route = answer.get("routing") or {}
-        ood = answer.get("ood") or {}
-        error = answer.get("error")
+    def from_answer(cls, answer: Answer) -> RegionDiagnosis:
+        """The region's view of one answer of the router (served or in process)."""
+        route, ood, error = answer.routing, answer.ood, answer.error
         return cls(
-            crop=answer.get("crop"),
-            crop_confidence=route.get("crop_confidence"),
-            routed_part=route.get("part"),
-            label=None if error else answer.get("label"),
-            predicted_class=answer.get("predicted_class"),
-            is_ood=bool(answer.get("is_ood", True)) if not error else True,
-            confidence=float(answer.get("confidence") or 0.0),
-            ood_distance=ood.get("distance"),
-            ood_threshold=ood.get("threshold"),
-            reason=answer.get("reason"),
-            error=(error or {}).get("message") if error else None,
-            model=answer.get("model"),
+            crop=answer.crop,
+            crop_confidence=route.crop_confidence if route else None,
+            routed_part=route.part if route else None,
+            label=None if error else answer.label,
+            predicted_class=answer.predicted_class,
+            is_ood=True if error or answer.is_ood is None else answer.is_ood,
+            confidence=answer.confidence or 0.0,
+            ood_distance=ood.distance if ood else None,
+            ood_threshold=ood.threshold if ood else None,
+            reason=answer.reason,
+            error=error.message if error else None,
+            model=answer.model.model_dump() if answer.model else None,
         )
 
     @property

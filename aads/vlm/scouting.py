@@ -14,16 +14,18 @@ detector's mask or its box, and its ``mask.source`` says which. BioCLIP runs whe
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
 
 from aads.backbone import ImageDecodeError, open_image, resolve_device, resolve_dtype, to_rgb
 from aads.config import PlatformConfig, ServingSettings, StorageSettings
-from aads.inference import InvalidRequest, check_image
+from aads.inference import InvalidRequest
+from aads.uploads import decode_upload
 
 from .crosscheck import ZeroShotScorer
 from .detection import Detection, RegionDetector, finalize_detections
@@ -36,6 +38,7 @@ from .segmentation import Sam2Segmenter
 from .settings import ScoutingSettings
 
 ImageLike = Image.Image | bytes
+log = logging.getLogger("aads.vlm.scouting")
 
 
 @dataclass
@@ -67,8 +70,8 @@ class Scout:
         }
 
     def scout(self, image: ImageLike, where: str = "image") -> ScoutingAnswer:
-        """Answer one photo. Encoded bytes are checked like every upload (`InvalidRequest`
-        naming `where` for an empty, corrupt, oversized or unsupported image)."""
+        """Answer one photo. Encoded bytes are checked like every upload (`aads.uploads`:
+        `UploadRejected` / `UploadTooLarge` naming `where`)."""
         timings: dict[str, float] = {}
         start = clock = time.perf_counter()
 
@@ -134,12 +137,45 @@ class Scout:
             timings_ms=timings,
         )
 
+    def reconfigured(self, config: PlatformConfig) -> Scout:
+        """This scout under a reloaded spec, keeping its loaded models: the crops and diseases
+        BioCLIP scores, region and mask settings and the upload limits follow. A different
+        model source or Grounding DINO setting needs a restart; until then the loaded models
+        and their settings stay (logged)."""
+        from .prompts import zero_shot_labels
+        from .vegetation import VegetationDetector
+
+        settings = config.scouting
+        if settings is None:
+            raise VLMError("the reloaded spec has no `scouting:` section")
+        old = self.settings
+        if (
+            settings.detector_kind != old.detector_kind
+            or settings.grounding_dino != old.grounding_dino
+            or settings.sam2.source != old.sam2.source
+            or settings.bioclip.source != old.bioclip.source
+        ):
+            log.warning("scouting models changed in the spec: restart the service to load them")
+            return replace(self, limits=config.serving)
+        detector = self.detector
+        if isinstance(detector, VegetationDetector):
+            detector = VegetationDetector(settings.vegetation)
+        scorer = self.scorer
+        if scorer is not None:
+            labels = zero_shot_labels(config, settings.bioclip)
+            scorer = ZeroShotScorer(
+                scorer.bioclip, labels, settings.bioclip, settings.healthy_class
+            )
+        return replace(
+            self, settings=settings, detector=detector, scorer=scorer, limits=config.serving
+        )
+
     def scout_many(self, images: Sequence[ImageLike]) -> list[ScoutingAnswer]:
         return [self.scout(im, f"image {i}") for i, im in enumerate(images)]
 
     def decode(self, image: ImageLike, where: str) -> Image.Image:
         if isinstance(image, bytes):
-            return to_rgb(check_image(image, where, self.limits))
+            return decode_upload(image, where, self.limits)
         if not isinstance(image, Image.Image):
             raise InvalidRequest(f"{where}: expected image bytes or a PIL image")
         try:
