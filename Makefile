@@ -76,6 +76,8 @@ bench: setup
 	$(BIN)/python benchmarks/vlm.py
 	$(BIN)/python benchmarks/capture.py
 	$(BIN)/python benchmarks/drift.py
+	$(BIN)/python benchmarks/alerts.py
+	$(BIN)/python benchmarks/telemetry.py
 
 lint: setup
 	$(BIN)/ruff check .

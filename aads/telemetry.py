@@ -215,6 +215,7 @@ class Telemetry:
             registry.register(self._capture)
         self._answer_children: dict[tuple, tuple] = {}
         self._stage_children: dict[tuple, Any] = {}
+        self._domain_children: dict[tuple, Any] = {}
 
     # ------------------------------------------------------------------ what loaded models name
 
@@ -351,8 +352,16 @@ class Telemetry:
                     distance.observe(d / t)
         domain = answer_field(answer, "domain")
         if domain and crop_label:
-            label = self.labels.of(crop_label, "domain", domain)
-            self.domain_picks.labels(crop_label, model_version, variant_label, label).inc()
+            key = (
+                crop_label,
+                model_version,
+                variant_label,
+                self.labels.of(crop_label, "domain", domain),
+            )
+            child = self._domain_children.get(key)
+            if child is None:
+                child = self._domain_children[key] = self.domain_picks.labels(*key)
+            child.inc()
         return verdict
 
     def _children(self, key: tuple) -> tuple:
