@@ -438,42 +438,44 @@ class CaptureCollector(Collector):
         if writer is None:
             return
         stats = writer.stats()
-        offered = CounterMetricFamily(
-            "aads_capture_offered", "Answered images offered to the capture writer."
+        yield _single(CounterMetricFamily, "offered", "Answered images offered.", stats.offered)
+        yield _single(
+            CounterMetricFamily, "written", "Images written (image and record).", stats.written
         )
-        offered.add_metric([], stats.offered)
-        written = CounterMetricFamily(
-            "aads_capture_written", "Captured images written to the store (image and record)."
+        yield _by_reason(
+            "dropped",
+            "Images capture meant to keep but dropped (queue full, store down ...).",
+            DROP_REASONS,
+            stats.dropped,
         )
-        written.add_metric([], stats.written)
-        dropped = CounterMetricFamily(
-            "aads_capture_dropped",
-            "Images capture meant to keep but dropped, by reason (queue full, store down ...).",
-            labels=["reason"],
+        yield _by_reason(
+            "skipped", "Images not kept (not sampled, duplicate ...).", SKIP_REASONS, stats.skipped
         )
-        for reason in DROP_REASONS:
-            dropped.add_metric([reason], stats.dropped.get(reason, 0))
-        skipped = CounterMetricFamily(
-            "aads_capture_skipped",
-            "Images capture did not keep, by reason (not sampled, duplicate ...).",
-            labels=["reason"],
+        yield _single(
+            GaugeMetricFamily, "queue_images", "Images waiting in the queue.", stats.queue_depth
         )
-        for reason in SKIP_REASONS:
-            skipped.add_metric([reason], stats.skipped.get(reason, 0))
-        depth = GaugeMetricFamily(
-            "aads_capture_queue_images", "Images waiting in the capture queue."
+        yield _single(
+            GaugeMetricFamily, "queue_bytes", "Bytes waiting in the queue.", stats.queue_bytes
         )
-        depth.add_metric([], stats.queue_depth)
-        size = GaugeMetricFamily(
-            "aads_capture_queue_bytes", "Bytes of the images waiting in the capture queue."
+        yield _single(
+            GaugeMetricFamily,
+            "store_up",
+            "1 while the store answers; 0 while writes wait out retry_after_s.",
+            0 if stats.store_down else 1,
         )
-        size.add_metric([], stats.queue_bytes)
-        up = GaugeMetricFamily(
-            "aads_capture_store_up",
-            "1 while the capture store answers; 0 while writes wait out retry_after_s.",
-        )
-        up.add_metric([], 0 if stats.store_down else 1)
-        yield from (offered, written, dropped, skipped, depth, size, up)
+
+
+def _single(kind: type, name: str, text: str, value: float) -> Metric:
+    family = kind(f"aads_capture_{name}", f"Capture: {text}")
+    family.add_metric([], value)
+    return family
+
+
+def _by_reason(name: str, text: str, reasons: Iterable[str], counts: dict[str, int]) -> Metric:
+    family = CounterMetricFamily(f"aads_capture_{name}", f"Capture: {text}", labels=["reason"])
+    for reason in reasons:
+        family.add_metric([reason], counts.get(reason, 0))
+    return family
 
 
 _default: Telemetry | None = None

@@ -161,6 +161,18 @@ def percent(x: float | None) -> str:
     return "0" if x == 0 else (f"{x:.2%}" if x >= 1e-4 else f"{x:.1e}")
 
 
+def exact_table(rows: list[dict[str, Any]], counted: str) -> list[str]:
+    """Markdown lines of an exact view: per traffic, the count needed, false alarm, power."""
+    head = f"| answers in the window | {counted} needed | false alarm | "
+    lines = [head + " | ".join(f"fires at {r:g}x" for r in DRIFTS) + " |"]
+    lines.append("|---" * (3 + len(DRIFTS)) + "|")
+    for row in rows:
+        cells = [str(row["answers"]), str(row["unknowns_needed"]), percent(row["false_alarm"])]
+        cells += [percent(row[f"power_{r:g}x"]) for r in DRIFTS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="fewer simulated days")
@@ -204,15 +216,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "## Unknown rate, one evaluation (exact binomial)",
         "",
-        "| answers in the window | unknowns needed | false alarm | "
-        + " | ".join(f"fires at {r:g}x" for r in DRIFTS)
-        + " |",
-        "|---" * (3 + len(DRIFTS)) + "|",
+        *exact_table(result["unknown_rate_exact"], "unknowns"),
     ]
-    for row in result["unknown_rate_exact"]:
-        cells = [str(row["answers"]), str(row["unknowns_needed"]), percent(row["false_alarm"])]
-        cells += [percent(row[f"power_{r:g}x"]) for r in DRIFTS]
-        lines.append("| " + " | ".join(cells) + " |")
     worst = result["unknown_rate_worst"]
     lines += [
         "",
@@ -247,15 +252,8 @@ def main(argv: list[str] | None = None) -> None:
         f"## Not a known crop, one evaluation (ratio {n['ratio']}, at least {n['minAnswers']}, "
         f"design rejection rate {P0:.0%})",
         "",
-        "| answers in the window | rejections needed | false alarm | "
-        + " | ".join(f"fires at {r:g}x" for r in DRIFTS)
-        + " |",
-        "|---" * (3 + len(DRIFTS)) + "|",
+        *exact_table(result["not_a_known_crop_exact"], "rejections"),
     ]
-    for row in result["not_a_known_crop_exact"]:
-        cells = [str(row["answers"]), str(row["unknowns_needed"]), percent(row["false_alarm"])]
-        cells += [percent(row[f"power_{r:g}x"]) for r in DRIFTS]
-        lines.append("| " + " | ".join(cells) + " |")
     worst = result["not_a_known_crop_worst"]
     lines += [
         "",
