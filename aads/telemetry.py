@@ -56,7 +56,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from aads.capture.records import answer_field, answer_verdict, variant_of
-from aads.capture.writer import DROP_REASONS, SKIP_REASONS
 from aads.errors import ERROR_KINDS, error_kind
 
 if TYPE_CHECKING:
@@ -112,7 +111,7 @@ class LabelValues:
     def crop(self, value: Any) -> str:
         if value is None or value == "":
             return ""
-        return value if value in self._crops else OTHER
+        return value if isinstance(value, str) and value in self._crops else OTHER
 
     def of(self, crop: str, label: str, value: Any) -> str:
         """`value` as a label value of `label` for `crop` (`crop` already mapped by `crop`)."""
@@ -437,6 +436,10 @@ class CaptureCollector(Collector):
         writer = self.writer
         if writer is None:
             return
+        # Imported here: the writer module (and torch, which its image checks use) is loaded
+        # only in a process that captures.
+        from aads.capture.writer import DROP_REASONS, SKIP_REASONS
+
         stats = writer.stats()
         yield _single(CounterMetricFamily, "offered", "Answered images offered.", stats.offered)
         yield _single(
