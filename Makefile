@@ -12,8 +12,8 @@ TOOLS_STAMP := $(TOOLS)/.aads-tools-installed
 CONFIG ?= config/demo.yaml
 WORKDIR ?= .aads/demo
 
-.PHONY: setup tools demo test bench lint format clean images image-serving image-components \
-	lock chart print-registry print-version
+.PHONY: setup tools promtool demo test bench lint format clean images image-serving \
+	image-components lock chart print-registry print-version
 
 # Images: the registry and organisation are named once, in config/cluster.yaml; override with
 # `make images REGISTRY=registry.example.com/org` (PUSH=1 pushes instead of loading locally).
@@ -37,7 +37,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-tools: $(TOOLS_STAMP)
+tools: $(TOOLS_STAMP) promtool
+
+# promtool and the prometheus server (the alert-rule tests run both) from Debian's prometheus
+# package: installed only where apt-get exists and we are root (CI is); elsewhere those tests
+# skip, saying why. Where systemd runs, the package's service is stopped again: the tests
+# start their own server on 127.0.0.1.
+promtool:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  ( apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends prometheus >/dev/null \
+	    && if [ -d /run/systemd/system ]; then systemctl disable --now prometheus || true; fi ) \
+	  || echo "warning: Debian's prometheus package did not install: the promtool tests skip"; \
+	else echo "note: promtool needs apt-get as root to install: the promtool tests skip"; fi
 
 $(TOOLS_STAMP): requirements/tools.txt
 	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
@@ -63,6 +76,8 @@ bench: setup
 	$(BIN)/python benchmarks/vlm.py
 	$(BIN)/python benchmarks/capture.py
 	$(BIN)/python benchmarks/drift.py
+	$(BIN)/python benchmarks/alerts.py
+	$(BIN)/python benchmarks/telemetry.py
 
 lint: setup
 	$(BIN)/ruff check .

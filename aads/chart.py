@@ -2,9 +2,9 @@
 
 Used by `aads promote` before it commits a pin (a promotion that would not deploy is refused)
 and by the tests. Helm's own engine (helm-python-sdk) renders; core kinds are checked with
-kubernetes-validate (strict), KServe kinds against their CRD schemas when a folder of them is
-given. Both libraries are optional dependencies (the ``dev`` extra): missing, they raise a
-clear error.
+kubernetes-validate (strict), KServe and prometheus-operator kinds against their CRD schemas
+when a folder of them is given. Both libraries are optional dependencies (the ``dev`` extra):
+missing, they raise a clear error.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ import yaml
 from aads.errors import BadInput
 
 KSERVE_KINDS = {"InferenceService", "ServingRuntime", "ClusterServingRuntime", "InferenceGraph"}
+PROMETHEUS_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
+"""prometheus-operator's kinds the chart renders with ``monitoring.enabled``."""
+CUSTOM_KINDS = KSERVE_KINDS | PROMETHEUS_KINDS
+"""Kinds kubernetes-validate does not know: checked against their CRD schemas, when given."""
 KUBE_VERSION = "1.32.0"
 
 
@@ -106,8 +110,10 @@ def render(
 
 
 def crd_schemas(crd_dir: Path) -> dict[str, dict]:
+    """{group/version/kind: openAPIV3Schema} of every CRD under `crd_dir` (subfolders too, so
+    ``shared/crds`` gives KServe's and prometheus-operator's)."""
     schemas = {}
-    for path in Path(crd_dir).glob("*.yaml"):
+    for path in sorted(Path(crd_dir).rglob("*.yaml")):
         crd = yaml.safe_load(path.read_text())
         for version in crd["spec"]["versions"]:
             key = f"{crd['spec']['group']}/{version['name']}/{crd['spec']['names']['kind']}"
@@ -136,7 +142,7 @@ def validate(docs: list[dict], crd_dir: Path | None = None) -> None:
     for doc in docs:
         where = f"{doc.get('kind')} {doc.get('metadata', {}).get('name')}"
         try:
-            if doc["kind"] in KSERVE_KINDS:
+            if doc["kind"] in CUSTOM_KINDS:
                 validator = validators.get(f"{doc['apiVersion']}/{doc['kind']}")
                 if validator is not None:
                     validator.validate(doc)

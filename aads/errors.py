@@ -73,3 +73,25 @@ def exit_code(err: BaseException) -> int:
     if isinstance(err, OSError):
         return 2
     return 1
+
+
+ERROR_KINDS = ("bad_input", "too_large", "not_found", "unavailable", "internal")
+"""The kinds' names, as metrics and logs label errors (`error_kind`)."""
+
+
+def error_kind(err: BaseException | int) -> str:
+    """The name of an error's kind, from the error or from the HTTP status it was sent as
+    (an answer's error entry carries only its status): ``bad_input`` (any other 4xx),
+    ``too_large`` (413), ``not_found`` (404), ``unavailable`` (503, 504) or ``internal``."""
+    status = http_status(err) if isinstance(err, BaseException) else err
+    if not isinstance(status, int) or isinstance(status, bool):
+        return "internal"
+    if status == 413:
+        return "too_large"
+    if status == 404:
+        return "not_found"
+    if status in (503, 504):
+        return "unavailable"
+    if 400 <= status < 500:
+        return "bad_input"
+    return "internal"

@@ -12,7 +12,7 @@ import yaml
 from helm_python import Chart, HelmError, lint
 
 from aads import chart
-from aads.chart import KSERVE_KINDS, KUBE_VERSION, ChartError, crd_validators
+from aads.chart import CUSTOM_KINDS, KSERVE_KINDS, KUBE_VERSION, ChartError, crd_validators
 from aads.config import parse_config_text
 from tests.conftest import ROOT
 
@@ -36,7 +36,7 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_every_core_object_is_valid_kubernetes(scenario):
     for doc in render(load_scenario(scenario)):
-        if doc["kind"] not in KSERVE_KINDS:
+        if doc["kind"] not in CUSTOM_KINDS:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
 
 
@@ -458,6 +458,8 @@ def pod_specs(docs: list[dict]) -> dict[str, dict]:
             pods[d["metadata"]["name"]] = spec["predictor"]
         elif d["kind"] in ("Deployment", "Job"):
             pods[d["metadata"]["name"]] = spec["template"]["spec"]
+        elif d["kind"] == "CronJob":
+            pods[d["metadata"]["name"]] = spec["jobTemplate"]["spec"]["template"]["spec"]
         elif d["kind"] == "Pod":
             pods[d["metadata"]["name"]] = spec
     return pods

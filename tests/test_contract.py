@@ -105,6 +105,7 @@ def pod_refs(docs: list[dict]) -> list[Ref]:
     for d in docs:
         ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
         spec = d.get("spec", {})
+        spec = spec.get("jobTemplate", {}).get("spec", spec)  # a CronJob's pods
         pod = spec.get("predictor") or spec.get("template", {}).get("spec") or spec
         if d["kind"] == "ServiceAccount":
             refs += [

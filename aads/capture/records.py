@@ -54,19 +54,28 @@ class CaptureError(BadInput):
     """A capture store or record that cannot be read as asked."""
 
 
-def answer_verdict(answer: Mapping[str, Any]) -> Verdict:
+def answer_field(answer: Any, name: str) -> Any:
+    """A field of an answer given as a dict (the wire form) or as a model (`aads.answer`), so
+    readers on the request path need not serialise a model to read three fields."""
+    if isinstance(answer, Mapping):
+        return answer.get(name)
+    return getattr(answer, name, None)
+
+
+def answer_verdict(answer: Mapping[str, Any] | Any) -> Verdict:
     """What an answer said: a class by name, ``unknown`` (the adapter's OOD check), not a known
     crop (the router's), or ``none`` (an error entry, or a scouting answer with regions).
 
     Reads the fields every answer has had since the first server: ``error``, ``label``,
-    ``is_ood``, ``crop`` (None when the router rejects the image) and ``routing.is_ood``.
+    ``is_ood``, ``crop`` (None when the router rejects the image) and ``routing.is_ood``;
+    `answer` is the wire dict or the answer model.
     """
-    if answer.get("error") or "label" not in answer:
+    if answer_field(answer, "error") or answer_field(answer, "label") is None:
         return "none"
-    if not answer.get("is_ood"):
+    if not answer_field(answer, "is_ood"):
         return "known"
-    routing = answer.get("routing") or {}
-    if answer.get("crop") is None or (isinstance(routing, Mapping) and routing.get("is_ood")):
+    routing = answer_field(answer, "routing")
+    if answer_field(answer, "crop") is None or (routing and answer_field(routing, "is_ood")):
         return "not_a_known_crop"
     return "unknown"
 
@@ -89,11 +98,10 @@ def keep_reason(verdict: Verdict, sampled: bool) -> KeepReason | None:
     return None
 
 
-def variant_of(answer: Mapping[str, Any]) -> Variant:
+def variant_of(answer: Mapping[str, Any] | Any) -> Variant:
     """``canary`` when the router sent the image to the crop's canary, else ``champion``."""
-    routing = answer.get("routing") or {}
-    canary = isinstance(routing, Mapping) and routing.get("variant") == "canary"
-    return "canary" if canary else "champion"
+    routing = answer_field(answer, "routing")
+    return "canary" if routing and answer_field(routing, "variant") == "canary" else "champion"
 
 
 class CapturedImage(BaseModel):

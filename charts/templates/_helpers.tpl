@@ -257,13 +257,20 @@ settings: podAnnotations, podLabels, nodeSelector, tolerations, affinity,
 topologySpreadConstraints, priorityClassName, imagePullSecrets (added to the global ones) and,
 except tests, a serviceAccount block {create, name, annotations}. */}}
 
-{{/* The service account a workload's pods run as. */}}
+{{/* A workload's values by its key, dotted for a nested one (e.g. monitoring.drift). */}}
+{{- define "aads.workloadValues" -}}
+{{- $root := index . 0 -}}{{- $w := $root.Values -}}
+{{- range (splitList "." (index . 1)) }}{{ $w = index $w . }}{{ end -}}
+{{- toYaml $w -}}
+{{- end -}}
+
+{{/* The service account a workload's pods run as (a nested key's dots become dashes). */}}
 {{- define "aads.serviceAccountName" -}}
 {{- $root := index . 0 -}}{{- $key := index . 1 -}}
-{{- $w := index $root.Values $key -}}
+{{- $w := include "aads.workloadValues" (list $root $key) | fromYaml -}}
 {{- $sa := default dict $w.serviceAccount -}}
 {{- if $sa.create -}}
-{{- default (printf "%s-%s" (include "aads.fullname" $root) $key) $sa.name -}}
+{{- default (printf "%s-%s" (include "aads.fullname" $root) ($key | replace "." "-")) $sa.name -}}
 {{- else -}}
 {{- default "default" $sa.name -}}
 {{- end -}}
@@ -349,4 +356,25 @@ readinessProbe:
   httpGet: {path: /v2/health/ready, port: 8080}
   periodSeconds: 5
   timeoutSeconds: 5
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- monitoring */}}
+
+{{/* Every InferenceService of this release Prometheus scrapes: the router and everything only
+the router calls (adapters, split canaries, scouting). */}}
+{{- define "aads.monitoredServices" -}}
+{{- $names := fromJsonArray (include "aads.allAdapterServices" .) -}}
+{{- if include "aads.routerEnabled" . -}}
+{{- $names = prepend $names (printf "%s-router" (include "aads.fullname" .)) -}}
+{{- end -}}
+{{- $names | toJson -}}
+{{- end -}}
+
+{{/* The crops the drift CronJobs check: monitoring.drift.crops, else every pinned crop. */}}
+{{- define "aads.driftCrops" -}}
+{{- default (keys .Values.adapters.crops | sortAlpha) .Values.monitoring.drift.crops | toJson -}}
+{{- end -}}
+
+{{- define "aads.driftEnabled" -}}
+{{- if and .Values.monitoring.drift.enabled (fromJsonArray (include "aads.driftCrops" .)) }}true{{ end -}}
 {{- end -}}
