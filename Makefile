@@ -8,6 +8,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.aads-installed
 CONFIG ?= config/demo.yaml
 WORKDIR ?= .aads/demo
+# No network at run time: MLflow 3 would otherwise send usage telemetry from every process.
+export MLFLOW_DISABLE_TELEMETRY := true
 
 .PHONY: setup demo test bench lint format clean
 

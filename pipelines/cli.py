@@ -98,9 +98,12 @@ def _run_quietly(workdir: Path, config_text: str, data: str, **options):  # noqa
 
 
 def print_summary(run) -> None:  # noqa: ANN001 - pipelines.local.LocalRun
+    """One row per model: the evaluation's headline (`aads.headline`: accuracy over every test
+    image of the last phase with its 95 % interval, the worst retention of the continual
+    phases, near- and far-OOD AUROC), the gate and the registered version."""
     table = Table(
         "model",
-        "accuracy",
+        "accuracy (95 % CI)",
         "retention",
         "OOD AUROC (near/far)",
         "gate",
@@ -118,20 +121,14 @@ def print_summary(run) -> None:  # noqa: ANN001 - pipelines.local.LocalRun
     )
     for c in run.crops.values():
         m = c.metrics
-        accuracy = next(
-            (
-                m[k]
-                for k in ("phase3_mean_accuracy", "phase2_test_accuracy", "phase1_test_accuracy")
-                if k in m
-            ),
-            None,
-        )
-        retention = m.get("phase3_protected_retention", m.get("phase2_retention"))
+        accuracy = _fmt(m.get("accuracy"))
+        if "accuracy_ci95_low" in m and "accuracy_ci95_high" in m:
+            accuracy += f" ({m['accuracy_ci95_low']:.2f}-{m['accuracy_ci95_high']:.2f})"
         table.add_row(
             c.crop,
-            _fmt(accuracy),
-            _fmt(retention),
-            f"{_fmt(m.get('ood_near_auroc'))} / {_fmt(m.get('ood_far_auroc'))}",
+            accuracy,
+            _fmt(m.get("retention")),
+            f"{_fmt(m.get('near_ood_auroc'))} / {_fmt(m.get('far_ood_auroc'))}",
             _gate(c.passed) + ("" if c.passed or not c.gate else f" ({c.gate})"),
             _version(c.version),
         )

@@ -2,15 +2,22 @@
 
 Control flow at a glance::
 
-    preprocess ──> train_router ──> If(passed): register_router   Else: gate_failure_report
-              └──> ParallelFor(crops):
-                     phase 1 (DoRA) -> phase 2 (SD-LoRA) -> phase 3 (CONEC-LoRA)
-                     -> calibrate_ood -> evaluate_adapter
-                     -> If(passed): register_adapter (alias candidate)   Else: gate_failure_report
+    ExitHandler(close_pipeline_run: end the MLflow parent run, finished or failed):
+      open_pipeline_run (MLflow parent run) ──> `mlflow_run` artifact to every step below
+      preprocess ──> train_router ──> If(passed): register_router   Else: gate_failure_report
+                └──> ParallelFor(crops):
+                       phase 1 (DoRA) -> phase 2 (SD-LoRA) -> phase 3 (CONEC-LoRA)
+                       -> calibrate_ood -> evaluate_adapter
+                       -> If(passed): register_adapter (alias candidate)
+                          Else: gate_failure_report
 
-Steps that read mutable state (the data URI, the registry) never use KFP's cache; training
-steps do, keyed by their inputs. GPU steps request ``nvidia.com/gpu`` and land on GPU nodes
-through a node selector and toleration; credentials reach steps only as Secret-backed env vars.
+Every training step logs its own MLflow run nested under the parent run, so each step gets the
+parent run as an input artifact (a task output parameter would do on a cluster, but kfp.local
+replaces task outputs passed into a ParallelFor with the loop item): a step's inputs differ per
+pipeline run and KFP's cache never reuses a tracked step (a cached step would leave no run).
+Steps that read mutable state (the data URI, the registry) never use KFP's cache at all. GPU
+steps request ``nvidia.com/gpu`` and land on GPU nodes through a node selector and toleration;
+credentials (S3, MLflow) reach steps only as Secret-backed env vars.
 """
 
 from dataclasses import dataclass, field
@@ -19,8 +26,10 @@ from kfp import dsl, kubernetes
 
 from components import (
     calibrate_ood,
+    close_pipeline_run,
     evaluate_adapter,
     gate_failure_report,
+    open_pipeline_run,
     preprocess,
     register_adapter,
     register_router,
@@ -68,12 +77,17 @@ def _storage_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-def _registry_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    _storage_env(task)
+def _tracking_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """MLflow's URI (and its S3 endpoint) for a step that logs a run."""
     kubernetes.use_secret_as_env(
         task, secret_name=CLUSTER.mlflow_secret, secret_key_to_env=CLUSTER.mlflow_env
     )
-    return task.set_caching_options(False)
+    return task
+
+
+def _registry_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    _storage_env(task)
+    return _tracking_env(task).set_caching_options(False)
 
 
 def _on_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -84,7 +98,7 @@ def _on_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
     kubernetes.add_toleration(
         task, key=CLUSTER.gpu_toleration_key, operator="Exists", effect="NoSchedule"
     )
-    return _storage_env(task)
+    return _tracking_env(_storage_env(task))
 
 
 @dsl.pipeline(
@@ -107,83 +121,110 @@ def training_pipeline(
     previous package through); `tracking_uri`: MLflow (empty: from the env/Secret);
     `trainer_nodes` > 0: each phase runs as a Kubeflow Trainer TrainJob (torchrun DDP) on that
     many nodes x `trainer_gpus_per_node` GPUs, for backbones one GPU cannot train."""
-    prep = preprocess(config=config, data_uri=data_uri).set_caching_options(False)
-    _storage_env(prep)
-    manifest = prep.outputs["manifest"]
-
-    router = _on_gpu(train_router(config=config, manifest=manifest))
-    with dsl.If(router.outputs["passed"] == True):  # noqa: E712 - KFP condition syntax
-        _registry_env(
-            register_router(
+    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    closing = _registry_env(
+        close_pipeline_run(config=config, tracking_uri=tracking_uri, kfp_run_id=run_id)
+    ).set_display_name("end MLflow run")
+    with dsl.ExitHandler(closing, name="training"):
+        opened = _registry_env(
+            open_pipeline_run(
                 config=config,
-                router=router.outputs["router"],
+                data_uri=data_uri,
+                crops=crops,
+                phases=phases,
                 tracking_uri=tracking_uri,
-                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                 git_sha=git_sha,
+                kfp_run_id=run_id,
             )
-        )
-    with dsl.Else():
-        gate_failure_report(subject="router", gate=router.outputs["gate"])
+        ).set_display_name("start MLflow run")
+        # Every step's MLflow run nests under the pipeline's parent run, named in an artifact.
+        tracking = {"tracking_uri": tracking_uri, "mlflow_run": opened.outputs["mlflow_run"]}
 
-    trainer = {
-        "trainer_nodes": trainer_nodes,
-        "trainer_gpus_per_node": trainer_gpus_per_node,
-        "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-    }
-    with dsl.ParallelFor(crops) as crop:
-        # After the router: both load the same backbone, and on a first run the router step
-        # fills the shared backbone cache instead of every crop downloading it at once.
-        p1 = _on_gpu(
-            train_adapter_phase(
-                config=config,
-                manifest=manifest,
-                crop=crop,
-                phase="1",
-                phases=phases,
-                **trainer,
-            )
-        ).set_display_name("phase 1: DoRA")
-        p1.after(router)
-        p2 = _on_gpu(
-            train_adapter_phase(
-                config=config,
-                manifest=manifest,
-                crop=crop,
-                phase="2",
-                phases=phases,
-                previous=p1.outputs["adapter"],
-                **trainer,
-            )
-        ).set_display_name("phase 2: SD-LoRA")
-        p3 = _on_gpu(
-            train_adapter_phase(
-                config=config,
-                manifest=manifest,
-                crop=crop,
-                phase="3",
-                phases=phases,
-                previous=p2.outputs["adapter"],
-                **trainer,
-            )
-        ).set_display_name("phase 3: CONEC-LoRA")
-        calibrated = _on_gpu(
-            calibrate_ood(config=config, manifest=manifest, adapter=p3.outputs["adapter"])
-        ).set_display_name("OOD calibration")
-        evaluation = evaluate_adapter(
-            config=config,
-            adapter=calibrated.outputs["calibrated"],
-            kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            git_sha=git_sha,
-        )
-        with dsl.If(evaluation.outputs["passed"] == True):  # noqa: E712
+        prep = preprocess(config=config, data_uri=data_uri).set_caching_options(False)
+        _storage_env(prep)
+        manifest = prep.outputs["manifest"]
+
+        router = _on_gpu(train_router(config=config, manifest=manifest, **tracking))
+        with dsl.If(router.outputs["passed"] == True):  # noqa: E712 - KFP condition syntax
             _registry_env(
-                register_adapter(
+                register_router(
                     config=config,
-                    adapter=calibrated.outputs["calibrated"],
-                    tracking_uri=tracking_uri,
-                    kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    router=router.outputs["router"],
+                    kfp_run_id=run_id,
                     git_sha=git_sha,
+                    **tracking,
                 )
             )
         with dsl.Else():
-            gate_failure_report(subject=crop, gate=evaluation.outputs["gate"])
+            gate_failure_report(subject="router", gate=router.outputs["gate"])
+
+        trainer = {
+            "trainer_nodes": trainer_nodes,
+            "trainer_gpus_per_node": trainer_gpus_per_node,
+            "kfp_run_id": run_id,
+        }
+        with dsl.ParallelFor(crops) as crop:
+            # After the router: both load the same backbone, and on a first run the router
+            # step fills the shared backbone cache instead of every crop downloading it at once.
+            p1 = _on_gpu(
+                train_adapter_phase(
+                    config=config,
+                    manifest=manifest,
+                    crop=crop,
+                    phase="1",
+                    phases=phases,
+                    **trainer,
+                    **tracking,
+                )
+            ).set_display_name("phase 1: DoRA")
+            p1.after(router)
+            p2 = _on_gpu(
+                train_adapter_phase(
+                    config=config,
+                    manifest=manifest,
+                    crop=crop,
+                    phase="2",
+                    phases=phases,
+                    previous=p1.outputs["adapter"],
+                    **trainer,
+                    **tracking,
+                )
+            ).set_display_name("phase 2: SD-LoRA")
+            p3 = _on_gpu(
+                train_adapter_phase(
+                    config=config,
+                    manifest=manifest,
+                    crop=crop,
+                    phase="3",
+                    phases=phases,
+                    previous=p2.outputs["adapter"],
+                    **trainer,
+                    **tracking,
+                )
+            ).set_display_name("phase 3: CONEC-LoRA")
+            calibrated = _on_gpu(
+                calibrate_ood(
+                    config=config, manifest=manifest, adapter=p3.outputs["adapter"], **tracking
+                )
+            ).set_display_name("OOD calibration")
+            evaluation = _tracking_env(
+                evaluate_adapter(
+                    config=config,
+                    adapter=calibrated.outputs["calibrated"],
+                    kfp_run_id=run_id,
+                    git_sha=git_sha,
+                    **tracking,
+                )
+            )
+            with dsl.If(evaluation.outputs["passed"] == True):  # noqa: E712
+                _registry_env(
+                    register_adapter(
+                        config=config,
+                        adapter=calibrated.outputs["calibrated"],
+                        kfp_run_id=run_id,
+                        git_sha=git_sha,
+                        **tracking,
+                    )
+                )
+            with dsl.Else():
+                gate_failure_report(subject=crop, gate=evaluation.outputs["gate"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from aads.adapters.package import AdapterMeta, PackageContents, verify_package, write_package
+from aads.adapters.package import verify_package
 from aads.config import RegistrySettings, ServingSettings, StorageSettings
 from aads.inference import InvalidRequest, check_image, resolve_model, share_identical_parameters
 from aads.registry import Registry
@@ -21,17 +21,9 @@ def png(size: tuple[int, int] = (16, 16)) -> bytes:
 
 
 def test_a_registry_alias_resolves_to_a_verified_local_package_and_its_version(
-    mlflow_server, tmp_path
+    mlflow_server, trained, tmp_path
 ):
-    meta = AdapterMeta(
-        crop="inference-test",
-        classes=["healthy", "rust"],
-        backbone_settings={"source": "random:tiny", "image_size": 32},
-        backbone_signature={"backbone": "random:tiny"},
-        adapter_settings={},
-    )
-    heads = {"head.0.weight": torch.zeros(2, 4), "head.0.bias": torch.zeros(2)}
-    pkg = write_package(PackageContents(meta=meta, heads=heads), tmp_path / "pkg")
+    pkg = trained.adapter
     settings = RegistrySettings(experiment="inference-test")
     Registry(settings, tracking_uri=mlflow_server).register_package(
         pkg,

@@ -114,6 +114,8 @@ class CalibrationResult:
     metrics: dict[str, float]
     loco: dict[str, dict[str, float]] = field(default_factory=dict)
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # label -> (in-distribution rejected, OOD detected) at the calibrated thresholds
+    operating_points: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def calibrate_features(
@@ -137,6 +139,7 @@ def calibrate_features(
     )
     metrics: dict[str, float] = {}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    points: dict[str, tuple[float, float]] = {}
     if len(test.labels):
         id_found = detector.detect(test.features)
         metrics["id_rejected"] = operating_point(id_found.is_ood, np.zeros(0))["id_rejected"]
@@ -153,6 +156,7 @@ def calibrate_features(
                 }
                 metrics[f"{name}_detected"] = float(found.is_ood.mean())
                 curves[label] = (id_found.score, found.score)
+                points[label] = (metrics["id_rejected"], metrics[f"{name}_detected"])
         metrics["n_id"] = float(len(test.labels))
     loco_metrics: dict[str, dict[str, float]] = {}
     if loco and len(classes) >= 3 and len(test.labels):
@@ -164,7 +168,7 @@ def calibrate_features(
             f"loco_{k}": v for k, v in loco_metrics["mean"].items() if not k.startswith("n_")
         }
     detector.record.evaluation = metrics
-    return CalibrationResult(detector, metrics, loco_metrics, curves)
+    return CalibrationResult(detector, metrics, loco_metrics, curves, points)
 
 
 def package_features(
@@ -232,7 +236,8 @@ def write_calibration(pkg_dir: Path, result: CalibrationResult) -> None:
         ood_dir = staging / OOD_DIR
         save_detector(result.detector, ood_dir)
         if result.curves:
-            save_roc(result.curves, ood_dir, ROC_NAME, f"{meta.crop}: OOD ROC")
+            title = f"{meta.crop}: OOD ROC"
+            save_roc(result.curves, ood_dir, ROC_NAME, title, result.operating_points)
         s = result.detector.record.settings
         meta.ood = {
             "method": f"mahalanobis/{s.covariance}/{s.feature_space}"

@@ -66,7 +66,7 @@ from aads.features import backbone_signature
 from aads.metrics import average_forgetting, classification_summary
 from aads.progress import Progress
 from aads.storage import CHECKSUM_FILE, sha256_file
-from aads.training import FitResult, fit
+from aads.training import EpochCallback, FitResult, fit
 
 STRUCTURAL_CONEC_FIELDS = ("shared_blocks", "modules", "rank", "alpha", "selector")
 """CONEC settings a continued phase-3 package must share with the config: they shape the
@@ -116,8 +116,10 @@ def train_phase3(
     checkpoint_dir: Path | None = None,
     manifest_sha256: str = "",
     progress: Progress | None = None,
+    on_epoch_end: EpochCallback | None = None,
 ) -> Path:
-    """Learn every pending phase-3 domain of `crop` and write the new package to `out_dir`."""
+    """Learn every pending phase-3 domain of `crop` and write the new package to `out_dir`;
+    `on_epoch_end` sees every epoch of every task as it ends."""
     pending = check_phase3_inputs(config, crop, rows, from_pkg)
     conec, settings = config.adapter.conec, config.training.phase3
     prev = load_adapter(
@@ -163,6 +165,7 @@ def train_phase3(
             checkpoint_dir=checkpoint_dir / f"domain-{name}" if checkpoint_dir else None,
             fingerprint={**fingerprint, "task": name, "domains": json.dumps(meta.domains)},
             progress=progress,
+            on_epoch_end=on_epoch_end,
         )
         meta.domains = [*meta.domains, name]
         history.append(evaluate.oracle(network, state, {d: tests[d] for d in meta.domains}))
@@ -172,6 +175,7 @@ def train_phase3(
                 task=name,
                 added=[name],
                 epochs=len(result.history),
+                history=result.history,
                 seconds=time.perf_counter() - start,
                 metrics={  # <domain>_accuracy: test images routed to their true domain
                     "val_accuracy": best_metric(result),
@@ -209,6 +213,7 @@ def _learn_domain(
     checkpoint_dir: Path | None,
     fingerprint: dict[str, str],
     progress: Progress | None,
+    on_epoch_end: EpochCallback | None = None,
 ) -> FitResult:
     """Train one new domain's late set and head (and the shared LoRAs, distilled from their
     previous copy), then add the domain to the selector from its train images."""
@@ -250,6 +255,7 @@ def _learn_domain(
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
         progress=progress,
+        on_epoch_end=on_epoch_end,
         device=device,
     )
     state.selector.add_domain(evaluate.boundary(network, state, data.train))
