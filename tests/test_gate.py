@@ -8,11 +8,11 @@ import shutil
 import pytest
 
 from aads.adapters.package import AdapterMeta, PhaseRecord, update_package
-from aads.config import GateSettings, parse_config
+from aads.config import GateSettings, load_config, parse_config
 from aads.gate import adapter_gate, router_gate
 from aads.registry import Registry
 from aads.steps import StepError, evaluate_step, register_adapter_step
-from tests.conftest import TINY_SPEC
+from tests.conftest import ROOT, TINY_SPEC
 
 SPEC = {
     "crops": [
@@ -134,6 +134,16 @@ def test_the_router_gate_checks_crop_accuracy():
     assert router_gate({"test_crop_accuracy": 0.95}, GateSettings()).passed
     assert not router_gate({"test_crop_accuracy": 0.5}, GateSettings()).passed
     assert not router_gate({}, GateSettings(not_measured="pass")).passed
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "production.yaml"])
+def test_the_shipped_specs_gate_every_promise(name):
+    gate = load_config(ROOT / "config" / name).gate
+    assert gate.min_far_ood_auroc > 0.5 and gate.min_near_ood_auroc > 0.5
+    assert gate.min_retention > 0 and gate.min_accuracy > 0
+    text = (ROOT / "config" / name).read_text()
+    block = text[text.index("\ngate:") :]
+    assert "gate_levels" in block  # the levels cite the measurements they come from
 
 
 # --------------------------------------------------------------------------- real package
