@@ -11,6 +11,8 @@ TOOLS  ?= .venv-tools
 TOOLS_STAMP := $(TOOLS)/.aads-tools-installed
 CONFIG ?= config/demo.yaml
 WORKDIR ?= .aads/demo
+# No network at run time: MLflow 3 would otherwise send usage telemetry from every process.
+export MLFLOW_DISABLE_TELEMETRY := true
 
 .PHONY: setup tools promtool demo test bench lint format clean images image-serving \
 	image-components lock chart print-registry print-version

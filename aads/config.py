@@ -402,21 +402,53 @@ class RegistrySettings(_Model):
 
 
 class GateSettings(_Model):
-    """What a trained adapter must reach to be registered as a ``candidate``.
+    """What a trained adapter must reach to be registered as a ``candidate`` (`aads.gate`).
 
-    A check whose metric the run did not produce (no near-OOD images for the crop) is reported
-    as skipped, not failed; accuracy is the exception: without it nothing shows the model works.
+    Checks apply where they mean something: retention for each continual phase that ran,
+    near-OOD AUROC when the crop has diseases the adapter does not know (``ood_holdout``),
+    far-OOD AUROC when other crops are configured. A check that applies but whose number the
+    run did not produce is "not measured" and `not_measured` decides; accuracy is always
+    required. The defaults are for real DINOv3 backbones (see each field); the levels, and the
+    measurements behind them, are in ``benchmarks/results/gate_levels.md``.
     """
 
     min_accuracy: float = Field(
-        0.5, ge=0, le=1, description="test accuracy of the last phase (mean over domains)"
+        0.8,
+        ge=0,
+        le=1,
+        description="accuracy of the last phase on every test image (pooled over classes and "
+        "domains; the confusion matrix's number). 0.8: a real DINOv3 ViT-L probe on "
+        "PlantVillage is far above it; below it a grower gets a wrong disease one time in five",
     )
     min_retention: float = Field(
-        0.0, ge=0, le=2, description="old-class retention (phase 2), protected retention (3)"
+        0.9,
+        ge=0,
+        le=2,
+        description="old-class accuracy after phase 2 / before, and base-domain accuracy after "
+        "phase 3 / before. 0.9: at most a tenth of what was known may be lost",
     )
-    min_far_ood_auroc: float = Field(0.0, ge=0, le=1, description="AUROC vs other crops")
-    min_near_ood_auroc: float = Field(0.0, ge=0, le=1, description="AUROC vs unknown diseases")
-    min_router_crop_accuracy: float = Field(0.5, ge=0, le=1)
+    min_far_ood_auroc: float = Field(
+        0.95,
+        ge=0,
+        le=1,
+        description="AUROC of the OOD check against other crops' images. 0.95: another crop "
+        "must almost never pass for this one",
+    )
+    min_near_ood_auroc: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="AUROC of the OOD check against the crop's diseases the adapter does not "
+        "know (ood_holdout). 0.7: clearly better than chance (0.5) on the hardest case",
+    )
+    min_router_crop_accuracy: float = Field(
+        0.9, ge=0, le=1, description="router: test accuracy of the crop head"
+    )
+    not_measured: Literal["fail", "pass"] = Field(
+        "fail",
+        description="a check that applies but was not measured (e.g. no images of the "
+        "hold-out diseases): fail (default, nothing unmeasured ships) or pass",
+    )
 
 
 class CanaryRoute(_Model):

@@ -80,8 +80,8 @@ def _phase_line(phase: str, m: dict[str, float]) -> str:
             f"{m.get('phase2_forgetting', nan):.3f}"
         )
     return (
-        f"mean domain accuracy {m.get('phase3_mean_accuracy', nan):.3f}, protected retention "
-        f"{m.get('phase3_protected_retention', nan):.2f}, selector accuracy "
+        f"test accuracy (all domains) {m.get('phase3_test_accuracy', nan):.3f}, protected "
+        f"retention {m.get('phase3_protected_retention', nan):.2f}, selector accuracy "
         f"{m.get('phase3_selector_accuracy', nan):.2f}"
     )
 

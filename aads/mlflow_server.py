@@ -72,14 +72,20 @@ def local_mlflow_server(
     """Start ``mlflow server`` under `root`, yield its ``http://127.0.0.1:PORT``, stop it.
 
     Job execution (a pool of huey consumer processes MLflow 3 starts by default) is off: the
-    registry does not use it and it costs several processes on a small machine. The server
-    gets its own process group so its uvicorn workers stop with it.
+    registry does not use it and it costs several processes on a small machine. So is MLflow's
+    telemetry (usage reports sent to MLflow's servers): nothing here calls out at run time.
+    The server gets its own process group so its uvicorn workers stop with it.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log_path = root / "server.log"
-    environment = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
+    environment = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",  # no usage reports from a local server
+        **(env or {}),
+    }
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             server_command(root, port, artifacts),

@@ -4,16 +4,20 @@ Why a card per registered version rather than a wiki page: the registry is where
 decides to promote or roll back, so the facts needed for that decision (classes in head order,
 the backbone and its licence, the gate verdict, the continual-learning history, the pipeline
 run that produced it) travel with the version as its description and as ``model_card.md``.
-Everything comes from the package's ``adapter.json`` (`AdapterMeta`) plus the provenance the
-pipeline knows (KFP run id, git sha, gate result), so the card cannot drift from the weights.
+Everything comes from the package (``adapter.json`` and its last confusion matrix) plus the
+provenance the pipeline knows (KFP run id, git sha, gate result), so the card cannot drift
+from the weights. A reader sees the headline first (`aads.headline`), the full list after.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
+from aads import headline
 from aads.adapters.package import AdapterMeta
+from aads.gate import GateResult
 
 DINOV3_LICENCE = (
     "DINOv3 License (Meta; gated, see "
@@ -56,29 +60,50 @@ _licence_for = backbone_licence
 def model_card(
     meta: AdapterMeta,
     *,
+    pkg_dir: Path | None = None,
     kfp_run_id: str = "",
     git_sha: str = "",
-    gate: dict | None = None,
+    gate: GateResult | None = None,
     backbone_licence: str = "",
 ) -> str:
     """Markdown model card for one adapter package version.
 
-    `backbone_licence` overrides the licence derived from the backbone source (e.g. when a
-    mirror of approved DINOv3 weights is loaded from S3 and the caller knows what it holds).
+    It opens with the headline (`aads.headline`: accuracy with its 95 % interval, per-class
+    precision and recall, retention, near- and far-OOD AUROC, the calibrated operating point,
+    the gate), then every metric, then how the model was made. `pkg_dir` gives the headline
+    the last phase's confusion matrix (interval, per-class scores). `backbone_licence`
+    overrides the licence derived from the backbone source (e.g. when a mirror of approved
+    DINOv3 weights is loaded from S3 and the caller knows what it holds).
     """
     source = str(meta.backbone_settings.get("source", "unknown"))
     licence = backbone_licence or _licence_for(source)
     sections = [
         f"# Plant-disease adapter: {meta.crop}",
+        _at_a_glance(meta, pkg_dir, gate, source),
+        _evaluation(meta, gate),
         _intended_use(meta),
         _model_details(meta, source, licence),
         _training_data(meta),
-        _evaluation(meta, gate),
         _history(meta),
         _provenance(kfp_run_id, git_sha),
         _limitations(meta),
     ]
     return "\n\n".join(s.strip() for s in sections) + "\n"
+
+
+def _at_a_glance(
+    meta: AdapterMeta, pkg_dir: Path | None, gate: GateResult | None, source: str
+) -> str:
+    phases = " -> ".join(dict.fromkeys(PHASE_METHODS[p.phase] for p in meta.phases)) or "none"
+    lines = [
+        "## At a glance",
+        "",
+        f"{len(meta.classes)} classes of {meta.crop}, domains {', '.join(meta.domains)}; "
+        f"backbone `{source}`; phases {phases}. Accuracy is over every test image of the last "
+        "phase, as in its confusion matrix; the OOD rates are at the calibrated thresholds.",
+        "",
+    ]
+    return "\n".join(lines + headline.markdown(headline.build(pkg_dir, meta, gate)))
 
 
 def _intended_use(meta: AdapterMeta) -> str:
@@ -151,47 +176,38 @@ def _training_data(meta: AdapterMeta) -> str:
 """
 
 
-def _evaluation(meta: AdapterMeta, gate: dict | None) -> str:
-    lines = ["## Evaluation", "", "Final metrics (test split, after the last phase):", ""]
-    lines += _table(("metric", "value"), sorted(meta.metrics.items())) or ["(none recorded)"]
+def _evaluation(meta: AdapterMeta, gate: GateResult | None) -> str:
+    lines = ["## All metrics", "", "Test split, after the last phase:", ""]
+    lines += _table(("metric", "value"), _metric_rows(meta.metrics)) or ["(none recorded)"]
     if meta.ood:
-        numeric = sorted((k, v) for k, v in meta.ood.items() if _is_number(v))
+        numeric = {k: v for k, v in meta.ood.items() if _is_number(v)}
         labels = [(k, v) for k, v in meta.ood.items() if not _is_number(v) and v not in ("", None)]
         lines += ["", "### Out-of-distribution check", ""]
         lines += [f"- {k}: `{_fmt(v)}`" for k, v in labels]
         if numeric:
-            lines += [""] + _table(("OOD metric", "value"), numeric)
+            lines += [""] + _table(("OOD metric", "value"), _metric_rows(numeric))
     if gate is not None:
-        lines += ["", "### Evaluation gate", "", _gate_verdict(gate)]
-        thresholds = gate.get("thresholds") or {}
-        measured = {**meta.metrics, **(gate.get("metrics") or gate.get("measured") or {})}
-        checks = [c for c in gate.get("checks") or [] if isinstance(c, Mapping)]
-        if checks:  # `aads.gate.GateResult.model_dump()`
-            rows = [
-                (
-                    c.get("name", "-"),
-                    c.get("metric", "-"),
-                    _fmt(c.get("minimum", "-")),
-                    _fmt(c["value"]) if c.get("value") is not None else "-",
-                    c.get("outcome", "-"),
-                )
-                for c in checks
-            ]
-            header = ("check", "metric", "minimum", "measured", "outcome")
-            lines += [""] + _table(header, rows)
-        if thresholds:
-            rows = [(k, _fmt(t), _fmt(measured.get(k, "-"))) for k, t in sorted(thresholds.items())]
-            lines += [""] + _table(("gated metric", "threshold", "measured"), rows)
-        reasons = gate.get("reasons") or gate.get("failures") or []
-        reasons = [reasons] if isinstance(reasons, str) else list(reasons)
-        lines += ([""] + [f"- {r}" for r in reasons]) if reasons else []
+        lines += ["", "### Evaluation gate", "", f"Gate: **{gate.verdict}**", ""]
+        rows = [
+            (
+                c.name,
+                c.metric or "-",
+                _fmt(c.minimum),
+                _fmt(c.value) if c.value is not None else "-",
+                c.outcome + (f" ({c.note})" if c.note else ""),
+            )
+            for c in gate.checks
+        ]
+        lines += _table(("check", "metric", "minimum", "measured", "outcome"), rows)
     return "\n".join(lines)
 
 
-def _gate_verdict(gate: dict) -> str:
-    passed = gate.get("passed")
-    verdict = "passed" if passed is True else "FAILED" if passed is False else "not decided"
-    return f"Gate: **{verdict}**"
+def _metric_rows(metrics: Mapping[str, float]) -> list[tuple[str, str]]:
+    """(name, value) sorted by name; counts of images as integers."""
+    return [
+        (k, str(round(v)) if headline.is_count(k) else _fmt(float(v)))
+        for k, v in sorted(metrics.items())
+    ]
 
 
 def _history(meta: AdapterMeta) -> str:
@@ -260,3 +276,33 @@ def _fmt(value: object) -> str:
     if isinstance(value, list | tuple):
         return ", ".join(_fmt(v) for v in value)
     return str(value)
+
+
+def router_card(
+    meta: Mapping[str, object],
+    metrics: Mapping[str, float],
+    gate: GateResult,
+    *,
+    kfp_run_id: str = "",
+    git_sha: str = "",
+) -> str:
+    """Markdown card of a router version (`meta` is its ``router.json``)."""
+    settings = meta.get("backbone_settings") or {}
+    source = str(settings.get("source", "")) if isinstance(settings, Mapping) else ""
+    crops, parts = meta.get("crops") or [], meta.get("parts") or []
+    lines = [
+        "# AADS crop router",
+        "",
+        f"Routes a photo to one of the crops {', '.join(map(str, crops))} and names the plant "
+        f"part ({', '.join(map(str, parts))}) with two linear heads on frozen `{source}` "
+        "features; a photo of no known crop is answered *unknown* by its crop-level OOD check.",
+        "",
+        f"Backbone licence: {backbone_licence(source)}.",
+        "",
+        f"Gate: **{gate.verdict}** ({gate.summary()}).",
+        "",
+        *_table(("metric", "value"), _metric_rows(metrics)),
+        "",
+        _provenance(kfp_run_id, git_sha).strip(),
+    ]
+    return "\n".join(lines) + "\n"

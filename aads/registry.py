@@ -2,20 +2,23 @@
 
 Why a thin layer of our own over `MlflowClient`:
 
+- **Every version is an MLflow model.** The package is logged as a pyfunc model
+  (`aads.pyfunc`: signature, input example, models from code, no pickle) among MLflow 3's
+  logged models, linked to the run that evaluated it, so ``mlflow.pyfunc.load_model(
+  "models:/aads-adapter-tomato@candidate")`` works; the package itself sits unchanged at
+  ``<model>/artifacts/package``, which is what KServe serves and `download` fetches.
 - **Aliases, not stages.** Stages are deprecated; a version is ``candidate`` (registered, gate
   passed), ``champion`` (served) or ``rollback`` (the previous champion). `promote` moves
   champion and rollback together, so a rollback is always one alias flip away.
 - **Idempotent registration.** A KFP step can be retried after it registered but before it
-  reported success. Every version carries the tag ``kfp_run_id``; registering again with the
-  same id returns the existing version instead of creating a duplicate (also checked between
-  retries of the create call itself, in case only the response was lost).
-- **Bounded failure.** MLflow's own HTTP client retries 7 times with exponential backoff: a
-  dead server takes about 4 minutes per call to fail. Here MLflow makes one attempt per call
-  (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` and a 15 s ``MLFLOW_HTTP_REQUEST_TIMEOUT``, set only
-  while a call runs and only where the operator has not set them), tenacity retries
-  connection-type failures with exponential backoff, then `RegistryUnavailable` names the URI.
-- **No global MLflow state.** Each `Registry` has its own `MlflowClient`; nothing calls
-  ``mlflow.set_tracking_uri``, so two registries in one process do not interfere.
+  reported success. Every version and its logged model carry the tag ``kfp_run_id``;
+  registering again with the same id returns the existing version instead of creating a
+  duplicate (also checked between retries of the create call itself, in case only the
+  response was lost), and a model a previous attempt finished logging is reused.
+- **A few headline tags.** A version's tags say what it is and how good it is in a few
+  numbers (`aads.steps.version_tags`); every metric lives on its evaluation run and is linked
+  to the logged model, where MLflow shows it beside the version.
+- **Bounded failure, no global MLflow state** (`aads.mlflow_connection`).
 - **Verified downloads.** A version is downloaded into a temporary sibling, checked against the
   package's ``SHA256SUMS`` and renamed into place: a partial download is never visible.
 """
@@ -24,99 +27,74 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import shutil
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import urlparse, urlunparse
+from typing import TYPE_CHECKING
 
-import requests
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception,
-    retry_if_result,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential,
-    wait_fixed,
-)
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from aads.adapters.package import PackageError, verify_package
 from aads.config import RegistrySettings
-from aads.errors import BadInput, NotFound, Unavailable
+from aads.errors import NotFound, Unavailable
+from aads.mlflow_connection import (
+    ALREADY_EXISTS,
+    HTTP_ENV,
+    NOT_FOUND,
+    MlflowConnection,
+    MlflowError,
+    one_http_attempt,
+    redact_uri,
+)
 from aads.storage import CHECKSUM_FILE
 
 if TYPE_CHECKING:
+    from mlflow.entities import LoggedModel
     from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "ALIASES",
+    "HTTP_ENV",
+    "KFP_RUN_TAG",
+    "RegisteredVersion",
+    "Registry",
+    "RegistryError",
+    "RegistryNotFound",
+    "RegistryUnavailable",
+    "adapter_model_name",
+    "redact_uri",
+    "router_model_name",
+]
+
 ALIASES = ("candidate", "champion", "rollback")
 KFP_RUN_TAG = "kfp_run_id"
-PACKAGE_ARTIFACT = "package"
-PLOTS_ARTIFACT = "plots"
 MODEL_CARD_FILE = "model_card.md"
 READY_TIMEOUT_S = 60.0
-
-# One HTTP attempt per MLflow call: tenacity owns retrying. An operator who sets these
-# variables keeps their values.
-HTTP_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
-
-# What MLflow says when the server cannot be reached or fails on its side: it wraps every
-# `requests` failure into a plain MlflowException("API request to ... failed with exception
-# HTTPConnectionPool(...): Max retries exceeded ... Connection refused").
-_TRANSIENT_MARKERS = (
-    "max retries exceeded",
-    "connection refused",
-    "failed to establish a new connection",
-    "connection aborted",
-    "connection reset",
-    "remotedisconnected",
-    "timeout exception",
-    "timed out",
-    "error responses",  # urllib3: "too many 503 error responses"
-    "temporary failure in name resolution",
-    "name or service not known",
-)
 _SAFE_VALUE = re.compile(r"^[\w.:/@+-]+$")
-_NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
-_EXISTS = "RESOURCE_ALREADY_EXISTS"
-
-T = TypeVar("T")
+_LOGGED_MODEL_URI = re.compile(r"^models:/(m-[0-9a-f]+)$")
 
 
 class RegistryUnavailable(Unavailable):
     """The tracking server did not answer after all retries."""
 
 
-class RegistryError(BadInput):
+class RegistryError(MlflowError):
     """A request the registry cannot satisfy as asked (unknown model, alias, version...).
 
     `code` is MLflow's error code when the server gave one (e.g. ``RESOURCE_DOES_NOT_EXIST``).
     """
-
-    def __init__(self, message: str, code: str = ""):
-        super().__init__(message)
-        self.code = code
 
 
 class RegistryNotFound(NotFound, RegistryError):
     """The registry has no such model, alias or version (the message lists what exists)."""
 
     def __init__(self, message: str):
-        super().__init__(message, code=_NOT_FOUND)
+        super().__init__(message, code=NOT_FOUND)
 
 
 @dataclass
@@ -128,6 +106,7 @@ class RegisteredVersion:
     aliases: list[str] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    model_uri: str = ""  # the MLflow model (models:/m-...): mlflow.pyfunc.load_model loads it
 
 
 def adapter_model_name(settings: RegistrySettings, crop: str) -> str:
@@ -136,58 +115,6 @@ def adapter_model_name(settings: RegistrySettings, crop: str) -> str:
 
 def router_model_name(settings: RegistrySettings) -> str:
     return settings.router_model_name
-
-
-def redact_uri(uri: str) -> str:
-    """The URI without user:password, for messages and logs."""
-    parsed = urlparse(uri)
-    if not parsed.netloc or "@" not in parsed.netloc:
-        return uri
-    return urlunparse(parsed._replace(netloc=parsed.netloc.rsplit("@", 1)[1]))
-
-
-# --------------------------------------------------------------------------- HTTP behaviour
-
-_env_lock = threading.Lock()
-_env_users = 0
-_env_applied: list[str] = []
-
-
-@contextmanager
-def _one_http_attempt() -> Iterator[None]:
-    """Apply `HTTP_ENV` while any registry call runs (refcounted: threads may overlap)."""
-    global _env_users, _env_applied
-    with _env_lock:
-        if _env_users == 0:
-            _env_applied = [k for k in HTTP_ENV if k not in os.environ]
-            os.environ.update({k: HTTP_ENV[k] for k in _env_applied})
-        _env_users += 1
-    try:
-        yield
-    finally:
-        with _env_lock:
-            _env_users -= 1
-            if _env_users == 0:
-                for k in _env_applied:
-                    os.environ.pop(k, None)
-                _env_applied = []
-
-
-def _is_transient(exc: BaseException) -> bool:
-    from mlflow.exceptions import MlflowException, RestException
-
-    if isinstance(exc, requests.exceptions.HTTPError):  # artifact uploads and downloads
-        return exc.response is not None and exc.response.status_code >= 500
-    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
-        return True
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    if isinstance(exc, RestException):  # the server answered with a JSON error
-        return exc.get_http_status_code() >= 500
-    if isinstance(exc, MlflowException):
-        message = str(exc).lower()
-        return any(marker in message for marker in _TRANSIENT_MARKERS)
-    return False
 
 
 def _check_value(what: str, value: str) -> str:
@@ -203,8 +130,11 @@ def _check_value(what: str, value: str) -> str:
 # --------------------------------------------------------------------------- the registry
 
 
-class Registry:
+class Registry(MlflowConnection):
     """Registered models, versions and aliases on one MLflow tracking server."""
+
+    unavailable = RegistryUnavailable
+    refused = RegistryError
 
     def __init__(
         self,
@@ -212,67 +142,37 @@ class Registry:
         tracking_uri: str | None = None,
         retries: int = 5,
     ):
-        from mlflow import MlflowClient
-
-        uri = tracking_uri or settings.tracking_uri
-        if not uri:
-            raise RegistryError(
-                "no tracking URI: set registry.tracking_uri in the platform config or pass "
-                "tracking_uri (e.g. http://mlflow.aads.svc:5000)"
-            )
-        if retries < 1:
-            raise RegistryError(f"retries must be at least 1, got {retries}")
+        super().__init__(tracking_uri or settings.tracking_uri or "", retries)
         self.settings = settings
-        self.tracking_uri = uri
-        self.retries = retries
-        self.description = f"MLflow at {redact_uri(uri)}"
-        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     # ----------------------------------------------------------------------- plumbing
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run `fn` with one HTTP attempt per MLflow call, retrying connection failures."""
-        from mlflow.exceptions import MlflowException
-
-        retrying = Retrying(
-            stop=stop_after_attempt(self.retries),
-            wait=wait_exponential(multiplier=0.5, max=4.0),
-            retry=retry_if_exception(_is_transient),
-            reraise=False,
-        )
-        try:
-            with _one_http_attempt():
-                return retrying(fn)
-        except RetryError as err:
-            cause = err.last_attempt.exception()
-            raise RegistryUnavailable(
-                f"{self.description} unreachable: {what} failed after {self.retries} attempts "
-                f"({type(cause).__name__}: {self._clean(cause)}). Check that the tracking "
-                "server is running and reachable from here (URI, port, network policy, and "
-                "--allowed-hosts on the server when it is behind a Service or Ingress)."
-            ) from None
-        except (MlflowException, requests.exceptions.RequestException) as err:
-            raise RegistryError(
-                f"{self.description}: {what}: {self._clean(err)}",
-                code=str(getattr(err, "error_code", "")),
-            ) from None
-
-    def _clean(self, err: BaseException | None) -> str:
-        """The error text with the raw URI (which may carry credentials) redacted."""
-        text = getattr(err, "message", None) or str(err)
-        return text.replace(self.tracking_uri, redact_uri(self.tracking_uri))
-
-    @staticmethod
-    def _version(mv: ModelVersion) -> RegisteredVersion:
+    def _version(self, mv: ModelVersion) -> RegisteredVersion:
+        model_uri = mv.source if _LOGGED_MODEL_URI.match(mv.source or "") else ""
         return RegisteredVersion(
             name=mv.name,
             version=str(mv.version),
             run_id=mv.run_id or "",
-            source=mv.source,
+            source=self._package_source(mv.source),
             aliases=sorted(mv.aliases or []),
             tags=dict(mv.tags or {}),
             description=mv.description or "",
+            model_uri=model_uri,
         )
+
+    def _package_source(self, source: str) -> str:
+        """Where a version's package folder lives: inside its logged model's artifacts, or
+        (versions registered before packages became MLflow models) the source itself."""
+        from aads.pyfunc import PACKAGE_PATH
+
+        found = _LOGGED_MODEL_URI.match(source or "")
+        if not found:
+            return source
+        model_id = found.group(1)
+        logged = self.call(
+            f"get logged model {model_id}", lambda: self.client.get_logged_model(model_id)
+        )
+        return f"{logged.artifact_location.rstrip('/')}/{PACKAGE_PATH}"
 
     def _find_by_kfp_run(self, name: str, kfp_run_id: str) -> ModelVersion | None:
         """The oldest version of `name` tagged with `kfp_run_id` (one raw call, no retries)."""
@@ -291,18 +191,19 @@ class Registry:
         tags: dict[str, str],
         description: str,
         metrics: dict[str, float],
-        images: dict[str, Path] | None = None,
         kfp_run_id: str,
+        run_id: str | None = None,
         alias: str = "candidate",
     ) -> RegisteredVersion:
-        """Register the package folder as a new version of `name`, or return the version a
-        previous attempt of the same KFP run registered.
+        """Log the package (adapter or router) as a pyfunc model and register it as a new
+        version of `name`, or return the version a previous attempt of the same KFP run
+        registered.
 
-        `description` is the model card: it becomes the version's description and the run's
-        ``model_card.md``. `tags` (git_sha, manifest_sha256, backbone, backbone_licence,
-        gate...) go on the version; values must be strings. `images` (confusion matrices,
-        ROC curves) are logged under ``plots/`` as ``<key>`` (the file's suffix is added when
-        the key has none). Only finite metrics are logged.
+        `run_id` is the run that produced and evaluated the package (the pipeline's evaluation
+        or router run): the model is linked to it and `metrics` are logged on it for the
+        model. Without one, a finished run named ``register <name>`` holds them.
+        `description` is the model card (the version's description and the run's
+        ``model_card.md``); `tags` (strings) go on the version. Only finite metrics are logged.
         """
         _check_value("model name", name)
         _check_value("kfp_run_id", kfp_run_id)
@@ -313,7 +214,7 @@ class Registry:
         pkg_dir = Path(pkg_dir)
         version_tags = {**tags, KFP_RUN_TAG: kfp_run_id}
 
-        existing = self._call(
+        existing = self.call(
             f"look up {name} versions of KFP run {kfp_run_id}",
             lambda: self._find_by_kfp_run(name, kfp_run_id),
         )
@@ -322,24 +223,26 @@ class Registry:
             return self._finish(name, existing.version, alias)
 
         self._check_package(pkg_dir)
-        plots = self._plot_files(images or {})
-        run_id, artifact_uri = self._log_run(
-            pkg_dir, name, version_tags, description, metrics, plots
-        )
+        experiment_id = self.experiment_id(self.settings.experiment)
+        if run_id is None:
+            run_id = self._registration_run(experiment_id, name, kfp_run_id)
+        logged = self._log_model(pkg_dir, experiment_id, name, run_id, kfp_run_id)
+        self._link_metrics(run_id, logged.model_id, metrics, description)
         self._ensure_model(name)
 
         def create() -> ModelVersion:
             # A lost response to an earlier attempt may have created the version already.
             return self._find_by_kfp_run(name, kfp_run_id) or self.client.create_model_version(
                 name,
-                source=f"{artifact_uri}/{PACKAGE_ARTIFACT}",
+                source=logged.model_uri,
                 run_id=run_id,
+                model_id=logged.model_id,
                 tags=version_tags,
                 description=description,
                 await_creation_for=0,
             )
 
-        created = self._call(f"create a version of {name}", create)
+        created = self.call(f"create a version of {name}", create)
         return self._finish(name, created.version, alias)
 
     def _finish(self, name: str, version: str, alias: str) -> RegisteredVersion:
@@ -347,120 +250,98 @@ class Registry:
         self.set_alias(name, alias, version)
         return self.resolve(name, version)
 
-    def _check_package(self, pkg_dir: Path) -> None:
+    @staticmethod
+    def _check_package(pkg_dir: Path) -> None:
         if not pkg_dir.is_dir():
             raise RegistryError(f"{pkg_dir} is not a package folder")
         if not (pkg_dir / CHECKSUM_FILE).is_file():
-            # The router folder has no SHA256SUMS yet; adapter packages always do.
-            log.warning("%s has no %s: registering it unverified", pkg_dir, CHECKSUM_FILE)
-            return
+            raise RegistryError(f"refusing to register {pkg_dir}: it has no {CHECKSUM_FILE}")
         try:
             verify_package(pkg_dir)
         except PackageError as err:
             raise RegistryError(f"refusing to register {pkg_dir}: {err}") from None
 
-    @staticmethod
-    def _plot_files(images: dict[str, Path]) -> dict[str, Path]:
-        """Artifact file name -> local file, checked before anything is created remotely."""
-        plots: dict[str, Path] = {}
-        for key, path in images.items():
-            path = Path(path)
-            if not path.is_file():
-                raise RegistryError(f"image {key!r}: {path} is not a file")
-            if not re.fullmatch(r"[\w.-]+", key):
-                raise RegistryError(f"image name {key!r} must be a plain file name")
-            plots[key if Path(key).suffix else f"{key}{path.suffix}"] = path
-        return plots
-
-    def _log_run(
-        self,
-        pkg_dir: Path,
-        name: str,
-        tags: dict[str, str],
-        card: str,
-        metrics: dict[str, float],
-        plots: dict[str, Path],
-    ) -> tuple[str, str]:
-        """One MLflow run holding the package, plots, metrics and card; (run id, artifact URI)."""
-        from mlflow.entities import Metric, Param
-
-        experiment_id = self._experiment_id()
-        run = self._call(
+    def _registration_run(self, experiment_id: str, name: str, kfp_run_id: str) -> str:
+        """A run for a registration made outside a pipeline run (no evaluation run to use)."""
+        run = self.call(
             f"create a run in experiment {self.settings.experiment!r}",
             lambda: self.client.create_run(
                 experiment_id,
-                tags={KFP_RUN_TAG: tags[KFP_RUN_TAG], "aads.registered_model": name},
-                run_name=f"register-{name}",
+                tags={KFP_RUN_TAG: kfp_run_id, "aads.registered_model": name},
+                run_name=f"register {name}",
             ),
         )
-        run_id = run.info.run_id
-        now = int(time.time() * 1000)
-        finite = {
-            k: float(v)
-            for k, v in metrics.items()
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-        }
-        metric_rows = [Metric(k, v, now, 0) for k, v in sorted(finite.items())]
-        param_rows = [Param(k, v[:6000]) for k, v in sorted(tags.items())]
-        try:
-            for i in range(0, len(metric_rows), 1000):
-                batch = metric_rows[i : i + 1000]
-                self._call("log metrics", lambda b=batch: self.client.log_batch(run_id, metrics=b))
-            for i in range(0, len(param_rows), 100):
-                batch = param_rows[i : i + 100]
-                self._call("log params", lambda b=batch: self.client.log_batch(run_id, params=b))
-            if plots:
-                with tempfile.TemporaryDirectory() as tmp:
-                    for file_name, src in plots.items():
-                        shutil.copyfile(src, Path(tmp) / file_name)
-                    self._call(
-                        "upload plots",
-                        lambda: self.client.log_artifacts(run_id, tmp, PLOTS_ARTIFACT),
-                    )
-            self._call(
-                f"upload {pkg_dir}",
-                lambda: self.client.log_artifacts(run_id, str(pkg_dir), PACKAGE_ARTIFACT),
+        self.call("finish the run", lambda: self.client.set_terminated(run.info.run_id))
+        return run.info.run_id
+
+    def _log_model(
+        self, pkg_dir: Path, experiment_id: str, name: str, run_id: str, kfp_run_id: str
+    ) -> LoggedModel:
+        """The package as a logged pyfunc model (reusing one a previous attempt finished)."""
+        from aads.pyfunc import model_kind, save_model
+
+        def finished() -> LoggedModel | None:
+            found = self.client.search_logged_models(
+                [experiment_id],
+                filter_string=f"name = '{name}' AND tags.{KFP_RUN_TAG} = '{kfp_run_id}'",
             )
-            self._call(
-                "upload the model card",
-                lambda: self.client.log_text(run_id, card, MODEL_CARD_FILE),
+            return next((m for m in found if str(m.status) == "READY"), None)
+
+        existing = self.call(f"look up logged models of {name}", finished)
+        if existing is not None:
+            return existing
+        with tempfile.TemporaryDirectory() as tmp:
+            # Loads the package once: its answer on the input example is the signature.
+            model_dir = save_model(pkg_dir, Path(tmp) / "model")
+            logged = self.call(
+                f"create a logged model {name}",
+                lambda: self.client.create_logged_model(
+                    experiment_id,
+                    name=name,
+                    source_run_id=run_id,
+                    tags={KFP_RUN_TAG: kfp_run_id, "aads.kind": model_kind(pkg_dir)},
+                ),
             )
-            self._call("finish the run", lambda: self.client.set_terminated(run_id))
-        except BaseException:
-            self._mark_failed(run_id)
-            raise
-        return run_id, run.info.artifact_uri
-
-    def _mark_failed(self, run_id: str) -> None:
-        """Best effort, no retries: the server may be the reason we are failing."""
-        from mlflow.entities import RunStatus
-
-        try:
-            with _one_http_attempt():
-                self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-        except Exception as err:  # already failing: keep the first error
-            log.warning("could not mark run %s failed: %s", run_id, self._clean(err))
-
-    def _experiment_id(self) -> str:
-        exp_name = self.settings.experiment
-
-        def get_or_create() -> str:
-            exp = self.client.get_experiment_by_name(exp_name)
-            if exp is not None and exp.lifecycle_stage == "deleted":
-                raise RegistryError(
-                    f"experiment {exp_name!r} is deleted on {self.description}: restore it "
-                    "(mlflow experiments restore) or set registry.experiment to another name"
-                )
-            if exp is not None:
-                return exp.experiment_id
             try:
-                return self.client.create_experiment(exp_name)
-            except Exception as err:  # created concurrently by another step
-                if getattr(err, "error_code", "") != _EXISTS:
-                    raise
-                return self.client.get_experiment_by_name(exp_name).experiment_id
+                self.call(
+                    f"upload model {logged.model_id}",
+                    lambda: self.client.log_model_artifacts(logged.model_id, str(model_dir)),
+                )
+                return self.call(
+                    f"finalize model {logged.model_id}",
+                    lambda: self.client.finalize_logged_model(logged.model_id, "READY"),
+                )
+            except BaseException:
+                self._model_failed(logged.model_id)
+                raise
 
-        return self._call(f"get or create experiment {exp_name!r}", get_or_create)
+    def _model_failed(self, model_id: str) -> None:
+        """Best effort, no retries: the server may be the reason we are failing."""
+        try:
+            with one_http_attempt():
+                self.client.finalize_logged_model(model_id, "FAILED")
+        except Exception as err:  # already failing: keep the first error
+            log.warning("could not mark model %s failed: %s", model_id, self.clean(err))
+
+    def _link_metrics(
+        self, run_id: str, model_id: str, metrics: dict[str, float], card: str
+    ) -> None:
+        """`metrics` on the run for the model (MLflow shows them with the version), and the
+        model card beside them."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        rows = [
+            Metric(k, float(v), now, 0, model_id=model_id)
+            for k, v in sorted(metrics.items())
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        ]
+        for i in range(0, len(rows), 1000):
+            batch = rows[i : i + 1000]
+            self.call("log metrics", lambda b=batch: self.client.log_batch(run_id, metrics=b))
+        self.call(
+            "upload the model card", lambda: self.client.log_text(run_id, card, MODEL_CARD_FILE)
+        )
 
     def _ensure_model(self, name: str) -> None:
         def ensure() -> None:
@@ -468,28 +349,28 @@ class Registry:
                 self.client.get_registered_model(name)
                 return
             except Exception as err:
-                if getattr(err, "error_code", "") != _NOT_FOUND:
+                if getattr(err, "error_code", "") != NOT_FOUND:
                     raise
             try:
                 self.client.create_registered_model(
                     name,
                     description=(
-                        f"AADS model {name}. Each version's description is its model card. "
-                        "Aliases: candidate (registered, gate passed), champion (served), "
-                        "rollback (the previous champion)."
+                        f"AADS model {name}. Each version is a pyfunc model whose description "
+                        "is its model card. Aliases: candidate (registered, gate passed), "
+                        "champion (served), rollback (the previous champion)."
                     ),
                 )
             except Exception as err:  # created concurrently by another step
-                if getattr(err, "error_code", "") != _EXISTS:
+                if getattr(err, "error_code", "") != ALREADY_EXISTS:
                     raise
 
-        self._call(f"create registered model {name}", ensure)
+        self.call(f"create registered model {name}", ensure)
 
     def _wait_ready(self, name: str, version: str) -> None:
         """Versions start PENDING_REGISTRATION on some stores; aliases need a READY one."""
 
         def status() -> tuple[str, str]:
-            mv = self._call(
+            mv = self.call(
                 f"get {name} v{version}", lambda: self.client.get_model_version(name, version)
             )
             return mv.status, mv.status_message or ""
@@ -516,7 +397,7 @@ class Registry:
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self._check_alias(alias)
-        self._call(
+        self.call(
             f"set {name}@{alias} -> v{version}",
             lambda: self.client.set_registered_model_alias(name, alias, str(version)),
         )
@@ -528,7 +409,7 @@ class Registry:
                 f"environment {env!r} is not configured; registry.environments: "
                 f"{self.settings.environments}"
             )
-        self._call(
+        self.call(
             f"set {name}@{env} -> v{version}",
             lambda: self.client.set_registered_model_alias(name, env, str(version)),
         )
@@ -543,12 +424,12 @@ class Registry:
             )
         alias = f"{env}-canary"
         if version is not None:
-            self._call(
+            self.call(
                 f"set {name}@{alias} -> v{version}",
                 lambda: self.client.set_registered_model_alias(name, alias, str(version)),
             )
         elif alias in self.aliases(name):
-            self._call(
+            self.call(
                 f"delete {name}@{alias}",
                 lambda: self.client.delete_registered_model_alias(name, alias),
             )
@@ -559,7 +440,7 @@ class Registry:
 
     def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
-            self._call(
+            self.call(
                 f"tag {name} v{version} {key}",
                 lambda k=key, v=value: self.client.set_model_version_tag(name, str(version), k, v),
             )
@@ -583,11 +464,11 @@ class Registry:
 
     def _model(self, name: str) -> RegisteredModel:
         try:
-            model = self._call(f"get {name}", lambda: self.client.get_registered_model(name))
+            model = self.call(f"get {name}", lambda: self.client.get_registered_model(name))
         except RegistryError as err:
-            if err.code != _NOT_FOUND:
+            if err.code != NOT_FOUND:
                 raise
-            names = self._call(
+            names = self.call(
                 "list registered models",
                 lambda: sorted(m.name for m in self.client.search_registered_models()),
             )
@@ -599,7 +480,7 @@ class Registry:
 
     def versions(self, name: str) -> list[str]:
         """Version numbers of `name`, oldest first."""
-        found = self._call(
+        found = self.call(
             f"list versions of {name}",
             lambda: self.client.search_model_versions(f"name = '{_check_value('name', name)}'"),
         )
@@ -618,11 +499,11 @@ class Registry:
             shown = ", ".join(f"{a} -> v{v}" for a, v in sorted(aliases.items())) or "(none)"
             raise RegistryNotFound(f"{name} has no alias {ref!r}; aliases: {shown}")
         try:
-            mv = self._call(
+            mv = self.call(
                 f"get {name} v{version}", lambda: self.client.get_model_version(name, version)
             )
         except RegistryError as err:
-            if err.code != _NOT_FOUND:
+            if err.code != NOT_FOUND:
                 raise
             versions = ", ".join(self.versions(name)) or "(none)"
             raise RegistryNotFound(
@@ -657,7 +538,7 @@ class Registry:
                     )
                 )
 
-            local = self._call(f"download {name} v{found.version}", fetch)
+            local = self.call(f"download {name} v{found.version}", fetch)
             if (local / CHECKSUM_FILE).is_file():
                 try:
                     verify_package(local)

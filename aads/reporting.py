@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+from aads import headline
 from aads.adapters.package import METRICS_DIR, OOD_DIR, AdapterMeta
 from aads.gate import GateResult
 
@@ -28,11 +29,8 @@ def finite_metrics(meta: AdapterMeta) -> dict[str, float]:
 
 def last_confusion(pkg_dir: Path, meta: AdapterMeta) -> tuple[list[str], list[list[int]]] | None:
     """(labels, matrix) of the last phase's test confusion matrix, if the package has one."""
-    path = Path(pkg_dir) / METRICS_DIR / f"phase{meta.last_phase}_test.json"
-    if not path.is_file():
-        return None
-    data = json.loads(path.read_text())
-    return data["labels"], data["confusion_matrix"]
+    data = headline.last_confusion(pkg_dir, meta)
+    return (data["labels"], data["confusion_matrix"]) if data else None
 
 
 def roc_curves(pkg_dir: Path) -> dict[str, dict[str, list[float]]]:
@@ -58,34 +56,54 @@ def roc_curves(pkg_dir: Path) -> dict[str, dict[str, list[float]]]:
 
 
 def html_report(pkg_dir: Path, meta: AdapterMeta, gate: GateResult | None = None) -> str:
-    """One HTML page: gate, metrics, phase history, confusion matrices and ROC, embedded."""
+    """One HTML page: the headline table first (`aads.headline`), then the gate's checks,
+    every metric, the phase history and the pictures (confusion matrices, ROC), embedded."""
     pkg_dir = Path(pkg_dir)
     esc = html.escape
+    top = headline.build(pkg_dir, meta, gate)
     parts = [
         "<!doctype html><meta charset='utf-8'>",
         f"<title>AADS adapter: {esc(meta.crop)}</title>",
         "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
-        ".failed{color:#b00}.passed{color:#070}img{max-width:440px;margin:4px}</style>",
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
+        "padding:2px 8px;text-align:left}.failed{color:#b00}.passed{color:#070}"
+        "img{max-width:440px;margin:4px}.note{color:#555}</style>",
         f"<h1>{esc(meta.crop)} adapter: phase {esc(meta.last_phase)}</h1>",
+        "<h2>At a glance</h2><table>",
+        *[f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in headline.rows(top)],
+        "</table>",
+    ]
+    if top.classes:
+        parts.append(
+            "<table><tr><th>class</th><th>precision</th><th>recall</th><th>test images</th></tr>"
+        )
+        for c in top.classes:
+            parts.append(
+                f"<tr><td>{esc(c.name)}</td><td>{_rate(c.precision)}</td>"
+                f"<td>{_rate(c.recall)}</td><td>{c.support}</td></tr>"
+            )
+        parts.append("</table>")
+    parts += [f"<p class='note'>{esc(n)}</p>" for n in headline.notes(top)]
+    parts.append(
         f"<p>classes: {esc(', '.join(meta.classes))}<br>domains: {esc(', '.join(meta.domains))}"
         f"<br>backbone: {esc(str(meta.backbone_settings.get('source', '')))}"
-        f"<br>data manifest sha256: <code>{esc(meta.manifest_sha256)}</code></p>",
-    ]
+        f"<br>data manifest sha256: <code>{esc(meta.manifest_sha256)}</code></p>"
+    )
     if gate is not None:
-        verdict = "passed" if gate.passed else "failed"
-        parts.append(f"<h2 class='{verdict}'>Gate {verdict}</h2><table>")
+        parts.append(f"<h2 class='{gate.verdict}'>Gate {gate.verdict}</h2><table>")
         parts.append("<tr><th>check</th><th>value</th><th>minimum</th><th>outcome</th></tr>")
         for c in gate.checks:
             value = "-" if c.value is None else f"{c.value:.4f}"
+            outcome = c.outcome + (f" ({c.note})" if c.note else "")
             parts.append(
-                f"<tr><td>{esc(c.name)}</td><td>{value}</td><td>{c.minimum}</td>"
-                f"<td class='{c.outcome}'>{c.outcome}</td></tr>"
+                f"<tr><td>{esc(c.name)}</td><td>{value}</td><td>{c.minimum:g}</td>"
+                f"<td class='{c.outcome}'>{esc(outcome)}</td></tr>"
             )
         parts.append("</table>")
-    parts.append("<h2>Metrics</h2><table><tr><th>metric</th><th>value</th></tr>")
+    parts.append("<h2>All metrics</h2><table><tr><th>metric</th><th>value</th></tr>")
     for k, v in sorted(finite_metrics(meta).items()):
-        parts.append(f"<tr><td>{esc(k)}</td><td>{v:.4f}</td></tr>")
+        shown = str(round(v)) if headline.is_count(k) else f"{v:.4f}"
+        parts.append(f"<tr><td>{esc(k)}</td><td>{shown}</td></tr>")
     parts.append("</table><h2>Phases</h2><table>")
     parts.append(
         "<tr><th>phase</th><th>task</th><th>added</th><th>epochs</th><th>seconds</th></tr>"
@@ -96,10 +114,17 @@ def html_report(pkg_dir: Path, meta: AdapterMeta, gate: GateResult | None = None
             f"<td>{p.epochs}</td><td>{p.seconds:.1f}</td></tr>"
         )
     parts.append("</table><h2>Pictures</h2>")
-    pictures = sorted((pkg_dir / METRICS_DIR).glob("*.png")) + sorted(
-        (pkg_dir / OOD_DIR).glob("*.png")
-    )
-    for png in pictures:
+    for png in pictures(pkg_dir):
         data = base64.b64encode(png.read_bytes()).decode()
         parts.append(f"<img alt='{esc(png.stem)}' src='data:image/png;base64,{data}'>")
     return "\n".join(parts) + "\n"
+
+
+def pictures(pkg_dir: Path) -> list[Path]:
+    """The package's PNGs: confusion matrices per phase, then the OOD ROC curves."""
+    pkg_dir = Path(pkg_dir)
+    return sorted((pkg_dir / METRICS_DIR).glob("*.png")) + sorted((pkg_dir / OOD_DIR).glob("*.png"))
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -45,6 +46,9 @@ from aads.ood.detector import OODDetector, fit_detector, load_detector, save_det
 from aads.progress import Progress
 from aads.storage import CHECKSUM_FILE, StorageError, verify_checksums, write_checksums
 from aads.uploads import model_input
+
+if TYPE_CHECKING:
+    from aads.training import EpochCallback
 
 FORMAT = "aads-router/1"
 WEIGHTS_FILE = "router.safetensors"
@@ -198,6 +202,7 @@ def train_router(
     features: FeatureTable | None = None,
     backbone: Backbone | None = None,
     progress: Progress | None = None,
+    on_epoch_end: EpochCallback | None = None,
 ) -> RouterTrainingResult:
     """Fit the crop and part heads on cached features of `rows`' train split; save the router.
 
@@ -255,6 +260,7 @@ def train_router(
         eval_fn=eval_fn,
         monitor="val_accuracy",
         progress=None,
+        on_epoch_end=on_epoch_end,
     )
     metrics = _evaluate(heads, data, crops, parts, Path(out_dir) / "metrics")
     if len(data["val"]):

@@ -12,11 +12,14 @@ from components.adapter import calibrate_ood, evaluate_adapter, train_adapter_ph
 from components.data import preprocess, resolve_config
 from components.registry import gate_failure_report, register_adapter, register_router
 from components.router import train_router
+from components.tracking import close_pipeline_run, open_pipeline_run
 
 __all__ = [
     "calibrate_ood",
+    "close_pipeline_run",
     "evaluate_adapter",
     "gate_failure_report",
+    "open_pipeline_run",
     "preprocess",
     "register_adapter",
     "register_router",

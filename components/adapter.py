@@ -2,7 +2,17 @@
 
 from typing import NamedTuple
 
-from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+)
 
 from components.image import aads_component
 
@@ -20,17 +30,22 @@ def train_adapter_phase(
     trainer_nodes: int = 0,
     trainer_gpus_per_node: int = 8,
     kfp_run_id: str = "",
+    tracking_uri: str = "",
+    mlflow_run: Input[Artifact] = None,
 ):
     """Phase 1 (DoRA), 2 (SD-LoRA) or 3 (CONEC-LoRA) of `crop`; a phase not in `phases` or
     not configured for the crop passes `previous` through unchanged. With `trainer_nodes` > 0
-    the phase runs as a Kubeflow Trainer TrainJob (torchrun DDP on that many nodes)."""
+    the phase runs as a Kubeflow Trainer TrainJob (torchrun DDP on that many nodes). With a
+    parent run, the phase's MLflow run nests under it."""
     import os
     from pathlib import Path
 
     from aads.config import parse_config_text
     from aads.steps import phase_applies, train_phase_step, train_phase_trainjob_step
+    from aads.tracking import run_ref
 
     cfg = parse_config_text(config, "config parameter")
+    tracking = run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, os.environ)
     before = Path(previous.path) if previous is not None else None
     wanted = [str(p) for p in phases]
     if trainer_nodes > 0 and phase in wanted and phase_applies(cfg, crop, phase):
@@ -48,10 +63,18 @@ def train_adapter_phase(
             namespace=namespace_file.read_text().strip() if namespace_file.is_file() else "default",
             nodes=trainer_nodes,
             gpus_per_node=trainer_gpus_per_node,
+            tracking=tracking,
         )
     else:
         numbers = train_phase_step(
-            cfg, Path(manifest.path), crop, phase, before, Path(adapter.path), phases=wanted
+            cfg,
+            Path(manifest.path),
+            crop,
+            phase,
+            before,
+            Path(adapter.path),
+            phases=wanted,
+            tracking=tracking,
         )
     adapter.metadata.update({"crop": crop, "phase": phase})
     for name, value in numbers.items():
@@ -66,19 +89,24 @@ def calibrate_ood(
     calibrated: Output[Model],
     metrics: Output[Metrics],
     roc: Output[ClassificationMetrics],
+    tracking_uri: str = "",
+    mlflow_run: Input[Artifact] = None,
 ):
     """Mahalanobis statistics (train split), per-class thresholds (val), AUROC (test)."""
+    import os
     from pathlib import Path
 
     from aads.config import parse_config_text
     from aads.reporting import roc_curves
     from aads.steps import calibrate_step
+    from aads.tracking import run_ref
 
     numbers = calibrate_step(
         parse_config_text(config, "config parameter"),
         Path(manifest.path),
         Path(adapter.path),
         Path(calibrated.path),
+        tracking=run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, os.environ),
     )
     for name, value in numbers.items():
         if value == value:  # KFP metrics must be numbers, NaN is not
@@ -99,20 +127,26 @@ def evaluate_adapter(
     confusion: Output[ClassificationMetrics],
     model_card: Output[Markdown],
     report: Output[HTML],
+    tracking_uri: str = "",
+    mlflow_run: Input[Artifact] = None,
 ) -> NamedTuple("EvaluationOutputs", [("passed", bool), ("gate", str)]):
-    """Gate the package against the configured minimums; model card and report for the UI."""
+    """Gate the package against the configured minimums; model card and report for the UI
+    and, with a parent run, the crop's evaluation run in MLflow (passed or failed)."""
+    import os
     from collections import namedtuple
     from pathlib import Path
 
     from aads.config import parse_config_text
     from aads.reporting import last_confusion
     from aads.steps import evaluate_step
+    from aads.tracking import run_ref
 
     result = evaluate_step(
         parse_config_text(config, "config parameter"),
         Path(adapter.path),
         kfp_run_id=kfp_run_id,
         git_sha=git_sha,
+        tracking=run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, os.environ),
     )
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

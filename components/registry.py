@@ -1,15 +1,21 @@
 """Registration components (MLflow) and the report a failed gate leaves instead."""
 
-from kfp.dsl import Input, Markdown, Model, Output
+from kfp.dsl import Artifact, Input, Markdown, Model, Output
 
 from components.image import aads_component
 
 
 @aads_component
 def register_adapter(
-    config: str, adapter: Input[Model], tracking_uri: str, kfp_run_id: str, git_sha: str
+    config: str,
+    adapter: Input[Model],
+    tracking_uri: str,
+    kfp_run_id: str,
+    git_sha: str,
+    mlflow_run: Input[Artifact] = None,
 ) -> str:
-    """New version of ``aads-adapter-<crop>`` with alias ``candidate``; returns its number.
+    """New version of ``aads-adapter-<crop>`` with alias ``candidate`` (a pyfunc model linked to
+    the crop's evaluation run in the pipeline's `mlflow_run`); returns its number.
 
     `tracking_uri` empty: ``MLFLOW_TRACKING_URI`` from the environment (a Kubernetes Secret),
     then the config's. Credentials for MLflow and its S3 artifact store come only from env.
@@ -19,6 +25,7 @@ def register_adapter(
 
     from aads.config import parse_config_text
     from aads.steps import register_adapter_step
+    from aads.tracking import run_ref
 
     cfg = parse_config_text(config, "config parameter")
     version = register_adapter_step(
@@ -27,13 +34,19 @@ def register_adapter(
         tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None,
         kfp_run_id=kfp_run_id,
         git_sha=git_sha,
+        tracking=run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, os.environ),
     )
     return f"{version.name}/{version.version}"
 
 
 @aads_component
 def register_router(
-    config: str, router: Input[Model], tracking_uri: str, kfp_run_id: str, git_sha: str
+    config: str,
+    router: Input[Model],
+    tracking_uri: str,
+    kfp_run_id: str,
+    git_sha: str,
+    mlflow_run: Input[Artifact] = None,
 ) -> str:
     """New version of the router model with alias ``candidate``; returns its number."""
     import os
@@ -41,6 +54,7 @@ def register_router(
 
     from aads.config import parse_config_text
     from aads.steps import register_router_step
+    from aads.tracking import run_ref
 
     cfg = parse_config_text(config, "config parameter")
     version = register_router_step(
@@ -49,6 +63,7 @@ def register_router(
         tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None,
         kfp_run_id=kfp_run_id,
         git_sha=git_sha,
+        tracking=run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, os.environ),
     )
     return f"{version.name}/{version.version}"
 

@@ -2,24 +2,37 @@
 
 from typing import NamedTuple
 
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output
 
 from components.image import aads_component
 
 
 @aads_component
 def train_router(
-    config: str, manifest: Input[Dataset], router: Output[Model], metrics: Output[Metrics]
+    config: str,
+    manifest: Input[Dataset],
+    router: Output[Model],
+    metrics: Output[Metrics],
+    tracking_uri: str = "",
+    mlflow_run: Input[Artifact] = None,
 ) -> NamedTuple("RouterOutputs", [("passed", bool), ("gate", str)]):
-    """Crop and plant-part heads on frozen router-backbone features; gate on crop accuracy."""
+    """Crop and plant-part heads on frozen router-backbone features; gate on crop accuracy.
+    With a parent run, the step's MLflow run nests under it."""
+    import os
     from collections import namedtuple
     from pathlib import Path
 
     from aads.config import parse_config_text
     from aads.steps import train_router_step
+    from aads.tracking import run_ref
 
     cfg = parse_config_text(config, "config parameter")
-    outcome = train_router_step(cfg, Path(manifest.path), Path(router.path))
+    outcome = train_router_step(
+        cfg,
+        Path(manifest.path),
+        Path(router.path),
+        tracking=run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, os.environ),
+    )
     for name, value in outcome.metrics.items():
         metrics.log_metric(name, value)
     router.metadata["gate"] = outcome.gate.summary()

@@ -104,11 +104,14 @@ def _run_quietly(workdir: Path, config_text: str, data: str, **options):  # noqa
 
 
 def print_summary(run) -> None:  # noqa: ANN001 - pipelines.local.LocalRun
+    """One row per model: the evaluation's headline (`aads.headline`: accuracy over every test
+    image of the last phase with its 95 % interval, the worst retention of the continual
+    phases, near- and far-OOD AUROC), the gate and the registered version."""
     from aads.metrics import headline_metrics
 
     table = key_table(
         "model",
-        "accuracy",
+        "accuracy (95 % CI)",
         "retention",
         "OOD AUROC (near/far)",
         "gate",
@@ -126,9 +129,13 @@ def print_summary(run) -> None:  # noqa: ANN001 - pipelines.local.LocalRun
     )
     for c in run.crops.values():
         m = headline_metrics(c.metrics)
+        accuracy = _fmt(m.get("accuracy"))
+        if "accuracy_ci95_low" in c.metrics and "accuracy_ci95_high" in c.metrics:
+            low, high = c.metrics["accuracy_ci95_low"], c.metrics["accuracy_ci95_high"]
+            accuracy += f" ({low:.2f}-{high:.2f})"
         table.add_row(
             c.crop,
-            _fmt(m.get("accuracy")),
+            accuracy,
             _fmt(m.get("retention")),
             f"{_fmt(m.get('near_ood_auroc'))} / {_fmt(m.get('far_ood_auroc'))}",
             _gate(c.passed) + ("" if c.passed or not c.gate else f" ({c.gate})"),

@@ -2,13 +2,20 @@
 
 Control flow at a glance::
 
-    resolve_config ──> preprocess ──> train_router ──> If(passed): register_router
-                                                      Else: gate_failure_report
-                   └──> ParallelFor(crops, parallelism=max_parallel_crops):
-                          phase 1 (DoRA) -> phase 2 (SD-LoRA) -> phase 3 (CONEC-LoRA)
-                          -> calibrate_ood -> evaluate_adapter
-                          -> If(passed): register_adapter (alias candidate)
-                             Else: gate_failure_report
+    ExitHandler(close_pipeline_run: end the MLflow parent run, finished or failed):
+      resolve_config ──> open_pipeline_run (MLflow parent run; its `mlflow_run` artifact
+                         goes to every tracked step below)
+      preprocess ──> train_router ──> If(passed): register_router   Else: gate_failure_report
+                └──> ParallelFor(crops, parallelism=max_parallel_crops):
+                       phase 1 (DoRA) -> phase 2 (SD-LoRA) -> phase 3 (CONEC-LoRA)
+                       -> calibrate_ood -> evaluate_adapter
+                       -> If(passed): register_adapter (alias candidate)
+                          Else: gate_failure_report
+
+Every training step logs its own MLflow run nested under the parent run, so each gets the
+parent run as an input artifact (a task output parameter would do on a cluster, but kfp.local
+replaces task outputs passed into a ParallelFor with the loop item): a tracked step's inputs
+differ per pipeline run, so KFP's cache never reuses one (a cached step would leave no run).
 
 A run started from the KFP UI needs only `data_uri`: the platform spec comes by reference
 (the ConfigMap the chart installs, mounted at /etc/aads/spec.yaml, or an ``s3://`` URI; YAML
@@ -18,8 +25,7 @@ Where steps run (image, GPU label and toleration, requests and limits, retries, 
 loop's parallelism, the Secret and ConfigMap names) comes from ``config/cluster.yaml``
 (`aads.cluster`), applied when the pipeline is compiled: change the file and recompile, never
 the code. Steps that read mutable state (the spec, the data URI, the registry) never use KFP's
-cache; training steps do, keyed by their inputs. Credentials reach steps only as Secret-backed
-environment variables.
+cache. Credentials (S3, MLflow) reach steps only as Secret-backed environment variables.
 """
 
 from collections.abc import Callable
@@ -31,8 +37,10 @@ from aads.cluster import SPEC_MOUNT, ClusterSettings, StepResources, load_cluste
 from aads.config import load_config
 from components import (
     calibrate_ood,
+    close_pipeline_run,
     evaluate_adapter,
     gate_failure_report,
+    open_pipeline_run,
     preprocess,
     register_adapter,
     register_router,
@@ -104,13 +112,16 @@ class _Placement:
         # TrainJobs (trainer_nodes > 0) run the same image as the step that creates them.
         return task.set_env_variable("AADS_IMAGE", self.cluster.component_image_ref)
 
-    def registry(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
-        self.cpu(task)
+    def tracked(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """MLflow's URI (and its S3 endpoint) for a step that logs a run; never cached."""
         secrets = self.cluster.secrets
         kubernetes.use_secret_as_env(
             task, secret_name=secrets.registry, secret_key_to_env=secrets.registry_env
         )
         return task.set_caching_options(False)
+
+    def registry(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        return self.tracked(self.cpu(task))
 
 
 def build_pipeline(cluster: ClusterSettings, default_crops: list[str]) -> Callable:
@@ -157,95 +168,121 @@ def build_pipeline(cluster: ClusterSettings, default_crops: list[str]) -> Callab
                 one GPU cannot train.
             trainer_gpus_per_node: GPUs per node of a TrainJob (with trainer_nodes > 0).
         """
-        spec = place.cpu(
-            resolve_config(config_uri=config_uri, config_yaml=config_yaml, crops=crops)
-        ).set_caching_options(False)
-        spec.set_display_name("platform spec")
-        config = spec.output
-        prep = place.cpu(preprocess(config=config, data_uri=data_uri)).set_caching_options(False)
-        manifest = prep.outputs["manifest"]
-
-        router = place.gpu(train_router(config=config, manifest=manifest))
-        with dsl.If(router.outputs["passed"] == True):  # noqa: E712 - KFP condition syntax
-            place.registry(
-                register_router(
-                    config=config,
-                    router=router.outputs["router"],
-                    tracking_uri=tracking_uri,
-                    kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                    git_sha=git_sha,
-                )
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        closing = place.registry(
+            close_pipeline_run(
+                config_uri=config_uri,
+                config_yaml=config_yaml,
+                tracking_uri=tracking_uri,
+                kfp_run_id=run_id,
             )
-        with dsl.Else():
-            place.cpu(gate_failure_report(subject="router", gate=router.outputs["gate"]))
-
-        trainer = {
-            "trainer_nodes": trainer_nodes,
-            "trainer_gpus_per_node": trainer_gpus_per_node,
-            "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        }
-        with dsl.ParallelFor(crops, parallelism=cluster.max_parallel_crops) as crop:
-            # The spec again inside the loop: a step's string output does not reach into a
-            # ParallelFor under kfp.local (artifacts and parameters do), and one cheap read
-            # per crop keeps local and cluster runs the same graph.
-            config = place.cpu(
-                resolve_config(config_uri=config_uri, config_yaml=config_yaml, crops=[])
+        ).set_display_name("end MLflow run")
+        with dsl.ExitHandler(closing, name="training"):
+            spec = place.cpu(
+                resolve_config(config_uri=config_uri, config_yaml=config_yaml, crops=crops)
             ).set_caching_options(False)
-            config.set_display_name("platform spec")
-            config = config.output
-            # After the router: both load the same backbone, and on a first run the router
-            # step fills the shared backbone cache instead of every crop downloading it at once.
-            p1 = place.gpu(
-                train_adapter_phase(
-                    config=config, manifest=manifest, crop=crop, phase="1", phases=phases, **trainer
-                )
-            ).set_display_name("phase 1: DoRA")
-            p1.after(router)
-            p2 = place.gpu(
-                train_adapter_phase(
+            spec.set_display_name("platform spec")
+            config = spec.output
+            opened = place.registry(
+                open_pipeline_run(
                     config=config,
-                    manifest=manifest,
-                    crop=crop,
-                    phase="2",
+                    data_uri=data_uri,
+                    crops=crops,
                     phases=phases,
-                    previous=p1.outputs["adapter"],
-                    **trainer,
-                )
-            ).set_display_name("phase 2: SD-LoRA")
-            p3 = place.gpu(
-                train_adapter_phase(
-                    config=config,
-                    manifest=manifest,
-                    crop=crop,
-                    phase="3",
-                    phases=phases,
-                    previous=p2.outputs["adapter"],
-                    **trainer,
-                )
-            ).set_display_name("phase 3: CONEC-LoRA")
-            calibrated = place.gpu(
-                calibrate_ood(config=config, manifest=manifest, adapter=p3.outputs["adapter"])
-            ).set_display_name("OOD calibration")
-            evaluation = place.cpu(
-                evaluate_adapter(
-                    config=config,
-                    adapter=calibrated.outputs["calibrated"],
-                    kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    tracking_uri=tracking_uri,
                     git_sha=git_sha,
+                    kfp_run_id=run_id,
                 )
+            ).set_display_name("start MLflow run")
+            # Every step's MLflow run nests under the pipeline's parent run, named in an artifact.
+            tracking = {"tracking_uri": tracking_uri, "mlflow_run": opened.outputs["mlflow_run"]}
+            prep = place.cpu(preprocess(config=config, data_uri=data_uri))
+            prep.set_caching_options(False)
+            manifest = prep.outputs["manifest"]
+
+            router = place.tracked(
+                place.gpu(train_router(config=config, manifest=manifest, **tracking))
             )
-            with dsl.If(evaluation.outputs["passed"] == True):  # noqa: E712
+            with dsl.If(router.outputs["passed"] == True):  # noqa: E712 - KFP condition syntax
                 place.registry(
-                    register_adapter(
+                    register_router(
                         config=config,
-                        adapter=calibrated.outputs["calibrated"],
-                        tracking_uri=tracking_uri,
-                        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                        router=router.outputs["router"],
+                        kfp_run_id=run_id,
                         git_sha=git_sha,
+                        **tracking,
                     )
                 )
             with dsl.Else():
-                place.cpu(gate_failure_report(subject=crop, gate=evaluation.outputs["gate"]))
+                place.cpu(gate_failure_report(subject="router", gate=router.outputs["gate"]))
+
+            trainer = {
+                "trainer_nodes": trainer_nodes,
+                "trainer_gpus_per_node": trainer_gpus_per_node,
+                "kfp_run_id": run_id,
+            }
+            with dsl.ParallelFor(crops, parallelism=cluster.max_parallel_crops) as crop:
+                # The spec again inside the loop: a step's string output does not reach into a
+                # ParallelFor under kfp.local (artifacts and parameters do), and one cheap read
+                # per crop keeps local and cluster runs the same graph.
+                crop_spec = place.cpu(
+                    resolve_config(config_uri=config_uri, config_yaml=config_yaml, crops=[])
+                ).set_caching_options(False)
+                crop_spec.set_display_name("platform spec")
+                config = crop_spec.output
+                # After the router: both load the same backbone, and on a first run the router
+                # step fills the shared backbone cache instead of every crop downloading it.
+                previous: dict = {}
+                for phase, title in (("1", "DoRA"), ("2", "SD-LoRA"), ("3", "CONEC-LoRA")):
+                    step = train_adapter_phase(
+                        config=config,
+                        manifest=manifest,
+                        crop=crop,
+                        phase=phase,
+                        phases=phases,
+                        **previous,
+                        **trainer,
+                        **tracking,
+                    )
+                    step = place.tracked(place.gpu(step)).set_display_name(
+                        f"phase {phase}: {title}"
+                    )
+                    if phase == "1":
+                        step.after(router)
+                    previous = {"previous": step.outputs["adapter"]}
+                calibrated = place.tracked(
+                    place.gpu(
+                        calibrate_ood(
+                            config=config,
+                            manifest=manifest,
+                            adapter=step.outputs["adapter"],
+                            **tracking,
+                        )
+                    )
+                ).set_display_name("OOD calibration")
+                evaluation = place.tracked(
+                    place.cpu(
+                        evaluate_adapter(
+                            config=config,
+                            adapter=calibrated.outputs["calibrated"],
+                            kfp_run_id=run_id,
+                            git_sha=git_sha,
+                            **tracking,
+                        )
+                    )
+                )
+                with dsl.If(evaluation.outputs["passed"] == True):  # noqa: E712
+                    place.registry(
+                        register_adapter(
+                            config=config,
+                            adapter=calibrated.outputs["calibrated"],
+                            kfp_run_id=run_id,
+                            git_sha=git_sha,
+                            **tracking,
+                        )
+                    )
+                with dsl.Else():
+                    place.cpu(gate_failure_report(subject=crop, gate=evaluation.outputs["gate"]))
 
     return training_pipeline
 

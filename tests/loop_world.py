@@ -19,6 +19,7 @@ from PIL import Image
 
 from aads.adapters.phases.phase1 import train_phase1
 from aads.adapters.phases.phase3 import train_phase3
+from aads.answer import Answer, Routing
 from aads.backbone import open_image
 from aads.capture.settings import CaptureSettings
 from aads.capture.writer import CaptureWriter
@@ -130,11 +131,12 @@ def flat_images(
 
 def capture(
     package: Path, storage: StorageSettings, images: list[bytes], rate: float
-) -> list[dict]:
+) -> list[Answer]:
     """Serve `images` with the real Diagnoser and offer each answer to the real writer, as the
     router will, spread over the last three days; returns the answers."""
     diagnoser = Diagnoser.from_dir(package, model_version="1")
-    answers = diagnoser.diagnose([open_image(data) for data in images])
+    routing = Routing(source="crop_hint", crop="tomato")
+    answers = [a.routed(routing) for a in diagnoser.diagnose([open_image(d) for d in images])]
     now = datetime.now(UTC)
     when = [now]
     # Patient with the store: these tests are about what is kept, not about a slow moto.
@@ -143,7 +145,6 @@ def capture(
     )
     with CaptureWriter.from_settings(settings, storage, clock=lambda: when[0]) as writer:
         for i, (data, answer) in enumerate(zip(images, answers, strict=True)):
-            answer["routing"] = {"crop": "tomato", "source": "crop_hint"}
             when[0] = now - timedelta(hours=1 + 24 * (i % 3))
             writer.offer(data, answer)
     stats = writer.stats()

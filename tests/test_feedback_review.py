@@ -89,7 +89,7 @@ def test_review_groups_two_kinds_of_strangers_and_writes_the_project(
     loop_world, fresh_bucket, tmp_path
 ):
     answers = capture(loop_world.phase1, fresh_bucket, noise_images(20) + flat_images(20), rate=0.0)
-    unknown = [a["label"] == "unknown" for a in answers]
+    unknown = [a.label == "unknown" for a in answers]
     assert sum(unknown) >= 30, "the adapter should reject most of these pictures"
     out = tmp_path / "review"
     review = review_week(loop_world, fresh_bucket, out, new_classes=("septoria_leaf_spot",))
@@ -177,7 +177,7 @@ def test_known_answers_are_not_reviewed(loop_world, fresh_bucket, tmp_path):
     answers = capture(
         loop_world.phase1, fresh_bucket, fresh_images(loop_world, "base", 20), rate=1.0
     )
-    known = sum(a["label"] != "unknown" for a in answers)
+    known = sum(a.label != "unknown" for a in answers)
     assert known
     review = None
     try:

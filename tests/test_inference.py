@@ -3,36 +3,19 @@ test_uploads.py)."""
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
-from PIL import Image
 
-from aads.adapters.package import AdapterMeta, PackageContents, verify_package, write_package
+from aads.adapters.package import verify_package
 from aads.config import RegistrySettings, StorageSettings
 from aads.inference import resolve_model, share_identical_parameters
 from aads.registry import Registry
 
 
-def png(size: tuple[int, int] = (16, 16)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, (10, 200, 30)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def test_a_registry_alias_resolves_to_a_verified_local_package_and_its_version(
-    mlflow_server, tmp_path
+    mlflow_server, trained, tmp_path
 ):
-    meta = AdapterMeta(
-        crop="inference-test",
-        classes=["healthy", "rust"],
-        backbone_settings={"source": "random:tiny", "image_size": 32},
-        backbone_signature={"backbone": "random:tiny"},
-        adapter_settings={},
-    )
-    heads = {"head.0.weight": torch.zeros(2, 4), "head.0.bias": torch.zeros(2)}
-    pkg = write_package(PackageContents(meta=meta, heads=heads), tmp_path / "pkg")
+    pkg = trained.adapter
     settings = RegistrySettings(experiment="inference-test")
     Registry(settings, tracking_uri=mlflow_server).register_package(
         pkg,

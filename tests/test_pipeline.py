@@ -18,6 +18,7 @@ from aads.data.synth import synthesize
 from aads.inference import Diagnoser, resolve_model
 from aads.mlflow_server import local_mlflow_server
 from aads.ood import UNKNOWN
+from aads.steps import HEADLINE_TAGS
 from aads.storage import open_store, put_dir
 from pipelines.compile import MANIFEST_YAML, PIPELINE_YAML, compiled_texts
 from pipelines.local import run_local
@@ -50,7 +51,14 @@ def spec(cache_dir: Path, backbone: dict = TINY, **overrides) -> dict:
             for name in ("router", "phase1", "phase2", "phase3")
         },
         "storage": {"cache_dir": str(cache_dir)},
-        "gate": {"min_accuracy": 0.0, "min_router_crop_accuracy": 0.0},
+        # Random weights: every level at 0, so the run registers and its MLflow side is seen.
+        "gate": {
+            "min_accuracy": 0.0,
+            "min_retention": 0.0,
+            "min_near_ood_auroc": 0.0,
+            "min_far_ood_auroc": 0.0,
+            "min_router_crop_accuracy": 0.0,
+        },
         # Own model names: the session's MLflow server is shared with other test files.
         "registry": {
             "experiment": "aads-pipeline-test",
@@ -68,6 +76,13 @@ def images(tmp_path_factory) -> Path:
     settings = SynthSettings(images_per_class=6, images_per_domain_class=4, image_size=32)
     synthesize(parse_config(spec(root)), root, settings=settings)
     return root
+
+
+def pipeline_runs(client: MlflowClient, experiment: str, kfp_run_id: str) -> list:
+    """Every run of one pipeline run (`kfp_run_id` "": of the only one in the experiment)."""
+    exp = client.get_experiment_by_name(experiment)
+    where = f"tags.kfp_run_id = '{kfp_run_id}'" if kfp_run_id else ""
+    return client.search_runs([exp.experiment_id], filter_string=where)
 
 
 # --------------------------------------------------------------------------- compiled YAML
@@ -95,6 +110,17 @@ def test_compiled_pipeline_loads_with_kfp():
         "trainer_nodes",
         "trainer_gpus_per_node",
     }
+
+
+def pipeline_task(spec: dict, name: str) -> dict:
+    """A task of the compiled pipeline, wherever it sits (the exit handler wraps the body)."""
+    dags = [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]
+    return next(d["tasks"][name] for d in dags if name in d["tasks"])
+
+
+def all_tasks(spec: dict) -> list[dict]:
+    dags = [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]
+    return [task for dag in dags for task in dag["tasks"].values()]
 
 
 def compiled() -> list[dict]:
@@ -166,16 +192,15 @@ def test_gpu_steps_are_retried_and_the_crops_loop_is_capped():
         "calibrate-ood",
     }
     assert all(r["maxRetryCount"] == load_cluster().retries.gpu_steps for r in retried.values())
-    loop = next(t for t in docs[0]["root"]["dag"]["tasks"].values() if "parameterIterator" in t)
+    loop = next(t for t in all_tasks(docs[0]) if "parameterIterator" in t)
     assert loop["iteratorPolicy"]["parallelismLimit"] == load_cluster().max_parallel_crops
     assert loop["parameterIterator"]["items"]["inputParameter"].endswith("crops")
 
 
 def test_training_steps_request_a_gpu_and_registration_never_uses_the_cache():
     docs = compiled()
-    dag = docs[0]["root"]["dag"]["tasks"]
-    assert dag["preprocess"]["cachingOptions"] == {}  # enableCache absent = off
-    assert dag["resolve-config"]["cachingOptions"] == {}
+    assert pipeline_task(docs[0], "preprocess")["cachingOptions"] == {}  # enableCache absent
+    assert pipeline_task(docs[0], "resolve-config")["cachingOptions"] == {}
     platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     secrets = platform["exec-register-adapter"]["secretAsEnv"]
     assert {s["secretName"] for s in secrets} == {"aads-s3", "aads-mlflow"}
@@ -226,6 +251,20 @@ def test_one_pipeline_version_name_for_upload_submit_the_chart_job_and_the_manif
     assert dirty.endswith("-g0123456789ab-dirty-7")
 
 
+def test_every_tracked_step_gets_mlflow_and_the_run_ends_whatever_happens():
+    docs = compiled()
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for step in ("train-router", "train-adapter-phase", "calibrate-ood", "evaluate-adapter"):
+        secrets = {s["secretName"] for s in platform[f"exec-{step}"]["secretAsEnv"]}
+        assert load_cluster().secrets.registry in secrets, step
+    closing = pipeline_task(docs[0], "close-pipeline-run")
+    assert closing["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    phase = pipeline_task(docs[0], "train-adapter-phase")
+    assert phase["inputs"]["artifacts"]["mlflow_run"] == {
+        "componentInputArtifact": "pipelinechannel--open-pipeline-run-mlflow_run"
+    }
+
+
 def test_gitops_manifests_are_a_pipeline_and_its_version():
     kinds = [d["kind"] for d in yaml.safe_load_all(MANIFEST_YAML.read_text())]
     assert kinds == ["Pipeline", "PipelineVersion"]
@@ -264,6 +303,12 @@ def test_a_missing_or_bad_spec_is_refused_naming_what_to_do(tmp_path):
 # --------------------------------------------------------------------------- local runs
 
 
+# A whole kfp.local run is ~15 tasks, each its own Python process importing torch and MLflow:
+# minutes on a shared 2-core machine, more than the suite's default limit.
+WHOLE_RUN = pytest.mark.timeout(1500)
+
+
+@WHOLE_RUN
 @pytest.mark.parametrize("generation", list(BACKBONES))
 def test_local_run_registers_every_gated_model_with_tags_and_candidate_alias(
     generation, images, mlflow_server, tmp_path
@@ -288,8 +333,26 @@ def test_local_run_registers_every_gated_model_with_tags_and_candidate_alias(
     tags = version.tags
     assert tags["crop"] == "tomato" and tags["phase"] == "3" and tags["gate"] == "passed"
     assert tags["kfp_run_id"] and len(tags["manifest_sha256"]) == 64
-    assert tags["backbone"] == backbone["source"] and "metric.ood_far_auroc" in tags
+    assert tags["backbone"] == backbone["source"] and "metric.far_ood_auroc" in tags
+    headline = {f"metric.{k}" for k in (*HEADLINE_TAGS, "accuracy_ci95")}
+    assert {k for k in tags if k.startswith("metric.")} <= headline  # a few, not every metric
     assert "# " in version.description  # the model card
+
+    # MLflow holds the pipeline run: one parent, a nested run per step, each finished.
+    runs = pipeline_runs(client, "aads-pipeline-test", tags["kfp_run_id"])
+    steps = sorted((r.data.tags["aads.step"], r.data.tags.get("aads.crop", "")) for r in runs)
+    assert steps == [
+        ("evaluation", "tomato"),
+        ("ood", "tomato"),
+        ("phase1", "tomato"),
+        ("phase2", "tomato"),
+        ("phase3", "tomato"),
+        ("pipeline", ""),
+        ("router", ""),
+    ]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    evaluation = next(r for r in runs if r.data.tags["aads.step"] == "evaluation")
+    assert version.run_id == evaluation.info.run_id and version.source.startswith("models:/m-")
 
     # The registered package serves: a tomato image gets one of its classes or "unknown".
     config = parse_config(yaml.safe_load(text))
@@ -304,6 +367,7 @@ def test_local_run_registers_every_gated_model_with_tags_and_candidate_alias(
     assert answer.label in [*config.crop("tomato").known_classes, UNKNOWN]
 
 
+@WHOLE_RUN
 def test_a_failing_gate_registers_nothing_and_leaves_a_report(images, tmp_path):
     strict = spec(tmp_path / "cache", gate={"min_accuracy": 1.0, "min_router_crop_accuracy": 1.0})
     with local_mlflow_server(tmp_path / "mlflow") as uri:
@@ -316,12 +380,21 @@ def test_a_failing_gate_registers_nothing_and_leaves_a_report(images, tmp_path):
             tracking_uri=uri,
         )
         assert MlflowClient(tracking_uri=uri).search_registered_models() == []
+        runs = pipeline_runs(MlflowClient(tracking_uri=uri), "aads-pipeline-test", "")
     assert run.crops["corn"].passed is False and "accuracy" in run.crops["corn"].gate
     assert run.router.passed is False and run.router.version == ""
     reports = list(run.run_dir.rglob("gate-failure-report*/report"))
     assert len(reports) == 2 and "Not registered" in reports[0].read_text()
+    # The failed gate is recorded in MLflow, on the crop's evaluation run and the parent run.
+    evaluation = next(r for r in runs if r.data.tags["aads.step"] == "evaluation")
+    assert evaluation.data.tags["gate"] == "failed"
+    assert evaluation.data.tags["gate_detail"] == run.crops["corn"].gate
+    parent = next(r for r in runs if r.data.tags["aads.step"] == "pipeline")
+    assert parent.info.status == "FINISHED"
+    assert (parent.data.tags["gate.corn"], parent.data.tags["gate.router"]) == ("failed", "failed")
 
 
+@WHOLE_RUN
 def test_local_run_reads_data_from_s3_and_stores_mlflow_artifacts_in_s3(
     images, moto_endpoint, tmp_path, monkeypatch
 ):

@@ -8,11 +8,10 @@ import subprocess
 from contextlib import contextmanager
 
 import pytest
-import torch
 import yaml
 from mlflow import MlflowClient
 
-from aads.adapters.package import AdapterMeta, PackageContents, write_package
+from aads.adapters.package import update_package
 from aads.config import parse_config
 from aads.promotion import PromotionError, promote, read_pin, rollback
 from aads.registry import Registry
@@ -30,8 +29,10 @@ def git(repo, *args) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(mlflow_server, tmp_path_factory):
-    """Three versions of one adapter (v1, v2 passed the gate, v3 failed) and a GitOps repo."""
+def world(mlflow_server, trained, tmp_path_factory):
+    """Three versions of one adapter (v1, v2 passed the gate, v3 failed) and a GitOps repo.
+    The versions are copies of a real trained package (every version is an MLflow model, so
+    it must load), each with its own digest."""
     tmp = tmp_path_factory.mktemp("promotion")
     config = parse_config(
         {
@@ -48,15 +49,10 @@ def world(mlflow_server, tmp_path_factory):
     )
     registry = Registry(config.registry, tracking_uri=mlflow_server)
     for i, gate in enumerate(("passed", "passed", "failed"), start=1):
-        meta = AdapterMeta(
-            crop=CROP,
-            classes=["healthy", "rust"],
-            backbone_settings={"source": "random:tiny", "image_size": 32},
-            backbone_signature={"backbone": f"random:tiny#{i}"},
-            adapter_settings={},
+        pkg = shutil.copytree(trained.adapter, tmp / f"pkg{i}")
+        update_package(
+            pkg, lambda _, meta, i=i: meta.model_copy(update={"manifest_sha256": f"{i}"})
         )
-        heads = {"head.0.weight": torch.full((2, 4), float(i)), "head.0.bias": torch.zeros(2)}
-        pkg = write_package(PackageContents(meta=meta, heads=heads), tmp / f"pkg{i}")
         registry.register_package(
             pkg,
             name=NAME,

@@ -1,25 +1,22 @@
-"""The MLflow model registry and model cards, against a real MLflow server on loopback."""
+"""The MLflow model registry against a real MLflow server on loopback: every version is a
+pyfunc model of a real package, idempotent by KFP run, aliases, lookups, verified downloads."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
 
+import mlflow.pyfunc
+import pandas as pd
 import pytest
-import torch
-from PIL import Image
 
-from aads.adapters.package import (
-    AdapterMeta,
-    PackageContents,
-    PhaseRecord,
-    verify_package,
-    write_package,
-)
-from aads.config import RegistrySettings
-from aads.modelcard import backbone_licence, model_card
+from aads.adapters.package import verify_package
+from aads.config import RegistrySettings, ServingSettings
+from aads.inference import Diagnoser
 from aads.registry import (
     HTTP_ENV,
     Registry,
@@ -33,53 +30,9 @@ TAGS = {
     "git_sha": "0123abc",
     "manifest_sha256": "f" * 64,
     "backbone": "random:tiny",
-    "backbone_licence": "none (built in code for tests and demos)",
-    "gate": '{"passed": true}',
+    "gate": "passed",
+    "metric.accuracy": "0.8125",
 }
-
-
-def tomato_meta() -> AdapterMeta:
-    return AdapterMeta(
-        crop="tomato",
-        classes=["healthy", "early_blight", "late_blight"],
-        domains=["base", "low_light"],
-        backbone_settings={"source": "random:tiny", "image_size": 32},
-        backbone_signature={"model_type": "dinov3_vit", "hidden_size": "32"},
-        adapter_settings={"dora": {"r": 4, "alpha": 8.0}, "sd_lora": {"rank": 2}},
-        phases=[
-            PhaseRecord(
-                phase="1", added=["healthy", "early_blight"], epochs=2, metrics={"acc": 0.9}
-            ),
-            PhaseRecord(phase="2", task="0", added=["late_blight"], epochs=1, metrics={"acc": 0.8}),
-            PhaseRecord(phase="3", task="low_light", added=["low_light"], epochs=1),
-        ],
-        metrics={"accuracy": 0.8125, "old_class_retention": 0.95},
-        manifest_sha256="f" * 64,
-        ood={
-            "method": "mahalanobis/shared/pooled",
-            "threshold": "percentile",
-            "near_auroc": 0.9123,
-        },
-    )
-
-
-@pytest.fixture(scope="module")
-def pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A genuine checksummed adapter package, written without training."""
-    return write_package(
-        PackageContents(
-            meta=tomato_meta(),
-            heads={"head.0.weight": torch.zeros(3, 4), "head.0.bias": torch.zeros(3)},
-        ),
-        tmp_path_factory.mktemp("pkg") / "tomato",
-    )
-
-
-@pytest.fixture(scope="module")
-def confusion_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("plots") / "cm.png"
-    Image.new("RGB", (8, 8), (200, 30, 30)).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +43,11 @@ def settings(mlflow_server: str) -> RegistrySettings:
 @pytest.fixture(scope="module")
 def registry(settings: RegistrySettings) -> Registry:
     return Registry(settings)
+
+
+@pytest.fixture(scope="module")
+def pkg(trained) -> Path:
+    return trained.adapter
 
 
 def register(registry: Registry, pkg: Path, name: str, kfp_run_id: str, **kw):
@@ -111,13 +69,16 @@ def fresh_name() -> str:
 
 
 @pytest.fixture(scope="module")
-def tomato_v1(registry: Registry, settings: RegistrySettings, pkg: Path, confusion_png: Path):
+def evaluation_run(registry: Registry) -> str:
+    """A run standing for the pipeline's evaluation run of the package."""
+    experiment = registry.experiment_id(registry.settings.experiment)
+    return registry.client.create_run(experiment, run_name="tomato: evaluation").info.run_id
+
+
+@pytest.fixture(scope="module")
+def tomato_v1(registry: Registry, settings: RegistrySettings, pkg: Path, evaluation_run: str):
     return register(
-        registry,
-        pkg,
-        adapter_model_name(settings, "tomato"),
-        "kfp-run-1",
-        images={"confusion_matrix": confusion_png},
+        registry, pkg, adapter_model_name(settings, "tomato"), "kfp-run-1", run_id=evaluation_run
     )
 
 
@@ -128,6 +89,10 @@ def two_versions(registry: Registry, pkg: Path, fresh_name: str) -> str:
     return fresh_name
 
 
+def an_image(trained) -> bytes:
+    return next((trained.data / "base" / "tomato").rglob("*.jpg")).read_bytes()
+
+
 # --------------------------------------------------------------------------- registration
 
 
@@ -136,17 +101,44 @@ def test_registering_a_package_creates_version_1_with_tags_card_and_candidate(to
     assert tomato_v1.tags == {**TAGS, "kfp_run_id": "kfp-run-1"}
     assert tomato_v1.description == "# card for kfp-run-1"
     assert tomato_v1.aliases == ["candidate"]
-    assert tomato_v1.source.endswith("/package")
 
 
-def test_the_registration_run_holds_finite_metrics_plots_and_model_card(tomato_v1, registry):
-    run = registry.client.get_run(tomato_v1.run_id)
-    assert run.data.metrics == {"accuracy": 0.8125}
-    assert run.data.params["git_sha"] == "0123abc"
-    top = {a.path for a in registry.client.list_artifacts(tomato_v1.run_id)}
-    assert top == {"package", "plots", "model_card.md"}
-    plots = [a.path for a in registry.client.list_artifacts(tomato_v1.run_id, "plots")]
-    assert plots == ["plots/confusion_matrix.png"]
+def test_a_version_is_a_logged_pyfunc_model_holding_the_package(tomato_v1, registry):
+    assert tomato_v1.model_uri.startswith("models:/m-")
+    assert tomato_v1.source.endswith("/artifacts/package")
+    model_id = tomato_v1.model_uri.removeprefix("models:/")
+    files = {a.path for a in registry.client.list_logged_model_artifacts(model_id)}
+    assert {"MLmodel", "adapter_code.py", "input_example.json", "requirements.txt"} <= files
+    assert not any(name.endswith((".pkl", ".pickle")) for name in files)  # models from code
+
+
+def test_the_version_links_to_its_evaluation_run_with_the_metrics_and_card(
+    tomato_v1, registry, evaluation_run
+):
+    assert tomato_v1.run_id == evaluation_run
+    model = registry.client.get_logged_model(tomato_v1.model_uri.removeprefix("models:/"))
+    assert model.source_run_id == evaluation_run
+    assert {m.key: m.value for m in model.metrics} == {"accuracy": 0.8125}  # NaN left out
+    files = {a.path for a in registry.client.list_artifacts(evaluation_run)}
+    assert "model_card.md" in files
+
+
+def test_mlflow_pyfunc_loads_the_version_by_alias_and_answers_as_the_diagnoser(
+    tomato_v1, trained, mlflow_server, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # how MLflow users point at it
+    model = mlflow.pyfunc.load_model(f"models:/{tomato_v1.name}@candidate", dst_path=str(tmp_path))
+    image = an_image(trained)
+    answers = model.predict(pd.DataFrame({"image": [image, image]}))
+    diagnoser = Diagnoser.from_dir(trained.adapter)  # what the predictor runs on an upload
+    pixels = diagnoser.prepare(image, "image", ServingSettings())
+    expected = [a.wire() for a in diagnoser.diagnose_pixels([pixels, pixels])]
+    assert json.dumps(answers, sort_keys=True) == json.dumps(expected, sort_keys=True)
+    schema = model.metadata.signature
+    assert [c.name for c in schema.inputs.inputs] == ["image"]
+    assert {"label", "is_ood", "confidence", "top_k", "ood"} <= {
+        c.name for c in schema.outputs.inputs
+    }
 
 
 def test_registering_again_with_the_same_kfp_run_returns_the_same_version(
@@ -154,8 +146,18 @@ def test_registering_again_with_the_same_kfp_run_returns_the_same_version(
 ):
     first = register(registry, pkg, fresh_name, "run-a")
     again = register(registry, pkg, fresh_name, "run-a")
-    assert again.version == first.version == "1"
+    assert again.version == first.version == "1" and again.model_uri == first.model_uri
     assert registry.versions(fresh_name) == ["1"]
+
+
+def test_a_model_logged_by_an_attempt_that_died_before_the_version_is_reused(
+    registry, pkg, fresh_name
+):
+    experiment = registry.experiment_id(registry.settings.experiment)
+    run = registry.client.create_run(experiment).info.run_id
+    logged = registry._log_model(pkg, experiment, fresh_name, run, "run-died")
+    version = register(registry, pkg, fresh_name, "run-died", run_id=run)
+    assert version.model_uri == logged.model_uri
 
 
 def test_a_different_kfp_run_creates_the_next_version(registry, two_versions):
@@ -164,14 +166,19 @@ def test_a_different_kfp_run_creates_the_next_version(registry, two_versions):
 
 
 def test_a_package_that_fails_its_checksums_is_not_registered(registry, pkg, tmp_path, fresh_name):
-    import shutil
-
     broken = Path(shutil.copytree(pkg, tmp_path / "broken"))
     (broken / "heads.safetensors").write_bytes(b"not the weights")
     with pytest.raises(RegistryError, match="does not match its checksum"):
         register(registry, broken, fresh_name, "run-x")
     with pytest.raises(RegistryError, match="has no registered model"):
         registry.resolve(fresh_name, "1")
+
+
+def test_a_folder_without_checksums_is_not_registered(registry, pkg, tmp_path, fresh_name):
+    unsealed = Path(shutil.copytree(pkg, tmp_path / "unsealed"))
+    (unsealed / "SHA256SUMS").unlink()
+    with pytest.raises(RegistryError, match="has no SHA256SUMS"):
+        register(registry, unsealed, fresh_name, "run-x")
 
 
 def test_tag_values_must_be_strings(registry, pkg, fresh_name):
@@ -289,57 +296,3 @@ def test_unavailable_message_never_shows_credentials(settings):
 def test_a_registry_without_a_tracking_uri_is_refused():
     with pytest.raises(RegistryError, match="no tracking URI"):
         Registry(RegistrySettings())
-
-
-# --------------------------------------------------------------------------- model card
-
-
-@pytest.fixture(scope="module")
-def card() -> str:
-    gate = {"passed": True, "thresholds": {"accuracy": 0.7}}
-    return model_card(tomato_meta(), kfp_run_id="kfp-run-42", git_sha="0123abc", gate=gate)
-
-
-def test_model_card_names_the_crop_and_the_classes_in_head_order(card):
-    assert "# Plant-disease adapter: tomato" in card
-    assert "`healthy`, `early_blight`, `late_blight`" in card
-
-
-def test_model_card_has_one_history_row_per_phase_record(card):
-    history = card.split("## Continual-learning history")[1].split("## Provenance")[0]
-    rows = [line for line in history.splitlines() if line.startswith("| ") and "phase" not in line]
-    assert [r.split(" | ")[1] for r in rows] == ["DoRA", "SD-LoRA", "CONEC-LoRA"]
-
-
-def test_model_card_reports_the_ood_auroc(card):
-    assert "| near_auroc | 0.9123 |" in card
-
-
-def test_model_card_states_the_backbone_licence(card):
-    assert "- Backbone licence: none (built in code for tests and demos)" in card
-
-
-def test_model_card_records_the_kfp_run_and_the_gate(card):
-    assert "KFP run id: `kfp-run-42`" in card
-    assert "Gate: **passed**" in card and "| accuracy | 0.7000 | 0.8125 |" in card
-
-
-def test_model_card_lists_each_gate_check_with_minimum_and_outcome():
-    check = {"name": "accuracy", "metric": "phase3_mean_accuracy", "value": 0.61, "minimum": 0.7}
-    gate = {"passed": False, "checks": [{**check, "outcome": "failed"}]}
-    card = model_card(tomato_meta(), gate=gate)
-    assert "Gate: **FAILED**" in card
-    assert "| accuracy | phase3_mean_accuracy | 0.7000 | 0.6100 | failed |" in card
-
-
-@pytest.mark.parametrize(
-    ("source", "licence"),
-    [
-        ("facebook/dinov3-vitl16-pretrain-lvd1689m", "DINOv3 License (Meta; gated"),
-        ("synthetic:small", "none (built in code"),
-        ("random:tiny", "none (built in code"),
-        ("s3://mirror/dinov3", "unknown: check the weights' licence"),
-    ],
-)
-def test_backbone_licence_follows_the_source(source, licence):
-    assert backbone_licence(source).startswith(licence)

@@ -30,7 +30,7 @@ from torch import nn
 
 from aads.config import TrainingSettings
 from aads.progress import Progress
-from aads.training import FitResult, fit
+from aads.training import EpochCallback, FitResult, fit
 from aads.training.loop import EvalFn, LossFn
 
 
@@ -82,6 +82,7 @@ def train_task(
     checkpoint_dir: Path | None = None,
     fingerprint: Mapping[str, str] | None = None,
     progress: Progress | None = None,
+    on_epoch_end: EpochCallback | None = None,
     device: torch.device | None = None,
 ) -> TaskResult:
     """Seed, ``start_task``, `setup()`, train, ``finish_task``: one task of one method.
@@ -106,6 +107,7 @@ def train_task(
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
         progress=progress,
+        on_epoch_end=on_epoch_end,
         device=device,
     )
     report = method.finish_task()

@@ -23,13 +23,20 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -39,6 +46,7 @@ from aads.config import BackboneSettings, StorageSettings
 from aads.errors import BadInput
 from aads.features import backbone_signature
 from aads.storage import CHECKSUM_FILE, StorageError, verify_checksums, write_checksums
+from aads.training.loop import EpochLog
 
 FORMAT = "aads-adapter/1"
 META_FILE = "adapter.json"
@@ -72,6 +80,15 @@ class PhaseRecord(BaseModel):
     seconds: float = 0.0
     metrics: FiniteMetrics = Field(default_factory=dict)
     finished: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    history: list[EpochLog] = Field(
+        default_factory=list, description="the training loop's epochs (loss, validation, lr)"
+    )
+
+    @field_validator("history")
+    @classmethod
+    def _finite_history(cls, history: list[EpochLog]) -> list[EpochLog]:
+        """JSON has no NaN: an epoch metric that could not be computed is left out."""
+        return [replace(log, metrics=_finite(log.metrics)) for log in history]
 
 
 class AdapterMeta(BaseModel):

@@ -117,6 +117,8 @@ class CalibrationResult:
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     reference: np.ndarray | None = None  # drift's reference: a sample of calibration features
     reference_total: int = 0
+    # label -> (in-distribution rejected, OOD detected) at the calibrated thresholds
+    operating_points: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def calibrate_features(
@@ -140,6 +142,7 @@ def calibrate_features(
     )
     metrics: dict[str, float] = {}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    points: dict[str, tuple[float, float]] = {}
     if len(test.labels):
         id_found = detector.detect(test.features)
         metrics["id_rejected"] = operating_point(id_found.is_ood, np.zeros(0))["id_rejected"]
@@ -156,6 +159,7 @@ def calibrate_features(
                 }
                 metrics[f"{name}_detected"] = float(found.is_ood.mean())
                 curves[label] = (id_found.score, found.score)
+                points[label] = (metrics["id_rejected"], metrics[f"{name}_detected"])
         metrics["n_id"] = float(len(test.labels))
     loco_metrics: dict[str, dict[str, float]] = {}
     if loco and len(classes) >= 3 and len(test.labels):
@@ -168,7 +172,9 @@ def calibrate_features(
         }
     detector.record.evaluation = metrics
     reference = reference_sample(cal.features)
-    return CalibrationResult(detector, metrics, loco_metrics, curves, reference, len(cal.features))
+    return CalibrationResult(
+        detector, metrics, loco_metrics, curves, reference, len(cal.features), points
+    )
 
 
 def package_features(
@@ -237,7 +243,8 @@ def write_calibration(pkg_dir: Path, result: CalibrationResult) -> None:
         ood_dir = staging / OOD_DIR
         save_detector(result.detector, ood_dir)
         if result.curves:
-            save_roc(result.curves, ood_dir, ROC_NAME, f"{meta.crop}: OOD ROC")
+            title = f"{meta.crop}: OOD ROC"
+            save_roc(result.curves, ood_dir, ROC_NAME, title, result.operating_points)
         if result.reference is not None:
             save_reference_features(ood_dir, result.reference, result.reference_total)
         s = result.detector.record.settings

@@ -81,15 +81,30 @@ def roc_points(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, list[
 
 
 def save_roc(
-    curves: dict[str, tuple[np.ndarray, np.ndarray]], out_dir: Path, name: str, title: str
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    out_dir: Path,
+    name: str,
+    title: str,
+    operating_points: dict[str, tuple[float, float]] | None = None,
 ) -> dict[str, Path]:
     """``<name>.json`` (points + AUROC per curve) and ``<name>.png`` (all curves, one plot).
 
-    `curves` maps a label ("near-OOD: held-out classes", ...) to (id_scores, ood_scores).
+    `curves` maps a label ("near-OOD: held-out classes", ...) to (id_scores, ood_scores);
+    `operating_points` maps a label to (in-distribution rejected, OOD detected) at the
+    calibrated thresholds, marked on its curve: what serving will actually do.
     """
     out_dir = Path(out_dir)
+    points = operating_points or {}
     payload = {
-        label: {**roc_points(i, o), "auroc": ood_metrics(i, o)["auroc"]}
+        label: {
+            **roc_points(i, o),
+            "auroc": ood_metrics(i, o)["auroc"],
+            **(
+                {"operating_point": {"fpr": points[label][0], "tpr": points[label][1]}}
+                if label in points
+                else {}
+            ),
+        }
         for label, (i, o) in curves.items()
     }
     json_path, png_path = out_dir / f"{name}.json", out_dir / f"{name}.png"
@@ -108,13 +123,29 @@ def _plot_roc(payload: dict, title: str, path: Path) -> None:
     try:
         ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
         for label, curve in payload.items():
-            ax.plot(curve["fpr"], curve["tpr"], lw=2, label=f"{label} (AUROC {curve['auroc']:.3f})")
+            (line,) = ax.plot(
+                curve["fpr"], curve["tpr"], lw=2, label=f"{label} (AUROC {curve['auroc']:.3f})"
+            )
+            point = curve.get("operating_point")
+            if point:
+                ax.plot(
+                    point["fpr"],
+                    point["tpr"],
+                    marker="o",
+                    ms=8,
+                    mfc="white",
+                    mec=line.get_color(),
+                    mew=2,
+                    ls="none",
+                    label=f"calibrated: {point['fpr']:.0%} ID rejected, "
+                    f"{point['tpr']:.0%} OOD caught",
+                )
         ax.set_xlabel("in-distribution flagged OOD (FPR)")
         ax.set_ylabel("OOD detected (TPR)")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.02, 1.02)  # operating points on an edge stay visible
         ax.set_title(title)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8)
         fig.tight_layout()
         fig.savefig(path, format="png")
     finally:

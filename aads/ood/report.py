@@ -66,7 +66,8 @@ def evaluate_package(
     )
     out_dir = Path(out_dir)
     if result.curves:
-        save_roc(result.curves, out_dir, ROC_NAME, f"{meta.crop}: OOD ROC")
+        title = f"{meta.crop}: OOD ROC"
+        save_roc(result.curves, out_dir, ROC_NAME, title, result.operating_points)
     payload = {
         "package": str(pkg_dir),
         "crop": meta.crop,

@@ -11,7 +11,15 @@ from .distributed import (
     make_train_loader,
 )
 from .errors import CheckpointMismatch, TrainingError
-from .loop import CHECKPOINT_NAME, MAX_GRAD_NORM, EpochLog, FitResult, batch_size, fit
+from .loop import (
+    CHECKPOINT_NAME,
+    MAX_GRAD_NORM,
+    EpochCallback,
+    EpochLog,
+    FitResult,
+    batch_size,
+    fit,
+)
 from .precision import Precision, resolve_precision
 from .schedule import Schedule, lr_factor
 from .seed import seed_everything, seeded_generator
@@ -21,6 +29,7 @@ __all__ = [
     "MAX_GRAD_NORM",
     "CheckpointMismatch",
     "DistContext",
+    "EpochCallback",
     "EpochLog",
     "FitResult",
     "Precision",

@@ -85,6 +85,10 @@ class EpochLog:
     lr: float  # first parameter group's rate at the epoch's last optimizer step
 
 
+EpochCallback = Callable[[EpochLog], None]
+"""``on_epoch_end(log)``: sees each finished epoch on rank 0 (the pipeline logs it to MLflow)."""
+
+
 @dataclass
 class FitResult:
     history: list[EpochLog]
@@ -333,7 +337,7 @@ def fit(
     fingerprint: Mapping[str, str] | None = None,
     resume: bool = True,
     progress: Progress | None = None,
-    on_epoch_end: Callable[[EpochLog], None] | None = None,
+    on_epoch_end: EpochCallback | None = None,
     device: torch.device | None = None,
     find_unused_parameters: bool = False,
 ) -> FitResult:

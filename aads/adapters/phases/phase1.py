@@ -42,7 +42,7 @@ from aads.features import backbone_signature
 from aads.gaussians import SharedCovarianceGaussians
 from aads.metrics import classification_summary, save_confusion_matrix
 from aads.progress import Progress
-from aads.training import fit
+from aads.training import EpochCallback, fit
 
 
 def train_phase1(
@@ -55,8 +55,10 @@ def train_phase1(
     checkpoint_dir: Path | None = None,
     manifest_sha256: str = "",
     progress: Progress | None = None,
+    on_epoch_end: EpochCallback | None = None,
 ) -> Path:
-    """Train phase 1 for `crop` and write its adapter package to `out_dir`."""
+    """Train phase 1 for `crop` and write its adapter package to `out_dir`; `on_epoch_end`
+    sees each epoch of the training loop as it ends (the pipeline logs it to MLflow)."""
     spec = config.crop(crop)
     classes = list(spec.phase1_classes)
     data = phase_rows(rows, crop, "1")
@@ -116,6 +118,7 @@ def train_phase1(
         checkpoint_dir=checkpoint_dir,
         fingerprint=fingerprint,
         progress=progress,
+        on_epoch_end=on_epoch_end,
         device=backbone.device,
     )
     seconds = time.perf_counter() - start
@@ -151,6 +154,7 @@ def train_phase1(
                 phase="1",
                 added=classes,
                 epochs=len(result.history),
+                history=result.history,
                 seconds=seconds,
                 metrics=metrics,
             )

@@ -52,6 +52,7 @@ from aads.features import backbone_signature
 from aads.gaussians import SharedCovarianceGaussians
 from aads.metrics import average_forgetting, classification_summary
 from aads.progress import Progress
+from aads.training import EpochCallback
 
 
 def pending_tasks(spec: CropSpec, known: list[str], done_tasks: set[str]) -> list[int]:
@@ -109,8 +110,10 @@ def train_phase2(
     checkpoint_dir: Path | None = None,
     manifest_sha256: str = "",
     progress: Progress | None = None,
+    on_epoch_end: EpochCallback | None = None,
 ) -> Path:
-    """Learn every pending phase-2 batch of `crop` and write the new package to `out_dir`."""
+    """Learn every pending phase-2 batch of `crop` and write the new package to `out_dir`;
+    `on_epoch_end` sees every epoch of every task as it ends."""
     tasks, classes = check_phase2_inputs(config, crop, rows, from_pkg)
     spec, sd_settings = config.crop(crop), config.adapter.sd_lora
     settings = config.training.phase2
@@ -157,6 +160,7 @@ def train_phase2(
                 "training": settings.model_dump_json(),
             },
             progress=progress,
+            on_epoch_end=on_epoch_end,
             device=backbone.device,
         )
         network = outcome.setup.network
@@ -186,6 +190,7 @@ def train_phase2(
                 added=batch,
                 epochs=len(outcome.fit.history),
                 seconds=outcome.seconds,
+                history=outcome.fit.history,
                 metrics=task_metrics,
             )
         )

@@ -64,6 +64,7 @@ from aads.features import backbone_signature
 from aads.metrics import average_forgetting, classification_summary
 from aads.progress import Progress
 from aads.storage import CHECKSUM_FILE, sha256_file
+from aads.training import EpochCallback
 
 STRUCTURAL_CONEC_FIELDS = ("shared_blocks", "modules", "rank", "alpha", "selector")
 """CONEC settings a continued phase-3 package must share with the config: they shape the
@@ -113,8 +114,10 @@ def train_phase3(
     checkpoint_dir: Path | None = None,
     manifest_sha256: str = "",
     progress: Progress | None = None,
+    on_epoch_end: EpochCallback | None = None,
 ) -> Path:
-    """Learn every pending phase-3 domain of `crop` and write the new package to `out_dir`."""
+    """Learn every pending phase-3 domain of `crop` and write the new package to `out_dir`;
+    `on_epoch_end` sees every epoch of every task as it ends."""
     pending = check_phase3_inputs(config, crop, rows, from_pkg)
     conec, settings = config.adapter.conec, config.training.phase3
     prev = load_adapter(
@@ -161,6 +164,7 @@ def train_phase3(
             checkpoint_dir=checkpoint_dir / f"domain-{name}" if checkpoint_dir else None,
             fingerprint={**fingerprint, "task": name, "domains": json.dumps(meta.domains)},
             progress=progress,
+            on_epoch_end=on_epoch_end,
             device=backbone.device,
         )
         state.selector.add_domain(evaluate.boundary(network, state, data.train))
@@ -173,6 +177,7 @@ def train_phase3(
                 added=[name],
                 epochs=len(outcome.fit.history),
                 seconds=outcome.seconds,
+                history=outcome.fit.history,
                 metrics={  # <domain>_accuracy: test images routed to their true domain
                     "val_accuracy": best_metric(outcome.fit),
                     **outcome.report,  # rank
