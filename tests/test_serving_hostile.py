@@ -194,9 +194,11 @@ def test_the_corrupt_exif_jpeg_and_fifteen_good_images_in_one_request_all_get_an
     answers = [json.loads(d) for d in diagnosis["data"]]
     assert len(answers) == 16 and all(a["label"] for a in answers)
     alone = [good_answer(servers, image, "predictor") for image in good[:3]]
-    assert [{k: a[k] for k in ("label", "confidence")} for a in answers[1:4]] == [
-        {k: a[k] for k in ("label", "confidence")} for a in alone
-    ]
+    assert [a["label"] for a in answers[1:4]] == [a["label"] for a in alone]
+    # A batch of 16 and a batch of 1 run different GEMM shapes: equal to float32 rounding.
+    assert [a["confidence"] for a in answers[1:4]] == pytest.approx(
+        [a["confidence"] for a in alone], abs=1e-4
+    )
 
 
 def test_poisoned_requests_among_concurrent_good_ones_fail_no_one(servers):

@@ -11,7 +11,7 @@ as in the predictor and the router, with the request's pixel budget checked firs
 
 Output: one JSON-able answer per image, in input order: the adapter's diagnosis
 (`aads.inference.Diagnoser.diagnose`), or the router's routing entry
-(`aads.router.RouteDecision.as_dict`).
+(`aads.router.RouteDecision.routing`, the ``routing`` entry of the router's answers).
 
 ``model_config`` (given when the model is logged, overridable at load time with
 ``load_model(uri, model_config={...})``): ``device`` and ``dtype`` (as in the backbone settings),
@@ -66,8 +66,8 @@ def _bad_input(message: str) -> MlflowException:
 
 
 def _plain(answer: Any) -> dict:
-    """An answer as the predictor sends it (`aads.answer.Answer.wire`)."""
-    return answer.wire()
+    """An answer (or its routing entry) as the servers send it: JSON data, no null fields."""
+    return answer.model_dump(mode="json", exclude_none=True)
 
 
 def _settings(context: PythonModelContext) -> dict[str, Any]:
@@ -129,4 +129,4 @@ class RouterModel(PythonModel):
 
     def predict(self, context: PythonModelContext, model_input, params: dict | None = None):
         pixels = _prepared(model_input, self.limits, self.router)
-        return [decision.as_dict() for decision in self.router.route_pixels(pixels)]
+        return [_plain(decision.routing()) for decision in self.router.route_pixels(pixels)]
