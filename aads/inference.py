@@ -161,6 +161,7 @@ class Diagnoser:
         if not pixels:
             return []
         features, logits = self.adapter.features_and_logits(torch.stack(list(pixels)))
+        domains = self.adapter.domain_picks(len(pixels))
         probs = torch.softmax(logits.double(), dim=1).numpy()
         assert self.adapter.ood is not None
         verdicts = self.adapter.ood.verdicts(features.double().numpy(), logits.double().numpy())
@@ -185,6 +186,7 @@ class Diagnoser:
                     nearest_class=v.nearest_class,
                 ),
                 model=model,
+                domain=domains[i],
             )
             for i, v in enumerate(verdicts)
         ]
