@@ -199,7 +199,8 @@ class Answer(_Part):
 
 Verdict = Literal["known", "unknown", "not_a_known_crop", "none"]
 """What an answer said: a class by name, ``unknown`` (the adapter's OOD check), not a known crop
-(the router's OOD check), or ``none`` (an error entry, or a scouted photo without a label)."""
+(the router's OOD check), or ``none`` (an error entry, or a scouted photo: its regions were
+answered, counted and captured one by one, through the router)."""
 
 
 def answer_field(answer: Mapping[str, Any] | Answer | Any, name: str) -> Any:
@@ -217,7 +218,11 @@ def verdict_of(answer: Mapping[str, Any] | Answer | Any) -> Verdict:
     ``is_ood``, ``crop`` (None when the router rejects the image) and ``routing.is_ood``;
     `answer` is an `Answer` or its wire dict (a captured record's ``answer``).
     """
-    if answer_field(answer, "error") or answer_field(answer, "label") is None:
+    if (
+        answer_field(answer, "error")
+        or answer_field(answer, "scouting")
+        or answer_field(answer, "label") is None
+    ):
         return "none"
     if not answer_field(answer, "is_ood"):
         return "known"
