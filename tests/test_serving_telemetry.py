@@ -6,6 +6,7 @@ to another bucket by a kubelet-style ``..data`` swap goes there from then on."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -14,8 +15,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from aads.capture.records import UNKNOWN_CROP, open_capture_store
@@ -23,7 +26,7 @@ from aads.capture.settings import CaptureSettings
 from aads.config import StorageSettings
 from serving.local import ServerProcess, start_server
 from tests.conftest import free_port
-from tests.images import noise_png, not_a_plant
+from tests.images import encode, noise_png, not_a_plant
 from tests.serving_models import SPEC, crop_images, trained_models
 from tests.test_serving import post, v1
 from tests.test_spec_reload import kubelet_write
@@ -255,3 +258,17 @@ def test_a_reloaded_spec_sends_captures_to_its_new_store(world):
     post(port_of(world["router"]), "/v1/models/aads:predict", v1(not_a_plant()))
     found = captured(world, "capture-b", UNKNOWN_CROP)
     assert found, json.dumps(world["router"].log_tail())
+
+
+def test_a_stopped_router_closes_its_capture_writer_after_writing_what_it_holds(world):
+    router = world["router"]
+    board = (np.indices((64, 64)).sum(0) // 4 % 2).astype(np.uint8) * 255
+    stranger = encode(Image.fromarray(np.stack([board, board, board * 0], axis=-1)), "PNG")
+    _, body = post(port_of(router), "/v1/models/aads:predict", v1(stranger))
+    assert body["predictions"][0]["routing"]["is_ood"] is True
+    router.stop()  # SIGTERM: KServe unloads its models, the router closes capture
+    assert router.proc.returncode is not None
+    log = router.log.read_text()
+    assert "capture writer for" in log and "closed:" in log, log[-2000:]
+    sha = hashlib.sha256(stranger).hexdigest()
+    assert any(r.sha256 == sha for r in captured(world, "capture-b", UNKNOWN_CROP))

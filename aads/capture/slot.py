@@ -73,9 +73,7 @@ class CaptureSlot:
     def _close_later(self, writer: CaptureWriter) -> None:
         # Not a daemon: at interpreter exit Python waits for it, so a writer closed during
         # shutdown still writes what it holds (bounded by CLOSE_TIMEOUT_S).
-        thread = threading.Thread(
-            target=writer.close, args=(CLOSE_TIMEOUT_S,), name="aads-capture-close"
-        )
+        thread = threading.Thread(target=_close, args=(writer,), name="aads-capture-close")
         thread.start()
         self._closers.append(thread)
 
@@ -94,3 +92,15 @@ class CaptureSlot:
         """Wait for the writers being closed (tests, and a process's last moments)."""
         for thread in self._closers:
             thread.join(timeout)
+
+
+def _close(writer: CaptureWriter) -> None:
+    flushed = writer.close(CLOSE_TIMEOUT_S)
+    stats = writer.stats()
+    log.info(
+        "capture writer for %s closed%s: %d written, %d dropped in all",
+        writer.target.description,
+        "" if flushed else f" after {CLOSE_TIMEOUT_S:.0f} s, the rest dropped",
+        stats.written,
+        sum(stats.dropped.values()),
+    )
