@@ -18,6 +18,7 @@ to the server's log.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -121,6 +122,10 @@ class Answer(_Part):
     model: ModelRef | None = None
     routing: Routing | None = None
     reason: str | None = Field(None, description="why the answer is 'unknown', when not OOD")
+    domain: str | None = Field(
+        None,
+        description="the CONEC domain the adapter's selector picked (phase-3 adapters only)",
+    )
     error: ErrorEntry | None = None
     scouting: ScoutingAnswer | None = Field(
         None, description="regions and verdict, for a photo sent to the scouting stage"
@@ -179,12 +184,52 @@ class Answer(_Part):
         """A known crop and a known class, no error."""
         return self.error is None and not self.is_ood and self.label is not None
 
+    @property
+    def verdict(self) -> Verdict:
+        """What this answer said (`verdict_of`)."""
+        return verdict_of(self)
+
     def wire(self) -> dict[str, Any]:
         """JSON-able dict without the fields that do not apply."""
         return self.model_dump(mode="json", exclude_none=True)
 
     def wire_json(self) -> str:
         return self.model_dump_json(exclude_none=True)
+
+
+Verdict = Literal["known", "unknown", "not_a_known_crop", "none"]
+"""What an answer said: a class by name, ``unknown`` (the adapter's OOD check), not a known crop
+(the router's OOD check), or ``none`` (an error entry, or a scouted photo: its regions were
+answered, counted and captured one by one, through the router)."""
+
+
+def answer_field(answer: Mapping[str, Any] | Answer | Any, name: str) -> Any:
+    """A field of an answer given as a dict (the wire form, as captured records hold it) or as
+    an `Answer`, so readers on the request path need not serialise a model to read a field."""
+    if isinstance(answer, Mapping):
+        return answer.get(name)
+    return getattr(answer, name, None)
+
+
+def verdict_of(answer: Mapping[str, Any] | Answer | Any) -> Verdict:
+    """The one decision of what an answer said, for telemetry, capture and drift alike.
+
+    Reads the fields every answer has had since the first server: ``error``, ``label``,
+    ``is_ood``, ``crop`` (None when the router rejects the image) and ``routing.is_ood``;
+    `answer` is an `Answer` or its wire dict (a captured record's ``answer``).
+    """
+    if (
+        answer_field(answer, "error")
+        or answer_field(answer, "scouting")
+        or answer_field(answer, "label") is None
+    ):
+        return "none"
+    if not answer_field(answer, "is_ood"):
+        return "known"
+    routing = answer_field(answer, "routing")
+    if answer_field(answer, "crop") is None or (routing and answer_field(routing, "is_ood")):
+        return "not_a_known_crop"
+    return "unknown"
 
 
 def answer_json_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:

@@ -540,6 +540,11 @@ class ServingSettings(_Model):
         default_factory=CaptureSettings,
         description="what the router keeps of the images it answers (aads.capture); off",
     )
+    metrics: bool = Field(
+        True,
+        description="count requests, answers, stages and batches on /metrics (aads.telemetry); "
+        "off only to measure what counting costs",
+    )
 
     @model_validator(mode="after")
     def _default_needs_a_service(self) -> ServingSettings:

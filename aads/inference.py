@@ -8,7 +8,8 @@ answer a user gets is computed by the same code everywhere.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,12 @@ from aads.errors import BadInput, NotFound
 from aads.uploads import model_input
 
 KSERVE_MODEL_DIR = Path("/mnt/models")
+StageTimer = Callable[[str], AbstractContextManager[object]]
+"""``stage("predict")`` times a block (`aads.telemetry.stage_timer` in a server)."""
+
+
+def untimed(stage: str) -> AbstractContextManager[object]:
+    return nullcontext()
 
 
 class InvalidRequest(BadInput):
@@ -155,15 +162,21 @@ class Diagnoser:
             [preprocess_image(im, bb.image_size, bb.normalization) for im in images]
         )
 
-    def diagnose_pixels(self, pixels: Sequence[torch.Tensor]) -> list[Answer]:
+    def diagnose_pixels(
+        self, pixels: Sequence[torch.Tensor], stage: StageTimer = untimed
+    ) -> list[Answer]:
         """One answer per prepared input tensor (same order). Every item is already a checked
-        tensor of one shape, so no item can fail the batch."""
+        tensor of one shape, so no item can fail the batch. `stage` times the forward pass
+        (``predict``) and the OOD check (``ood``)."""
         if not pixels:
             return []
-        features, logits = self.adapter.features_and_logits(torch.stack(list(pixels)))
-        probs = torch.softmax(logits.double(), dim=1).numpy()
+        with stage("predict"):
+            features, logits = self.adapter.features_and_logits(torch.stack(list(pixels)))
+            domains = self.adapter.domain_picks(len(pixels))
         assert self.adapter.ood is not None
-        verdicts = self.adapter.ood.verdicts(features.double().numpy(), logits.double().numpy())
+        with stage("ood"):
+            probs = torch.softmax(logits.double(), dim=1).numpy()
+            verdicts = self.adapter.ood.verdicts(features.double().numpy(), logits.double().numpy())
         classes = self.adapter.classes
         k = min(self.top_k, len(classes))
         top = np.argsort(-probs, axis=1)[:, :k]
@@ -185,6 +198,7 @@ class Diagnoser:
                     nearest_class=v.nearest_class,
                 ),
                 model=model,
+                domain=domains[i],
             )
             for i, v in enumerate(verdicts)
         ]

@@ -55,7 +55,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from aads.capture.records import answer_field, answer_verdict, variant_of
+from aads.answer import answer_field, verdict_of
+from aads.capture.records import variant_of
 from aads.errors import ERROR_KINDS, error_kind
 
 if TYPE_CHECKING:
@@ -309,7 +310,7 @@ class Telemetry:
             verdict = "error"
             kind = error_kind(answer_field(error, "code") if not isinstance(error, str) else 500)
         else:
-            verdict, kind = answer_verdict(answer), ""
+            verdict, kind = verdict_of(answer), ""
             if verdict == "none":
                 return None
         if verdict == "not_a_known_crop":

@@ -1,6 +1,7 @@
 """Serving: latency, throughput and resident memory of the KServe predictor and router.
 
-Reproduce with ``.venv/bin/python benchmarks/serving.py [--quick] [--rebuild]``; writes
+Reproduce with ``.venv/bin/python benchmarks/serving.py [--quick] [--rebuild]
+[--sections latency,memory,hostile,telemetry]``; writes
 ``benchmarks/results/serving.json`` and ``serving.md`` (``--quick`` prints only, unless
 ``--out`` is given). Backbone ``random:small`` (ViT-S/16-shaped DINOv3, random weights: the
 cost is that of real weights) at 224 px, float32 on CPU, for the router and every adapter.
@@ -40,6 +41,13 @@ cost is that of real weights) at 224 px, float32 on CPU, for the router and ever
    `share_identical_parameters` (what the multi-adapter predictor does) and after glibc's
    ``malloc_trim(0)``: the tensors sharing frees go back to malloc, not to the OS.
 
+4. Telemetry and capture (``--sections telemetry``): the chain with ``serving.metrics`` off and
+   no capture against the chain with every metric counted and capture on (``sample_rate``
+   0.05, unknowns always) to moto's S3 server, in alternating rounds of N requests at
+   concurrency 1 and 8 (p50/p99 over all rounds; the goal is p50 within 3 %); then a router
+   capturing to a closed port (the store down): every request must still be answered (failed
+   requests counted), the drops read from its ``/metrics``. See `telemetry_overhead`.
+
 Setup runs with one torch thread (two OpenMP threads stall for seconds when other work holds
 a core); the measurements use torch's default (one thread per core, as a pod would) unless
 ``--threads N`` is given. The load generator shares the 2 CPU cores with the servers it
@@ -54,6 +62,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import os
 import signal
 import statistics
@@ -322,9 +331,11 @@ def servers(logdir: Path, threads: int | None) -> Iterator[Servers]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def write_spec(path: Path, serving: dict[str, Any]) -> Path:
+def write_spec(path: Path, serving: dict[str, Any], storage: dict[str, Any] | None = None) -> Path:
     spec = base_spec()
     spec["serving"] = {**spec["serving"], **serving}
+    if storage is not None:
+        spec["storage"] = storage
     atomic_write_text(path, yaml.safe_dump(spec))
     return path
 
@@ -350,7 +361,18 @@ def v2_body(image: bytes) -> bytes:
     ).encode()
 
 
-async def _load(url: str, bodies: list[bytes], n: int, concurrency: int) -> dict[str, Any]:
+async def _load(
+    url: str,
+    bodies: list[bytes],
+    n: int,
+    concurrency: int,
+    failures: list[str] | None = None,
+    *,
+    keep: bool = False,
+) -> dict[str, Any]:
+    """`n` requests at `concurrency` after a warm-up; a failed request (not 200, or an error
+    entry) raises, or with `failures` given is listed there and not timed. `keep`: the
+    latencies too (``latencies_s``), to pool several rounds."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"content-type": "application/json"}
     routed: Counter[str] = Counter()
@@ -360,12 +382,19 @@ async def _load(url: str, bodies: list[bytes], n: int, concurrency: int) -> dict
             start = time.perf_counter()
             resp = await client.post(url, content=bodies[i % len(bodies)], headers=headers)
             elapsed = time.perf_counter() - start
+            problem = ""
             if resp.status_code != 200:
-                raise RuntimeError(f"{url}: HTTP {resp.status_code}: {resp.text[:500]}")
-            out = next(o for o in resp.json()["outputs"] if o["name"] == "diagnosis")
-            answer = json.loads(out["data"][0])
-            if "error" in answer:
-                raise RuntimeError(f"{url}: {answer['error']}")
+                problem = f"{url}: HTTP {resp.status_code}: {resp.text[:500]}"
+            else:
+                out = next(o for o in resp.json()["outputs"] if o["name"] == "diagnosis")
+                answer = json.loads(out["data"][0])
+                if "error" in answer:
+                    problem = f"{url}: {answer['error']}"
+            if problem:
+                if failures is None:
+                    raise RuntimeError(problem)
+                failures.append(problem)
+                return
             if record is not None:
                 record.append(elapsed)
                 routed[answer.get("crop") or "not_a_known_crop"] += 1
@@ -384,11 +413,19 @@ async def _load(url: str, bodies: list[bytes], n: int, concurrency: int) -> dict
         await burst(max(4, concurrency), None)
         latencies: list[float] = []
         wall = await burst(n, latencies)
-    return {"concurrency": concurrency, **summary(latencies, wall, n), "crops": dict(routed)}
+    out = {"concurrency": concurrency, **summary(latencies, wall, n), "crops": dict(routed)}
+    return {**out, "latencies_s": latencies} if keep else out
 
 
-def load(name: str, url: str, bodies: list[bytes], n: int, concurrency: int) -> dict[str, Any]:
-    result = asyncio.run(_load(url, bodies, n, concurrency))
+def load(
+    name: str,
+    url: str,
+    bodies: list[bytes],
+    n: int,
+    concurrency: int,
+    failures: list[str] | None = None,
+) -> dict[str, Any]:
+    result = asyncio.run(_load(url, bodies, n, concurrency, failures))
     print(
         f"{name} c={concurrency}: p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
         f"{result['images_per_s']:.1f} img/s",
@@ -460,6 +497,210 @@ def http_latency(
     }
     group.stop(f"predictor-unbatched-{variant}")
     return out
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+TELEMETRY = {"rounds": 10, "quick_rounds": 3, "concurrency": (1, 8), "sample_rate": 0.05}
+
+
+def metric_total(port: int, name: str, **labels: str) -> float:
+    """Sum of one metric's samples on a server's ``/metrics`` (prometheus_client's parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def telemetry_overhead(
+    workdir: Path, group: Servers, images: list[bytes], n: int, quick: bool
+) -> dict[str, Any]:
+    """Telemetry and capture on vs off, through the whole chain (router -> predictor).
+
+    Two chains run side by side, each a router and a multi-adapter predictor over the same
+    packages: "off" with ``serving.metrics: false`` and capture off, "on" with metrics and
+    capture (``sample_rate`` 0.05, every unknown kept) to a real S3 protocol server (moto, in
+    this process). Rounds alternate off, on, off, on ... (`TELEMETRY` rounds of `n` requests
+    per concurrency), so both see the same machine; p50 and p99 are over all rounds' requests.
+    Then a third router, capture on to a store nobody answers (a closed port), with the "on"
+    predictor: every request must be answered (failures counted, not raised), and the drops
+    are read from its ``/metrics``.
+    """
+    from moto.server import ThreadedMotoServer
+
+    from aads.mlflow_server import free_port
+
+    run = workdir / "run"
+    credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
+    os.environ.update(credentials)
+    moto_port = free_port()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per capture write
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
+    moto.start()
+    common = {"secure": False, "region": "us-east-1", "retries": 1, "timeout_s": 5}
+    up = {**common, "endpoint": f"127.0.0.1:{moto_port}", "bucket": "capture-bench"}
+    down = {**common, "endpoint": f"127.0.0.1:{free_port()}", "bucket": "capture-bench"}
+    capture = {"enabled": True, "sample_rate": TELEMETRY["sample_rate"]}
+    root = model_root(workdir, list(CROPS))
+    bodies = [v2_body(im) for im in images]
+    rounds = TELEMETRY["quick_rounds"] if quick else TELEMETRY["rounds"]
+    try:
+        from aads.config import StorageSettings
+        from aads.storage import S3Store
+
+        S3Store("capture-bench", StorageSettings(**up)).ensure_bucket()
+        chains: dict[str, int] = {}
+        predictors: dict[str, int] = {}
+        for name, metrics in (("off", False), ("on", True)):
+            spec = write_spec(run / f"predictor-{name}.yaml", {"metrics": metrics})
+            _, port, _ = group.start(
+                f"predictor-telemetry-{name}",
+                ["serving.predictor", "--model-root", str(root), "--spec", str(spec)],
+            )
+            predictors[name] = port
+            router_serving: dict[str, Any] = {
+                "metrics": metrics,
+                "predictor_urls": dict.fromkeys(CROPS, f"http://127.0.0.1:{port}"),
+            }
+            if metrics:
+                router_serving["capture"] = capture
+            spec = write_spec(run / f"router-{name}.yaml", router_serving, up)
+            _, port, _ = group.start(
+                f"router-telemetry-{name}",
+                ["serving.router", "--router", str(workdir / "router"), "--spec", str(spec)],
+                credentials,
+            )
+            chains[name] = port
+
+        def url(port: int) -> str:
+            return f"http://127.0.0.1:{port}/v2/models/aads/infer"
+
+        forwarded = [b for b in bodies if answer(url(chains["off"]), b).get("crop") is not None]
+        if not forwarded:
+            raise RuntimeError("the router took none of the images for a crop")
+        out: dict[str, Any] = {"rounds": rounds, "requests_per_round": n, "by_concurrency": {}}
+        for c in TELEMETRY["concurrency"]:
+            latencies: dict[str, list[float]] = {"off": [], "on": []}
+            rounds_out: dict[str, list[dict]] = {"off": [], "on": []}
+            for _ in range(rounds):
+                for name in ("off", "on"):
+                    r = asyncio.run(_load(url(chains[name]), forwarded, n, c, keep=True))
+                    latencies[name] += r.pop("latencies_s")
+                    rounds_out[name].append(r)
+            off, on = (summary(latencies[k], 1.0, len(latencies[k])) for k in ("off", "on"))
+            out["by_concurrency"][str(c)] = {
+                "off": {k: off[k] for k in ("requests", "p50_ms", "p99_ms", "mean_ms")},
+                "on": {k: on[k] for k in ("requests", "p50_ms", "p99_ms", "mean_ms")},
+                "p50_overhead_pct": round((on["p50_ms"] / off["p50_ms"] - 1) * 100, 2),
+                "p99_overhead_pct": round((on["p99_ms"] / off["p99_ms"] - 1) * 100, 2),
+                "per_round_p50_ms": {
+                    k: [r["p50_ms"] for r in rounds_out[k]] for k in ("off", "on")
+                },
+            }
+            # Robust to a round disturbed by other work on the machine: the median over rounds.
+            medians = {
+                k: statistics.median(r["p50_ms"] for r in rounds_out[k]) for k in ("off", "on")
+            }
+            out["by_concurrency"][str(c)]["median_round_p50_overhead_pct"] = round(
+                (medians["on"] / medians["off"] - 1) * 100, 2
+            )
+            print(f"telemetry c={c}: {json.dumps(out['by_concurrency'][str(c)])}", flush=True)
+        on_router = chains["on"]
+        out["capture_up"] = {
+            "offered": metric_total(on_router, "aads_capture_offered_total"),
+            "written": metric_total(on_router, "aads_capture_written_total"),
+            "dropped": metric_total(on_router, "aads_capture_dropped_total"),
+            "answers_counted": metric_total(on_router, "aads_answers_total"),
+        }
+        group.stop("router-telemetry-off")
+        group.stop("predictor-telemetry-off")
+        spec = write_spec(
+            run / "router-down.yaml",
+            {
+                "predictor_urls": dict.fromkeys(CROPS, f"http://127.0.0.1:{predictors['on']}"),
+                "capture": {**capture, "retry_after_s": 5, "store_timeout_s": 2},
+            },
+            down,
+        )
+        _, port, _ = group.start(
+            "router-store-down",
+            ["serving.router", "--router", str(workdir / "router"), "--spec", str(spec)],
+            credentials,
+        )
+        failures: list[str] = []
+        c = max(TELEMETRY["concurrency"])
+        # Every image, not only the forwarded ones: the router's own unknowns are captured too.
+        down_result = load("store down", url(port), bodies, n * rounds, c, failures)
+        out["store_down"] = {
+            "concurrency": c,
+            "requests": n * rounds,
+            "failed_requests": len(failures),
+            "failures": failures[:5],
+            "p50_ms": down_result["p50_ms"],
+            "p99_ms": down_result["p99_ms"],
+            "capture_offered": metric_total(port, "aads_capture_offered_total"),
+            "capture_written": metric_total(port, "aads_capture_written_total"),
+            "capture_dropped_store_unavailable": metric_total(
+                port, "aads_capture_dropped_total", reason="store_unavailable"
+            ),
+            "capture_store_up": metric_total(port, "aads_capture_store_up"),
+        }
+        print(f"store down: {json.dumps(out['store_down'])}", flush=True)
+        for name in ("router-store-down", "router-telemetry-on", "predictor-telemetry-on"):
+            group.stop(name)
+    finally:
+        moto.stop()
+    return out
+
+
+def telemetry_report(t: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Telemetry and capture: on vs off",
+        "",
+        f"Router -> predictor chain, {t['rounds']} alternating rounds of "
+        f"{t['requests_per_round']} requests per setting (off, on, off, on ...), p50/p99 over "
+        "all rounds. Off: `serving.metrics: false`, no capture. On: every metric counted, "
+        f"capture on (sample_rate {TELEMETRY['sample_rate']}, unknowns always) to moto S3.",
+        "",
+        "| concurrency | off p50 ms | on p50 ms | p50 overhead | median-round p50 overhead | "
+        "off p99 ms | on p99 ms | p99 overhead |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c, r in t["by_concurrency"].items():
+        lines.append(
+            f"| {c} | {r['off']['p50_ms']} | {r['on']['p50_ms']} | {r['p50_overhead_pct']} % | "
+            f"{r['median_round_p50_overhead_pct']} % | {r['off']['p99_ms']} | "
+            f"{r['on']['p99_ms']} | {r['p99_overhead_pct']} % |"
+        )
+    up, down = t["capture_up"], t["store_down"]
+    spread = "; ".join(
+        f"c={c}: off {min(r['per_round_p50_ms']['off'])}-{max(r['per_round_p50_ms']['off'])} "
+        f"ms, on {min(r['per_round_p50_ms']['on'])}-{max(r['per_round_p50_ms']['on'])} ms"
+        for c, r in t["by_concurrency"].items()
+    )
+    lines += [
+        "",
+        f"Round-to-round spread of p50 ({spread}): a difference smaller than that spread is "
+        "the machine's other work, not telemetry; read the overheads against it.",
+        "",
+        f"Capture (store up): {up['offered']:.0f} offered, {up['written']:.0f} written, "
+        f"{up['dropped']:.0f} dropped; {up['answers_counted']:.0f} answers counted.",
+        "",
+        f"Store down (capture to a closed port), {down['requests']} requests at concurrency "
+        f"{down['concurrency']}: **{down['failed_requests']} failed**, p50 {down['p50_ms']} ms, "
+        f"p99 {down['p99_ms']} ms; capture offered {down['capture_offered']:.0f}, written "
+        f"{down['capture_written']:.0f}, dropped as store_unavailable "
+        f"{down['capture_dropped_store_unavailable']:.0f} (`aads_capture_store_up` "
+        f"{down['capture_store_up']:.0f}).",
+    ]
+    return lines
 
 
 # --------------------------------------------------------------------------- memory
@@ -1005,6 +1246,8 @@ def report(result: dict[str, Any]) -> str:
         lines += memory_report(result)
     if "hostile" in result:
         lines += ["", *hostile_report(result["hostile"])]
+    if "telemetry" in result:
+        lines += ["", *telemetry_report(result["telemetry"])]
     return "\n".join(lines) + "\n"
 
 
@@ -1175,7 +1418,7 @@ def hostile_report(h: dict[str, Any]) -> list[str]:
     return lines
 
 
-SECTIONS = ("latency", "memory", "hostile")
+SECTIONS = ("latency", "memory", "hostile", "telemetry")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1251,6 +1494,8 @@ def main(argv: list[str] | None = None) -> None:
             result["memory"] = memory(args.workdir, group, args.quick, args.threads)
         if "hostile" in sections:
             result["hostile"] = hostile(args.workdir, group, images, args.quick)
+        if "telemetry" in sections:
+            result["telemetry"] = telemetry_overhead(args.workdir, group, images, n, args.quick)
     if "latency" in sections:
         result["derived"] = derived(result)
     result["run_seconds"] = round(time.perf_counter() - run_began, 1)
@@ -1259,7 +1504,9 @@ def main(argv: list[str] | None = None) -> None:
     result["load_average_after_5_15m"] = [round(x, 2) for x in os.getloadavg()[1:]]
     text = report(result)
     print(text)
-    out = args.out or (None if args.quick else RESULTS / "serving.json")
+    # A run of some sections never overwrites the full run's results.
+    name = "serving" if set(sections) == set(SECTIONS) else "serving-" + "-".join(sections)
+    out = args.out or (None if args.quick else RESULTS / f"{name}.json")
     if out is not None:
         atomic_write_text(out, json.dumps(result, indent=2) + "\n")
         atomic_write_text(out.with_suffix(".md"), text)

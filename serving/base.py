@@ -16,6 +16,11 @@ hands over (the raw body; `serving.server`). Here:
   with their `ErrorEntry`.
 - `postprocess` writes the answers in the caller's protocol (`serving.protocol.respond`).
 
+Telemetry (`aads.telemetry`, on ``/metrics`` unless ``serving.metrics`` is off): the decode
+stage of every request is timed here (`stage`); what a subclass alone sees (routing, a forward
+pass, the answers the router sends) it records through the same helpers, and `answered` is
+where it sees a request's answers once they are complete (the router counts and captures them).
+
 Errors are raised as `aads.errors` kinds and mapped to statuses in one place
 (`serving.server`). Settings come from ``self.config``, re-read for every request, so a spec
 reloaded while serving (`aads.specwatch`) applies from the next request on.
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +40,7 @@ from kserve import Model
 from aads.answer import Answer
 from aads.config import PlatformConfig, ServingSettings
 from aads.errors import AADSError
+from aads.telemetry import stage_timer
 from aads.uploads import ImageHeader, check_request_pixels, read_header
 from serving.protocol import (
     InferenceCall,
@@ -100,10 +107,21 @@ class ServedModel(Model):
     """A `kserve.Model` whose requests are AADS images; subclasses give `prepare` and
     `answer` (and may add `check_instance`)."""
 
+    telemetry_crop = ""
+    """The crop this model's stages are counted under ("" before routing: router, scouting)."""
+
     def __init__(self, name: str, spec: SpecSource) -> None:
         super().__init__(name, return_response_headers=True)
         self.spec = spec
         self.version = ""
+
+    def stage(
+        self, name: str, config: PlatformConfig, crop: str = ""
+    ) -> AbstractContextManager[object]:
+        """Times the block as stage `name` (`aads.telemetry.STAGES`) when metrics are on."""
+        if not config.serving.metrics:
+            return nullcontext()
+        return stage_timer(name, crop or self.telemetry_crop)
 
     @property
     def config(self) -> PlatformConfig:
@@ -122,6 +140,10 @@ class ServedModel(Model):
         """One answer per index in ``batch.ready``, in that order."""
         raise NotImplementedError
 
+    def answered(self, batch: Batch, headers: dict[str, str]) -> None:
+        """Every image of the request has its answer (``batch.answers``); must not raise or
+        wait (the router counts and captures them here)."""
+
     # -- KServe's hooks -----------------------------------------------------------------------
 
     async def preprocess(
@@ -130,6 +152,14 @@ class ServedModel(Model):
         config = self.config
         limits = config.serving
         batch = Batch(parse_request(payload, limits), config)
+        with self.stage("decode", config):
+            await self._prepare(batch)
+        if not batch.inputs:
+            raise batch.errors[min(batch.errors)]
+        return batch
+
+    async def _prepare(self, batch: Batch) -> None:
+        limits = batch.config.serving
         loop = asyncio.get_running_loop()
         pool = DecodePool.executor(limits.max_concurrent_decodes)
         # Headers too are read in the pool: a PNG's text chunks are decompressed to read them.
@@ -146,9 +176,6 @@ class ServedModel(Model):
             except Exception as err:  # noqa: BLE001 - a bug on one image costs only that image
                 log.exception("%s: %s failed to prepare %s", self.name, type(self).__name__, where)
                 batch.errors[i] = err
-        if not batch.inputs:
-            raise batch.errors[min(batch.errors)]
-        return batch
 
     def _check_headers(self, batch: Batch) -> dict[int, ImageHeader]:
         """Each image's own rules and header; a failure is that image's error."""
@@ -177,6 +204,7 @@ class ServedModel(Model):
             by_index[i] if i in by_index else Answer.failed(payload.errors[i])
             for i in range(len(payload.instances))
         ]
+        self.answered(payload, headers or {})
         return payload
 
     async def postprocess(

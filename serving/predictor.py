@@ -17,6 +17,9 @@ import json
 import logging
 from pathlib import Path
 
+import torch
+
+from aads import telemetry
 from aads.adapters.package import PackageError
 from aads.answer import Answer
 from aads.batching import DynamicBatcher
@@ -26,6 +29,7 @@ from aads.inference import (
     Diagnoser,
     resolve_model,
     share_identical_parameters,
+    untimed,
 )
 from serving.base import Batch, FixedSpec, ServedModel, SpecSource
 from serving.server import ModelServer, server_arguments
@@ -34,7 +38,12 @@ log = logging.getLogger("aads.serving.predictor")
 
 
 class AdapterPredictor(ServedModel):
-    """One crop's adapter: images in, disease or unknown out (with OOD verdict and top-k)."""
+    """One crop's adapter: images in, disease or unknown out (with OOD verdict and top-k).
+
+    On ``/metrics`` it exports what only it sees: the adapter's calibrated rejection rate (at
+    load), each batch's size and the predict and OOD stages of its forward pass. Its answers
+    are counted by the router that relays them (`aads.telemetry`: one count per answer).
+    """
 
     def __init__(
         self,
@@ -46,6 +55,7 @@ class AdapterPredictor(ServedModel):
         version: str = "",
     ):
         super().__init__(crop, spec)
+        self.telemetry_crop = crop
         self.source, self.tracking_uri, self.version = source, tracking_uri, version
         self.diagnoser: Diagnoser | None = None
         self.batcher: DynamicBatcher | None = None
@@ -68,10 +78,15 @@ class AdapterPredictor(ServedModel):
             raise PackageError(
                 f"{resolved.path} is the '{self.diagnoser.crop}' adapter, served as '{self.name}'"
             )
+        if config.serving.metrics:
+            try:
+                telemetry.register_adapter(self.diagnoser.adapter, self.version, resolved.path)
+            except Exception:  # noqa: BLE001 - a gauge never keeps a model from serving
+                log.exception("%s: could not export the calibrated rejection rate", self.name)
         serving = config.serving
         # Items are checked tensors of one shape: a batch cannot fail because of one of them.
         self.batcher = DynamicBatcher(
-            self.diagnoser.diagnose_pixels,
+            self._diagnose,
             max_batch_size=serving.max_batch_size,
             max_wait_ms=serving.max_wait_ms,
             name=f"{self.name}-batcher",
@@ -86,6 +101,16 @@ class AdapterPredictor(ServedModel):
     async def answer(self, batch: Batch, headers: dict[str, str]) -> list[Answer]:
         assert self.batcher is not None
         return await self.batcher.submit([batch.inputs[i] for i in batch.ready])
+
+    def _diagnose(self, pixels: list[torch.Tensor]) -> list[Answer]:
+        """One batch through the adapter (the batcher's thread), counted when metrics are on."""
+        assert self.diagnoser is not None
+        if not self.config.serving.metrics:
+            return self.diagnoser.diagnose_pixels(pixels, untimed)
+        telemetry.observe_batch(len(pixels), self.name, self.version)
+        return self.diagnoser.diagnose_pixels(
+            pixels, lambda stage: telemetry.stage_timer(stage, self.name)
+        )
 
 
 def model_sources(args: argparse.Namespace) -> dict[str, str]:

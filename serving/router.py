@@ -4,8 +4,13 @@ to a crop (or takes the caller's ``crop_hint``), sends each crop's images to tha
 predictor over V2, concurrently, and answers in input order. A predictor that is down or slow
 costs only its own images an error entry; the others are answered.
 
-The spec is followed while serving (`aads.specwatch`): predictor URLs, canaries and the
-scouting service apply from the next request after the mounted spec changes.
+The spec is followed while serving (`aads.specwatch`): predictor URLs, canaries, the
+scouting service and capture apply from the next request after the mounted spec changes.
+
+It is the server that sends every answer to the client, so it counts them (`aads.telemetry`:
+verdict, class, confidence, distance ratio, CONEC domain, by crop, model version and variant)
+and times the route stage; with ``serving.capture.enabled`` it offers every answered image to
+the capture writer (`aads.capture`), which never delays or fails the request.
 
     python -m serving.router --router /mnt/models --spec /etc/aads/spec.yaml --host 0.0.0.0
 """
@@ -25,8 +30,10 @@ from kserve import InferenceRESTClient
 from kserve.inference_client import RESTConfig
 from pydantic import ValidationError
 
+from aads import telemetry
 from aads.answer import Answer, ErrorEntry, Routing, capped
 from aads.batching import DynamicBatcher
+from aads.capture.slot import CaptureSlot
 from aads.config import PlatformConfig, ServingSettings
 from aads.inference import InvalidRequest, resolve_model
 from aads.router import CropRouter, load_router
@@ -54,6 +61,7 @@ class RouterTransformer(ServedModel):
         self.router_source, self.tracking_uri = router_source, tracking_uri
         self.router: CropRouter | None = None
         self.route_batcher: DynamicBatcher | None = None
+        self.capture: CaptureSlot | None = None
         serving = spec.current.serving
         # One pooled client for the scouting service, as `self.client` is for predictors.
         self.scouting_client = httpx.AsyncClient(timeout=serving.scouting_timeout_s)
@@ -83,8 +91,17 @@ class RouterTransformer(ServedModel):
             max_wait_ms=serving.max_wait_ms,
             name="router-batcher",
         )
+        if serving.metrics:
+            telemetry.register_crops(self.router.crops)
+        self.capture = CaptureSlot(config, metrics=serving.metrics)
         self.ready = True
         return self.ready
+
+    def stop(self) -> None:
+        """KServe's teardown (SIGTERM): the capture writer writes what it holds and closes."""
+        if self.capture is not None:
+            self.capture.close()
+        super().stop()
 
     # -- per image ----------------------------------------------------------------------------
 
@@ -127,7 +144,8 @@ class RouterTransformer(ServedModel):
             else None
         )
         routed = [i for i in ready if instances[i].crop_hint is None and i not in scouted]
-        decisions = await self.route_batcher.submit([batch.inputs[i] for i in routed])
+        with self.stage("route", batch.config):
+            decisions = await self.route_batcher.submit([batch.inputs[i] for i in routed])
         routes = {i: d.routing() for i, d in zip(routed, decisions, strict=True)}
         answers: dict[int, Answer] = {}
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -161,6 +179,19 @@ class RouterTransformer(ServedModel):
             for i, answer in zip(scouted, await scouting, strict=True):
                 answers[i] = answer
         return [answers[i] for i in ready]
+
+    def answered(self, batch: Batch, headers: dict[str, str]) -> None:
+        """Count every answer, and offer every answered image to capture (both non-blocking:
+        the helpers catch their own failures)."""
+        if batch.config.serving.metrics:
+            for answer in batch.answers:
+                telemetry.observe_answer(answer)
+        writer = self.capture.writer_for(batch.config) if self.capture is not None else None
+        if writer is None:
+            return
+        request_id = headers.get("x-request-id", "")
+        for instance, answer in zip(batch.instances, batch.answers, strict=True):
+            writer.offer(instance.image, answer, request_id=request_id)
 
     async def _scout(
         self, instances: list[Instance], headers: dict[str, str], serving: ServingSettings

@@ -13,6 +13,10 @@ the server started with is loaded and ready. A wrong method on an existing path 
 ``Allow``; model names never contain ``/`` or ``:`` (so ``GET .../m:predict`` is a 405, not a
 lookup of a model named ``m:predict``).
 
+Every inference request a route answers is counted (`aads.telemetry.observe_request`: protocol,
+status, duration) unless ``serving.metrics`` is off; those the connection guards refuse before
+a route runs (`serving.http`) are not.
+
 `error_response` maps every error by kind (`aads.errors`; KServe's own classes and the web
 framework's are translated to a kind first) to ``{"error": message}``: messages are the
 errors' own (capped, never the input), a 500 says only "internal error" and closes its
@@ -22,6 +26,7 @@ connection, a 413 closes it too (the rest of the body is not read), a 503 says w
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -40,6 +45,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aads.answer import Answer, capped
 from aads.errors import AADSError, BadInput, NotFound, Unavailable, http_status
+from aads.telemetry import observe_request
 from serving.base import ServedModel
 from serving.protocol import BINARY_HEADER, InferenceCall, Protocol, V1Request, V2Request
 
@@ -202,14 +208,24 @@ def register_routes(app: FastAPI, surface: Surface) -> None:
         async def infer(
             request: Request, model_name: str, model_version: str | None = None
         ) -> Response:
-            model = surface.model(model_name, model_version)
-            body = await request.body()
-            headers = dict(request.headers)
-            reply, response_headers = await model(
-                InferenceCall(protocol, body, headers), headers=headers
-            )
-            response_headers.pop("content-length", None)
-            return Response(reply.body, headers=response_headers)
+            began, status, counted = time.perf_counter(), 500, True
+            try:
+                model = surface.model(model_name, model_version)
+                counted = model.config.serving.metrics
+                body = await request.body()
+                headers = dict(request.headers)
+                reply, response_headers = await model(
+                    InferenceCall(protocol, body, headers), headers=headers
+                )
+                response_headers.pop("content-length", None)
+                status = 200
+                return Response(reply.body, headers=response_headers)
+            except Exception as err:
+                status = status_of(err)
+                raise
+            finally:
+                if counted:
+                    observe_request(protocol, status, time.perf_counter() - began)
 
         return infer
 

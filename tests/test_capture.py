@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from PIL import ExifTags, Image
 from pydantic import BaseModel
 
+from aads.answer import Answer
 from aads.capture.images import CaptureImageError, pixels_only_jpeg
 from aads.capture.records import (
     UNKNOWN_CROP,
@@ -561,3 +562,22 @@ def test_a_bad_capture_setting_names_its_field():
 def test_a_prefix_that_could_escape_the_layout_is_refused():
     with pytest.raises(ValueError, match="prefix"):
         CaptureSettings(prefix="../secrets")
+
+
+def routed(wire: dict) -> dict:
+    return {**wire, "routing": {**wire["routing"], "source": "router"}}
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        routed(answer("healthy")),
+        routed(answer("unknown")),
+        routed(NOT_A_CROP),
+        {"crop": "tomato", "error": {"code": 503, "message": "down"}},
+    ],
+    ids=["known", "unknown", "not_a_known_crop", "error"],
+)
+def test_an_answer_model_and_its_wire_form_have_one_verdict(wire):
+    model = Answer.model_validate(wire)
+    assert model.verdict == answer_verdict(wire) == answer_verdict(model.wire())

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from aads.adapters.package import verify_package
+from aads.answer import answer_json_schema
+from aads.backbone import open_image
 from aads.config import RegistrySettings, StorageSettings
-from aads.inference import resolve_model, share_identical_parameters
+from aads.inference import Diagnoser, resolve_model, share_identical_parameters
 from aads.registry import Registry
 
 
@@ -56,3 +58,27 @@ def test_equal_weights_of_several_networks_become_one_tensor():
     assert b[0].weight.data_ptr() == a[0].weight.data_ptr()
     assert b[1].weight.data_ptr() != a[1].weight.data_ptr()
     assert torch.equal(a(x), before[0]) and torch.equal(b(x), before[1])
+
+
+def test_a_phase3_adapters_answers_name_the_domain_its_selector_picked(loop_world):
+    from tests.loop_world import fresh_images
+
+    diagnoser = Diagnoser.from_dir(loop_world.phase3)
+    images = fresh_images(loop_world, "base", 4) + fresh_images(loop_world, "field", 4)
+    answers = diagnoser.diagnose([open_image(data) for data in images])
+    assert {a.domain for a in answers} <= {"base", "field"}
+    assert all(a.domain for a in answers)
+    assert all(a.wire()["domain"] == a.domain for a in answers)
+
+
+def test_a_phase1_adapters_answers_carry_no_domain(loop_world):
+    from tests.loop_world import fresh_images
+
+    diagnoser = Diagnoser.from_dir(loop_world.phase1)
+    answers = diagnoser.diagnose([open_image(d) for d in fresh_images(loop_world, "base", 2)])
+    assert all(a.domain is None and "domain" not in a.wire() for a in answers)
+
+
+def test_the_answer_schema_documents_the_domain():
+    props = answer_json_schema()["properties"]
+    assert "CONEC" in props["domain"]["description"]

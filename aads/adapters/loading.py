@@ -62,6 +62,15 @@ class LoadedAdapter:
             features, logits = self.network.features_and_logits(pixels)
             return features.float().cpu(), logits.float().cpu()
 
+    def domain_picks(self, n: int) -> list[str | None]:
+        """The domains CONEC's selector routed the last forward pass's `n` images to (call it
+        right after that pass, on the same thread); None each for adapters without CONEC."""
+        routing = self.conec.routing.domain_ids if self.conec is not None else None
+        if routing is None or len(routing) != n:
+            return [None] * n
+        names = self.meta.domains
+        return [names[i] if 0 <= i < len(names) else None for i in routing.tolist()]
+
     def verdicts(self, pixel_values: torch.Tensor) -> list[Verdict]:
         """Class or ``unknown`` per image, with distance and threshold (needs a calibration)."""
         if self.ood is None:

@@ -7,6 +7,7 @@ and for curating the next training task.
   `CaptureRecord` written beside each image, which answers are kept, and reading them back;
 - `images`: re-encoding an upload as pixels only (EXIF and GPS gone, orientation applied);
 - `writer`: `CaptureWriter`, the non-blocking, bounded, asynchronous writer the router calls;
+- `slot`: `CaptureSlot`, the router's one writer kept in step with a reloaded spec;
 - `features`: the adapter's features of captured images (drift and review).
 
 This package's ``__init__`` imports nothing: `aads.config` imports `aads.capture.settings`,

@@ -92,21 +92,13 @@ def image_features(
         if batch:
             features, _ = adapter.features_and_logits(torch.stack(batch))
             rows.append(features.numpy().astype(np.float32))
-            domains += _domain_picks(adapter, len(batch))
+            domains += adapter.domain_picks(len(batch))
         done = min(start + batch_size, len(images))
         if progress:
             progress(done, len(images))
     width = bb.feature_dim
     stacked = np.concatenate(rows) if rows else np.zeros((0, width), dtype=np.float32)
     return ImageFeatures(stacked, domains, decoded)
-
-
-def _domain_picks(adapter: LoadedAdapter, n: int) -> list[str | None]:
-    """The domains CONEC's selector routed the last batch to (None for non-CONEC adapters)."""
-    if adapter.conec is None or adapter.conec.routing.domain_ids is None:
-        return [None] * n
-    names = adapter.meta.domains
-    return [names[int(i)] for i in adapter.conec.routing.domain_ids.tolist()]
 
 
 def training_domain_mix(adapter: LoadedAdapter) -> dict[str, float]:

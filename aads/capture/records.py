@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from aads.answer import Verdict, answer_field, verdict_of
 from aads.capture.settings import CaptureSettings
 from aads.config import StorageSettings
 from aads.errors import BadInput
@@ -45,7 +46,6 @@ _FOLDER = re.compile(r"[a-z][a-z0-9_]*|" + re.escape(UNKNOWN_CROP))
 _READERS = 8
 MAX_DAY_LISTINGS = 31
 
-Verdict = Literal["known", "unknown", "not_a_known_crop", "none"]
 KeepReason = Literal["unknown", "not_a_known_crop", "sampled"]
 Variant = Literal["champion", "canary"]
 
@@ -54,30 +54,8 @@ class CaptureError(BadInput):
     """A capture store or record that cannot be read as asked."""
 
 
-def answer_field(answer: Any, name: str) -> Any:
-    """A field of an answer given as a dict (the wire form) or as a model (`aads.answer`), so
-    readers on the request path need not serialise a model to read three fields."""
-    if isinstance(answer, Mapping):
-        return answer.get(name)
-    return getattr(answer, name, None)
-
-
-def answer_verdict(answer: Mapping[str, Any] | Any) -> Verdict:
-    """What an answer said: a class by name, ``unknown`` (the adapter's OOD check), not a known
-    crop (the router's), or ``none`` (an error entry, or a scouting answer with regions).
-
-    Reads the fields every answer has had since the first server: ``error``, ``label``,
-    ``is_ood``, ``crop`` (None when the router rejects the image) and ``routing.is_ood``;
-    `answer` is the wire dict or the answer model.
-    """
-    if answer_field(answer, "error") or answer_field(answer, "label") is None:
-        return "none"
-    if not answer_field(answer, "is_ood"):
-        return "known"
-    routing = answer_field(answer, "routing")
-    if answer_field(answer, "crop") is None or (routing and answer_field(routing, "is_ood")):
-        return "not_a_known_crop"
-    return "unknown"
+answer_verdict = verdict_of
+"""`aads.answer.verdict_of`, under the name capture's readers have used."""
 
 
 def in_sample(sha256: str, rate: float) -> bool:

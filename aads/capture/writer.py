@@ -194,9 +194,10 @@ class CaptureWriter:
                 return self._skip_locked("closed")
             if not self.settings.enabled:
                 return self._skip_locked("disabled")
-        if hasattr(answer, "model_dump"):
-            answer = answer.model_dump(mode="json")
-        if not isinstance(image, bytes | bytearray | memoryview) or not isinstance(answer, Mapping):
+        is_model = hasattr(answer, "model_dump")
+        if not isinstance(image, bytes | bytearray | memoryview) or not (
+            is_model or isinstance(answer, Mapping)
+        ):
             return self._drop("invalid")
         verdict = answer_verdict(answer)
         if verdict == "none":
@@ -206,6 +207,10 @@ class CaptureWriter:
         reason = keep_reason(verdict, sampled)
         if reason is None:
             return self._skip("not_sampled")
+        # Serialised only when kept: the wire form, as the client got it.
+        answer = answer.model_dump(mode="json", exclude_none=True) if is_model else answer
+        if not isinstance(answer, Mapping):
+            return self._drop("invalid")
         crop = None if verdict == "not_a_known_crop" else (crop or answer.get("crop"))
         if crop is not None and (not isinstance(crop, str) or not _SLUG.fullmatch(crop)):
             return self._drop("invalid")
