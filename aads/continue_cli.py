@@ -21,57 +21,11 @@ import typer
 from aads.cli import ConfigOpt, _config, app, console, progress_bar, reports_errors, train_app
 from aads.cli_output import Output, OutputOpt, emit, key_table
 from aads.monitor_cli import TrackingOpt
-from aads.tasks import TASK_FILE, TaskSpec, read_task
 
 
 def _names(values: list[str] | None) -> list[str]:
     """``--classes a,b --classes c`` -> [a, b, c]."""
     return [v.strip() for text in values or [] for v in text.split(",") if v.strip()]
-
-
-def task_from_options(
-    data: Path, crop: str | None, classes: list[str], domain: str | None
-) -> TaskSpec:
-    """The task: ``DATA/task.json`` when present (options must agree with it), else built
-    from the options and the batch's folders (``<crop>/<class>/<image>``)."""
-    from aads.continual import ContinuationError
-
-    if (Path(data) / TASK_FILE).is_file():
-        task = read_task(Path(data))
-        wanted = {"crop": crop, "domain": domain, "classes": classes or None}
-        differ = [
-            f"--{k} {v!r} but {TASK_FILE} says {getattr(task, k)!r}"
-            for k, v in wanted.items()
-            if v and v != getattr(task, k)
-        ]
-        if differ:
-            raise ContinuationError(f"{data}: " + "; ".join(differ))
-        return task
-    folders = sorted(p.name for p in Path(data).iterdir() if p.is_dir()) if data.is_dir() else []
-    if crop is None:
-        if len(folders) != 1:
-            raise ContinuationError(
-                f"--crop: {data} holds crop folders {folders}; name the crop with --crop"
-            )
-        crop = folders[0]
-    if domain is None and not classes:
-        raise ContinuationError(
-            "name the task: --classes NEW[,NEW...] (new diseases) or --domain NAME (a new "
-            f"condition), or give a batch with {TASK_FILE}"
-        )
-    if domain is not None and not classes:
-        shown = Path(data) / crop
-        classes = sorted(p.name for p in shown.iterdir() if p.is_dir()) if shown.is_dir() else []
-    try:
-        return TaskSpec(
-            kind="domain" if domain else "classes",
-            crop=crop,
-            classes=classes,
-            domain=domain,
-            source=f"aads train continue --data {data}",
-        )
-    except ValueError as err:
-        raise ContinuationError(f"the task from the options is invalid: {err}") from None
 
 
 @reports_errors
@@ -113,10 +67,11 @@ def continue_cmd(
     """Learn one task on top of a registered version from the task's images only, gated
     against that version on the same images; --register makes the child a candidate."""
     from aads.continual import ContinuationError, continue_from
+    from aads.continual.data import task_for
     from aads.continual.lineage import register_continuation
 
     cfg = _config(config)
-    task = task_from_options(data, crop, _names(classes), domain)
+    task = task_for(data, crop, _names(classes), domain)
     base = from_ or f"models:/{cfg.registry.adapter_model_prefix}{task.crop}@champion"
     out = out or Path(f"continuation-{task.crop}")
     with progress_bar(f"{task.crop}: continue {base}") as progress:

@@ -150,6 +150,36 @@ def test_a_base_that_does_not_exist_is_not_found(world, tmp_path):
     refused(world, tmp_path, "no such folder", base=str(tmp_path / "nowhere"), error=BaseNotFound)
 
 
+def test_a_base_in_the_object_store_is_fetched_and_verified_before_training(
+    world, fresh_bucket, tmp_path
+):
+    from aads.continual import plan_continuation
+    from aads.storage import open_store, put_dir
+
+    config = world.config.model_copy(update={"storage": fresh_bucket})
+    uri = f"s3://{fresh_bucket.bucket}/adapters/tomato/v1"
+    store, prefix = open_store(uri, fresh_bucket)
+    put_dir(store, world.parent, prefix)
+    plan = plan_continuation(config, uri, new_class_task(), world.new_class)
+    assert plan.parent is not None and plan.parent.path != world.parent
+    assert plan.parent.meta.classes == OLD and plan.parent.source == uri
+    assert [r.label for r in plan.rows] == [NEW] * 16  # the task's images, nothing else
+
+
+@pytest.mark.usefixtures("no_backbone")
+def test_a_base_tampered_with_in_the_object_store_is_refused(world, fresh_bucket, tmp_path):
+    from aads.storage import open_store, put_dir
+
+    config = world.config.model_copy(update={"storage": fresh_bucket})
+    uri = f"s3://{fresh_bucket.bucket}/adapters/tomato/v1"
+    store, prefix = open_store(uri, fresh_bucket)
+    put_dir(store, world.parent, prefix)
+    tampered = tmp_path / "heads.safetensors"
+    tampered.write_bytes((world.parent / HEADS_FILE).read_bytes()[:-1] + b"\0")
+    store.put_file(tampered, f"{prefix}/{HEADS_FILE}")
+    refused(world, tmp_path, "heads.safetensors", base=uri, config=config, error=Exception)
+
+
 # --------------------------------------------------------------------------- what it learns
 
 
@@ -328,3 +358,41 @@ def test_an_unknown_alias_is_not_found_naming_the_aliases(world, registered, tmp
     assert result.exit_code == 2
     assert "no alias 'championn'" in result.output and "champion -> v" in result.output
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+
+def test_the_compiled_continuation_pipeline_matches_the_code(tmp_path):
+    from pipelines.continuation import PIPELINE_YAML, compile_continuation
+
+    fresh = compile_continuation(tmp_path / "continuation.yaml").read_text()
+    assert fresh == PIPELINE_YAML.read_text(), "recompile: python -m pipelines.continuation"
+
+
+@pytest.mark.timeout(1500)
+def test_the_continuation_pipeline_runs_locally_and_registers_the_child(
+    world, registered, mlflow_server
+):
+    from kfp import local
+
+    from pipelines.continuation import default_pipeline
+
+    root = registered["tmp"] / "kfp"
+    root.mkdir()
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    before = set(registered["registry"].versions(NAME))
+    default_pipeline(local=True)(
+        data_uri=str(world.new_class),
+        base="champion",
+        crop="tomato",
+        classes=NEW,
+        eval_uri=str(world.evaluation),
+        config_yaml=registered["spec"].read_text(),
+        tracking_uri=mlflow_server,
+    )
+    added = sorted(set(registered["registry"].versions(NAME)) - before, key=int)
+    assert len(added) == 1
+    child = registered["registry"].resolve(NAME, added[0])
+    assert child.tags["parent_version"] == registered["v1"]  # the champion it continued
+    assert child.tags["task"] == NEW and child.tags["gate"] == "passed"

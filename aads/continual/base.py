@@ -17,7 +17,7 @@ from aads.adapters.package import AdapterMeta, PackageError, read_meta, verify_p
 from aads.config import PlatformConfig
 from aads.errors import BadInput, NotFound
 from aads.registry import ALIASES, adapter_model_name
-from aads.storage import CHECKSUM_FILE, sha256_file
+from aads.storage import CHECKSUM_FILE, StorageError, get_dir, open_store, sha256_file
 
 
 class ContinuationError(BadInput):
@@ -73,18 +73,23 @@ def resolve_base(
 
     Raises `BaseNotFound` for a missing folder, alias or version, and `ContinuationError` for a
     package that fails its checksums or is not an adapter of `crop`."""
-    from aads.inference import ModelSourceNotFound, resolve_model
+    from aads.inference import ModelSourceNotFound, ResolvedModel, resolve_model
 
     source = str(base).strip()
     if not source:
         raise ContinuationError("--from is empty: name an alias, a version, a URI or a folder")
     uri = registry_uri(config, crop, source) or source
     try:
-        resolved = resolve_model(uri, config.storage, config.registry, tracking_uri=tracking_uri)
-    except ModelSourceNotFound as err:
+        if uri.startswith("s3://"):
+            resolved = ResolvedModel(_fetch_published(uri, config))
+        else:
+            resolved = resolve_model(
+                uri, config.storage, config.registry, tracking_uri=tracking_uri
+            )
+    except (ModelSourceNotFound, NotFound) as err:
         raise BaseNotFound(f"--from {source}: {err}") from None
-    except NotFound as err:
-        raise BaseNotFound(f"--from {source}: {err}") from None
+    except StorageError as err:
+        raise ContinuationError(f"--from {source}: {err}") from None
     path = resolved.path
     if not (path / CHECKSUM_FILE).is_file():
         raise ContinuationError(
@@ -112,3 +117,20 @@ def resolve_base(
         version=resolved.version,
         digest=sha256_file(path / CHECKSUM_FILE),
     )
+
+
+def _fetch_published(uri: str, config: PlatformConfig) -> Path:
+    """A package `put_dir` published at `uri`, downloaded with every file checked against its
+    published ``SHA256SUMS`` (a file that does not match fails here, naming it) into a fresh
+    folder under the cache, with that ``SHA256SUMS`` beside the files."""
+    import hashlib
+
+    from aads.atomic import atomic_dir
+
+    store, prefix = open_store(uri, config.storage)
+    key = hashlib.sha256(uri.encode()).hexdigest()[:24]
+    dest = Path(config.storage.cache_dir) / "continuation-bases" / key
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(dest) as staging:
+        get_dir(store, prefix, staging)
+    return dest

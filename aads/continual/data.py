@@ -23,7 +23,7 @@ from aads.continual.base import ContinuationError
 from aads.data.ingest import IngestResult, ingest
 from aads.data.layout import detect_layout, slugify
 from aads.data.manifest import ManifestRow
-from aads.tasks import TaskSpec
+from aads.tasks import TASK_FILE, TaskSpec, read_task
 
 TASK_PREFIX = "task"
 EVAL_PREFIX = "eval"
@@ -219,3 +219,44 @@ def joined_root(work: Path, data_dir: Path, eval_dir: Path | None) -> Path:
         if target is not None:
             os.symlink(Path(target).resolve(), link, target_is_directory=True)
     return root
+
+
+def task_for(data: Path, crop: str | None, classes: list[str], domain: str | None) -> TaskSpec:
+    """The task: ``DATA/task.json`` when present (options must agree with it), else built
+    from the options and the batch's folders (``<crop>/<class>/<image>``)."""
+    if (Path(data) / TASK_FILE).is_file():
+        task = read_task(Path(data))
+        wanted = {"crop": crop, "domain": domain, "classes": classes or None}
+        differ = [
+            f"--{k} {v!r} but {TASK_FILE} says {getattr(task, k)!r}"
+            for k, v in wanted.items()
+            if v and v != getattr(task, k)
+        ]
+        if differ:
+            raise ContinuationError(f"{data}: " + "; ".join(differ))
+        return task
+    folders = sorted(p.name for p in Path(data).iterdir() if p.is_dir()) if data.is_dir() else []
+    if crop is None:
+        if len(folders) != 1:
+            raise ContinuationError(
+                f"--crop: {data} holds crop folders {folders}; name the crop with --crop"
+            )
+        crop = folders[0]
+    if domain is None and not classes:
+        raise ContinuationError(
+            "name the task: --classes NEW[,NEW...] (new diseases) or --domain NAME (a new "
+            f"condition), or give a batch with {TASK_FILE}"
+        )
+    if domain is not None and not classes:
+        shown = Path(data) / crop
+        classes = sorted(p.name for p in shown.iterdir() if p.is_dir()) if shown.is_dir() else []
+    try:
+        return TaskSpec(
+            kind="domain" if domain else "classes",
+            crop=crop,
+            classes=classes,
+            domain=domain,
+            source=f"options for {data}",
+        )
+    except ValueError as err:
+        raise ContinuationError(f"the task from the options is invalid: {err}") from None
