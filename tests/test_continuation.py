@@ -340,6 +340,40 @@ def test_lineage_prints_the_chain_of_continuations(world, registered):
     assert f"v{registered['v2']} + {NEW} -> v{v3} + field" in shown.output
 
 
+def test_promoting_a_continued_version_commits_its_parent_version(registered, tmp_path):
+    from aads.promotion import promote
+    from tests.conftest import ROOT
+    from tests.test_promotion import CRDS, git
+
+    if "v2" not in registered:
+        pytest.skip("needs the registered child of the lineage test")
+    repo = tmp_path / "gitops"
+    repo.mkdir()
+    shutil.copytree(ROOT / "charts", repo / "charts")
+    shutil.copytree(ROOT / "manifests", repo / "manifests")
+    for args in (
+        ("init", "-q"),
+        ("config", "user.email", "ci@aads.test"),
+        ("config", "user.name", "AADS CI"),
+        ("add", "."),
+        ("commit", "-q", "-m", "layout"),
+    ):
+        git(repo, *args)
+    config = registered["config"]
+    promote(
+        config,
+        repo,
+        "tomato",
+        registered["v2"],
+        "staging",
+        tracking_uri=config.registry.tracking_uri,
+        crds=CRDS,
+    )
+    message = git(repo, "log", "-1", "--format=%B")
+    assert f"Parent-Version: {registered['v1']}" in message
+    assert f"Model-Version: {registered['v2']}" in message
+
+
 def test_an_unknown_alias_is_not_found_naming_the_aliases(world, registered, tmp_path):
     result = invoke(
         "train",
