@@ -844,6 +844,7 @@ from aads.monitor_cli import feedback_app, monitor  # noqa: E402 - it imports th
 
 app.command("monitor")(monitor)
 app.add_typer(feedback_app, name="feedback")
+import aads.continue_cli  # noqa: E402, F401 - registers `train continue` and `lineage`
 
 
 def _add_plugins() -> None:

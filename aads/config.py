@@ -401,6 +401,34 @@ class RegistrySettings(_Model):
     )
 
 
+class ContinuationGateSettings(_Model):
+    """What a continuation (`aads train continue`) must reach against its parent, both measured
+    on the same evaluation images (`aads.continual.gate`)."""
+
+    min_new_task_accuracy: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="accuracy on the task's own test images (new classes; known classes in the "
+        "new domain). 0.8: as the whole-pipeline gate's min_accuracy",
+    )
+    max_old_accuracy_drop: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="how far accuracy on the evaluation set's earlier classes may fall below the "
+        "parent's (absolute). 0.05: a continuation may not buy a new disease with one in twenty "
+        "of the old answers",
+    )
+    max_ood_auroc_drop: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="how far near- and far-OOD AUROC on the evaluation set may fall below the "
+        "parent's (absolute)",
+    )
+
+
 class GateSettings(_Model):
     """What a trained adapter must reach to be registered as a ``candidate`` (`aads.gate`).
 
@@ -448,6 +476,10 @@ class GateSettings(_Model):
         "fail",
         description="a check that applies but was not measured (e.g. no images of the "
         "hold-out diseases): fail (default, nothing unmeasured ships) or pass",
+    )
+    continuation: ContinuationGateSettings = Field(
+        default_factory=ContinuationGateSettings,
+        description="a continuation against its parent (not_measured applies to it too)",
     )
 
 

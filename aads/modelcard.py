@@ -65,6 +65,7 @@ def model_card(
     git_sha: str = "",
     gate: GateResult | None = None,
     backbone_licence: str = "",
+    against_parent: str = "",
 ) -> str:
     """Markdown model card for one adapter package version.
 
@@ -73,7 +74,8 @@ def model_card(
     the gate), then every metric, then how the model was made. `pkg_dir` gives the headline
     the last phase's confusion matrix (interval, per-class scores). `backbone_licence`
     overrides the licence derived from the backbone source (e.g. when a mirror of approved
-    DINOv3 weights is loaded from S3 and the caller knows what it holds).
+    DINOv3 weights is loaded from S3 and the caller knows what it holds). `against_parent` is a
+    continuation's side-by-side section (`aads.continual.report.against_parent`).
     """
     source = str(meta.backbone_settings.get("source", "unknown"))
     licence = backbone_licence or _licence_for(source)
@@ -81,14 +83,16 @@ def model_card(
         f"# Plant-disease adapter: {meta.crop}",
         _at_a_glance(meta, pkg_dir, gate, source),
         _evaluation(meta, gate),
+        against_parent,
         _intended_use(meta),
         _model_details(meta, source, licence),
         _training_data(meta),
         _history(meta),
+        _lineage(meta),
         _provenance(kfp_run_id, git_sha),
         _limitations(meta),
     ]
-    return "\n\n".join(s.strip() for s in sections) + "\n"
+    return "\n\n".join(s.strip() for s in sections if s.strip()) + "\n"
 
 
 def _at_a_glance(
@@ -227,6 +231,47 @@ def _history(meta: AdapterMeta) -> str:
     ]
     header = ("phase", "method", "task", "added", "epochs", "seconds", "metrics", "finished")
     return "\n".join(lines + (_table(header, rows) or ["(no phase recorded)"]))
+
+
+def lineage_chain(meta: AdapterMeta) -> str:
+    """``v1 base -> v2 + septoria_leaf_spot -> (this) + field``: where a continued package
+    came from; the first link is the base its first continuation started from."""
+    if not meta.lineage:
+        return ""
+    links = []
+    for i, step in enumerate(meta.lineage):
+        later = meta.lineage[i + 1] if i + 1 < len(meta.lineage) else None
+        who = _ref(later.parent_version, later.parent_source) if later else "(this)"
+        if step.task.kind == "base":
+            links.append(f"{who} base")
+            continue
+        if i == 0:
+            links.append(f"{_ref(step.parent_version, step.parent_source)} base")
+        added = step.task.domain if step.task.kind == "domain" else ", ".join(step.task.classes)
+        links.append(f"{who} + {added}")
+    return " -> ".join(links)
+
+
+def _ref(version: str, source: str) -> str:
+    return f"v{version}" if version else (source or "?")
+
+
+def _lineage(meta: AdapterMeta) -> str:
+    if not meta.lineage:
+        return ""
+    rows = [
+        (
+            _ref(step.parent_version, step.parent_source),
+            step.task.kind,
+            step.task.domain or ", ".join(step.task.classes),
+            ", ".join(f"{k}: {v}" for k, v in sorted(step.task.images.items())) or "-",
+            step.task.source or "-",
+            step.finished,
+        )
+        for step in meta.lineage
+    ]
+    header = ("parent", "task", "learned", "images", "labels from", "finished")
+    return "\n".join(["## Lineage", "", lineage_chain(meta), "", *_table(header, rows)])
 
 
 def _provenance(kfp_run_id: str, git_sha: str) -> str:

@@ -315,6 +315,12 @@ def promote(
         "MLflow-Run-Id": found.run_id,
         "KFP-Run-Id": found.tags.get("kfp_run_id", ""),
         "Previous-Version": previous or "none",
+        # A continuation's parent (its registry tag; `aads lineage` prints the whole chain).
+        **(
+            {"Parent-Version": found.tags["parent_version"]}
+            if "parent_version" in found.tags
+            else {}
+        ),
         **({"Canary-Percent": str(canary)} if canary is not None else {}),
         **metric_trailers(found.metrics, found.tags),
     }

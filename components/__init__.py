@@ -9,6 +9,7 @@ components, i.e. ones with a ``target_image``, so none is set).
 """
 
 from components.adapter import calibrate_ood, evaluate_adapter, train_adapter_phase
+from components.continuation import continue_adapter, register_continuation
 from components.data import preprocess, resolve_config
 from components.registry import gate_failure_report, register_adapter, register_router
 from components.router import train_router
@@ -17,11 +18,13 @@ from components.tracking import close_pipeline_run, open_pipeline_run
 __all__ = [
     "calibrate_ood",
     "close_pipeline_run",
+    "continue_adapter",
     "evaluate_adapter",
     "gate_failure_report",
     "open_pipeline_run",
     "preprocess",
     "register_adapter",
+    "register_continuation",
     "register_router",
     "resolve_config",
     "train_adapter_phase",

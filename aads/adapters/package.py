@@ -46,6 +46,7 @@ from aads.config import BackboneSettings, StorageSettings
 from aads.errors import BadInput
 from aads.features import backbone_signature
 from aads.storage import CHECKSUM_FILE, StorageError, verify_checksums, write_checksums
+from aads.tasks import TaskSpec
 from aads.training.loop import EpochLog
 
 FORMAT = "aads-adapter/1"
@@ -91,6 +92,21 @@ class PhaseRecord(BaseModel):
         return [replace(log, metrics=_finite(log.metrics)) for log in history]
 
 
+class ContinuationRecord(BaseModel):
+    """One continuation (`aads train continue`): which version it started from and the task it
+    learned. A package's ``lineage`` lists them oldest first; a package trained by the full
+    pipeline has none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parent_model: str = Field("", description="registered model name ('' for a folder)")
+    parent_version: str = Field("", description="registry version number ('' for a folder)")
+    parent_source: str = Field("", description="what --from named: alias, version, URI, path")
+    parent_sha256: str = Field("", description="sha256 of the parent's SHA256SUMS: its digest")
+    task: TaskSpec
+    finished: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
 class AdapterMeta(BaseModel):
     """``adapter.json``; validated on load so a hand-edited file fails naming the field."""
 
@@ -107,6 +123,9 @@ class AdapterMeta(BaseModel):
     metrics: FiniteMetrics = Field(default_factory=dict)
     manifest_sha256: str = ""
     ood: dict | None = None
+    lineage: list[ContinuationRecord] = Field(
+        default_factory=list, description="continuations this package went through, oldest first"
+    )
 
     @property
     def last_phase(self) -> str:

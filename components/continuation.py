@@ -1,0 +1,69 @@
+"""Continuation components: one task on top of a registered version, and its registration."""
+
+from typing import NamedTuple
+
+from kfp.dsl import Input, Markdown, Metrics, Model, Output
+
+from components.image import aads_component
+
+
+@aads_component
+def continue_adapter(
+    config: str,
+    data_uri: str,
+    base: str,
+    crop: str,
+    classes: str,
+    domain: str,
+    eval_uri: str,
+    tracking_uri: str,
+    continuation: Output[Model],
+    model_card: Output[Markdown],
+    metrics: Output[Metrics],
+) -> NamedTuple("Outputs", passed=bool, gate=str):
+    """Learn the task in `data_uri` on top of `base`, gated against it (`aads.continual`);
+    `continuation` holds ``package/`` and ``report/``, whether the gate passed or not."""
+    import os
+    from collections import namedtuple
+    from pathlib import Path
+
+    from aads.config import parse_config_text
+    from aads.continual.step import continuation_step
+
+    result = continuation_step(
+        parse_config_text(config, "config parameter"),
+        data_uri=data_uri,
+        base=base,
+        out_dir=Path(continuation.path),
+        crop=crop,
+        classes=classes,
+        domain=domain,
+        eval_uri=eval_uri,
+        tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None,
+    )
+    Path(model_card.path).write_text(result.card, encoding="utf-8")
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, value)
+    outputs = namedtuple("Outputs", ["passed", "gate"])
+    return outputs(result.gate.passed, result.gate.summary())
+
+
+@aads_component
+def register_continuation(
+    config: str, continuation: Input[Model], tracking_uri: str, kfp_run_id: str, git_sha: str
+) -> str:
+    """The gated child as the next version (alias ``candidate``) with its lineage tags;
+    returns ``<model>/<version>``."""
+    import os
+    from pathlib import Path
+
+    from aads.config import parse_config_text
+    from aads.continual.step import register_step
+
+    return register_step(
+        parse_config_text(config, "config parameter"),
+        Path(continuation.path),
+        tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None,
+        kfp_run_id=kfp_run_id,
+        git_sha=git_sha,
+    )
