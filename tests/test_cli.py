@@ -154,7 +154,7 @@ def test_demo_runs_end_to_end_and_writes_a_summary(tmp_path, small_config):
     summary = json.loads((tmp_path / "demo" / "demo-summary.json").read_text())
     names = [s["name"] for s in summary["steps"]]
     assert names[:4] == ["synthesise data", "ingest + split", "router features", "train router"]
-    assert "tomato: phase 3 CONEC" in names and "corn: phase 2 SD-LoRA" in names
+    assert "tomato: phase 3 CONEC-LoRA" in names and "corn: phase 2 SD-LoRA" in names
     assert "tomato: OOD calibration" in names
     assert set(summary["adapters"]) == {"tomato", "pepper", "corn"}
     for pkg in summary["adapters"].values():

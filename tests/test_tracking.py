@@ -222,13 +222,13 @@ def test_epochs_trained_elsewhere_are_logged_from_the_packages_record(
     config, manifest, pipeline, client, tmp_path
 ):
     """A TrainJob's pods train the phase; its run gets the epochs when the package is back."""
-    from aads.steps import _log_phase, _phase_run
+    from aads.runner import log_phase, phase_run
 
     _, ref = pipeline
     pkg = tmp_path / "p1"
     train_phase_step(config, manifest, "tomato", "1", None, pkg)  # no tracking: "elsewhere"
-    with _phase_run(config, ref, "tomato", "1") as run:
-        _log_phase(run, pkg, "1", 0, replay=True)
+    with phase_run(config, ref, "tomato", "1") as run:
+        log_phase(run, pkg, "1", 0, replay=True)
     history = client.get_metric_history(run.run_id, "train_loss")
     assert [m.step for m in history] == list(range(1, EPOCHS + 1))
 
