@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_chart import CHART, by_kind, scenario
+from tests.charts import CHART, by_kind, scenario
 
 PROMTOOL = shutil.which("promtool")
 pytestmark = pytest.mark.skipif(

@@ -29,17 +29,6 @@ from aads.backbone import (
 from aads.config import BackboneSettings
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tests check behaviour, not speed. With several intra-op threads on a shared
-    2-core machine, OpenMP barriers stall whenever another process holds a core (a 1 ms batch
-    took 200 ms), so run them on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def settings(source: str = "random:tiny", **kw) -> BackboneSettings:
     kw.setdefault("image_size", 64)
     kw.setdefault("device", "cpu")

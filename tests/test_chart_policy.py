@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_chart import CHART, SCENARIOS, load_scenario, render
+from tests.charts import CHART, SCENARIOS, load_scenario, render
 from tests.tools import tool
 
 SKIPS_FILE = CHART / "checkov-skips.yaml"

@@ -27,8 +27,8 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from aads.telemetry import Telemetry
+from tests.charts import by_kind, scenario
 from tests.conftest import free_port
-from tests.test_chart import by_kind, scenario
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(
