@@ -63,6 +63,8 @@ def _print_error(message: str) -> None:
 
 _click = sys.modules[typer.BadParameter.__module__]
 """click's exceptions module as typer uses it (typer >= 0.20 vendors its own click)."""
+_Abort = getattr(_click, "Abort", KeyboardInterrupt)
+"""Ctrl-C as click reports it; typer's vendored click has no `Abort` (it raises the interrupt)."""
 
 
 class _OneLineErrors(typer.core.TyperGroup):
@@ -82,7 +84,7 @@ class _OneLineErrors(typer.core.TyperGroup):
                 reason = err.format_message().replace("Value error, ", "")
                 _print_error(f"{reason} (see {path} --help)")
                 code = err.exit_code
-        except _click.Abort:
+        except _Abort:
             _print_error("aborted")
             code = 130
         if not standalone:
