@@ -22,11 +22,14 @@ import yaml
 from tests.charts import CHART, by_kind, scenario
 
 PROMTOOL = shutil.which("promtool")
-pytestmark = pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="promtool is not installed: `make tools` installs Debian's prometheus package "
-    "(apt-get, as root)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        PROMTOOL is None,
+        reason="promtool is not installed: `make tools` installs Debian's prometheus package "
+        "(apt-get, as root)",
+    ),
+]
 
 ROUTER = 'namespace="aads", isvc="aads-router", component="router"'
 

@@ -42,6 +42,7 @@ def tiny(source: str = "random:tiny", **kw) -> BackboneSettings:
     return BackboneSettings(source=source, image_size=64, device="cpu", **kw)
 
 
+@pytest.mark.slow
 def test_s3_mirror_loads_with_identical_features(s3_settings, tmp_path):
     original = load_backbone(tiny(seed=4))
     upload_dir(s3_settings, save_backbone(original, tmp_path / "saved"), "backbones/tiny")

@@ -74,6 +74,7 @@ def test_gate_proj_on_a_gelu_model_is_a_clear_error():
         resolve_lora_targets(model("random:tiny"), [0], ["gate_proj"])
 
 
+@pytest.mark.slow
 def test_gate_proj_resolves_on_a_swiglu_model():
     names = resolve_lora_targets(model("random:vits16plus"), [11], ["gate_proj"])
     assert names == ["model.layer.11.mlp.gate_proj"]

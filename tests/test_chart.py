@@ -28,6 +28,8 @@ from tests.charts import (
 )
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # Helm's engine renders the chart in every test
+
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[p.stem for p in SCENARIOS])
 def test_every_core_object_is_valid_kubernetes(scenario):

@@ -30,6 +30,8 @@ from tests.charts import (
 from tests.conftest import ROOT
 from tests.test_contract import Rendered, external_secrets, pod_refs
 
+pytestmark = pytest.mark.slow  # Helm's engine renders the chart in every test
+
 PROMETHEUS_CRDS = ROOT.parent / "shared" / "crds" / "prometheus-operator"
 CRDS = ROOT.parent / "shared" / "crds"
 DASHBOARD = CHART / "dashboards" / "aads.json"

@@ -17,6 +17,8 @@ import yaml
 from tests.charts import CHART, SCENARIOS, load_scenario, render
 from tests.tools import tool
 
+pytestmark = pytest.mark.slow  # Helm renders and checkov lints
+
 SKIPS_FILE = CHART / "checkov-skips.yaml"
 
 

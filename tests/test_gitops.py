@@ -13,6 +13,8 @@ from aads.chart import environment_values, render, validate
 from tests.charts import CHART, CRDS
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # kustomize builds and Helm renders
+
 MANIFESTS = ROOT / "manifests"
 ENVIRONMENTS = sorted(p.name for p in (MANIFESTS / "environments").iterdir())
 OVERLAYS = sorted((MANIFESTS / "overlays").iterdir())

@@ -36,6 +36,8 @@ from aads.data.manifest import ManifestRow, select
 from aads.data.synth import synthesize
 from aads.training import CHECKPOINT_NAME
 
+pytestmark = pytest.mark.slow  # a real server or a training run in every test
+
 TRAINING = {"epochs": 1, "batch_size": 8, "lr": 0.01}
 CONEC_TRAINING = {"epochs": 2, "batch_size": 8, "lr": 0.01, "early_stopping_patience": None}
 TOMATO = {

@@ -34,6 +34,7 @@ def test_a_phase_is_found_by_its_number_and_an_unknown_one_is_a_bad_input_naming
     assert isinstance(err.value, BadInput) and exit_code(err.value) == 2
 
 
+@pytest.mark.slow
 def test_a_phase_applies_to_a_crop_only_when_the_crop_lists_its_tasks(trained):
     tomato = trained.config.crop("tomato")  # phase-1 classes only
     assert [p.applies(tomato) for p in PHASES] == [True, False, False]
@@ -41,6 +42,7 @@ def test_a_phase_applies_to_a_crop_only_when_the_crop_lists_its_tasks(trained):
     assert all(p.applies(both) for p in PHASES)
 
 
+@pytest.mark.slow
 def test_a_phase_run_records_the_method_settings_training_settings_and_tasks(trained):
     params = phases.DORA.params(trained.config, "tomato")
     assert set(params) == {"backbone", "dora", "training", "classes"}
@@ -58,22 +60,26 @@ def test_the_cli_has_one_train_command_per_phase_and_continuing_ones_need_from()
 # --------------------------------------------------------------------------- refusals
 
 
+@pytest.mark.slow
 def test_a_continuing_phase_without_the_previous_package_is_refused(trained, tmp_path):
     with pytest.raises(PhaseInputError, match=r"phase 2 \(SD-LoRA\) of tomato needs"):
         run_phase(trained.config, "2", "tomato", trained.rows, trained.data, None, tmp_path / "o")
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_phase_one_refuses_a_previous_package_it_would_ignore(trained, tmp_path):
     with pytest.raises(PhaseInputError, match="takes no previous package"):
         check_inputs(trained.config, "1", "tomato", trained.adapter)
 
 
+@pytest.mark.slow
 def test_an_unknown_crop_is_refused_naming_the_configured_ones(trained, tmp_path):
     with pytest.raises(ConfigError, match="tomato"):
         check_inputs(trained.config, "1", "wheat", None)
 
 
+@pytest.mark.slow
 def test_a_damaged_previous_package_is_refused_before_training(trained, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(trained.adapter, broken)
@@ -85,6 +91,7 @@ def test_a_damaged_previous_package_is_refused_before_training(trained, tmp_path
 # --------------------------------------------------------------------------- pass-through
 
 
+@pytest.mark.slow
 def test_a_phase_not_asked_for_passes_the_previous_package_through(trained, tmp_path):
     out = tmp_path / "p2"
     numbers = train_phase_step(
@@ -95,6 +102,7 @@ def test_a_phase_not_asked_for_passes_the_previous_package_through(trained, tmp_
     assert read_meta(out) == read_meta(trained.adapter)
 
 
+@pytest.mark.slow
 def test_passing_through_needs_a_package_to_pass(trained, tmp_path):
     with pytest.raises(StepError, match="no package before phase 3"):
         train_phase_step(trained.config, tmp_path, "tomato", "3", None, tmp_path / "o")
@@ -127,6 +135,7 @@ IDENTITY = Phase(
 )
 
 
+@pytest.mark.slow
 def test_a_further_method_is_one_table_entry_the_runner_runs(trained, tmp_path):
     out = run_phase(
         trained.config,

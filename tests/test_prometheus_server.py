@@ -31,11 +31,14 @@ from tests.charts import by_kind, scenario
 from tests.conftest import free_port
 
 PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None,
-    reason="the prometheus server is not installed: `make tools` installs Debian's prometheus "
-    "package (apt-get, as root)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        PROMETHEUS is None,
+        reason="the prometheus server is not installed: `make tools` installs Debian's prometheus "
+        "package (apt-get, as root)",
+    ),
+]
 DEADLINE = 45.0
 FAST = {
     "rules": {
