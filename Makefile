@@ -67,7 +67,7 @@ test: setup tools
 	$(BIN)/python -m pytest
 
 # The inner loop: every test not marked slow (no real servers, training runs, Helm renders or
-# linters); about a minute. `make test` (what CI runs) still runs everything.
+# linters). `make test` (what CI runs) still runs everything.
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" -q
 
