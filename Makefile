@@ -14,7 +14,7 @@ WORKDIR ?= .aads/demo
 # No network at run time: MLflow 3 would otherwise send usage telemetry from every process.
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup tools promtool demo test bench lint format clean images image-serving \
+.PHONY: setup tools promtool demo test test-fast bench lint format clean images image-serving \
 	image-components lock chart print-registry print-version
 
 # Images: the registry and organisation are named once, in config/cluster.yaml; override with
@@ -65,6 +65,11 @@ demo: setup
 
 test: setup tools
 	$(BIN)/python -m pytest
+
+# The inner loop: every test not marked slow (no real servers, training runs, Helm renders or
+# linters). `make test` (what CI runs) still runs everything.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" -q
 
 bench: setup
 	$(BIN)/python benchmarks/backbone.py

@@ -40,6 +40,7 @@ from rich.table import Table
 from aads.cli_output import Output, OutputOpt, emit, key_table, print_json
 from aads.config import ConfigError, PlatformConfig, load_config, locate_config
 from aads.errors import AADSError, exit_code
+from aads.phases import PHASES, Phase
 from aads.progress import Progress
 
 # PEFT 0.21 calls a transformers API renamed in 5.x; harmless until transformers 6.
@@ -62,6 +63,8 @@ def _print_error(message: str) -> None:
 
 _click = sys.modules[typer.BadParameter.__module__]
 """click's exceptions module as typer uses it (typer >= 0.20 vendors its own click)."""
+_Abort = getattr(_click, "Abort", KeyboardInterrupt)
+"""Ctrl-C as click reports it; typer's vendored click has no `Abort` (it raises the interrupt)."""
 
 
 class _OneLineErrors(typer.core.TyperGroup):
@@ -81,7 +84,7 @@ class _OneLineErrors(typer.core.TyperGroup):
                 reason = err.format_message().replace("Value error, ", "")
                 _print_error(f"{reason} (see {path} --help)")
                 code = err.exit_code
-        except _click.Abort:
+        except _Abort:
             _print_error("aborted")
             code = 130
         if not standalone:
@@ -565,7 +568,7 @@ def train_router_cmd(
 
 
 def _train_phase(
-    phase: str,
+    phase: Phase,
     crop: str,
     from_pkg: Path | None,
     out: Path,
@@ -575,68 +578,64 @@ def _train_phase(
     checkpoint_dir: Path | None,
     output: Output,
 ) -> None:
-    from aads.adapters.phases.phase1 import train_phase1
-    from aads.adapters.phases.phase2 import train_phase2
-    from aads.adapters.phases.phase3 import train_phase3
+    from aads.runner import run_phase
 
     cfg = _config(config)
     rows, root, digest = _training_inputs(manifest, data_root)
-    method = {"1": "DoRA", "2": "SD-LoRA", "3": "CONEC-LoRA"}[phase]
-    common = {"checkpoint_dir": checkpoint_dir, "manifest_sha256": digest}
-    with progress_bar(f"{crop}: phase {phase} ({method})") as progress:
-        if phase == "1":
-            pkg = train_phase1(cfg, crop, rows, root, out, progress=progress, **common)
-        else:
-            train = train_phase2 if phase == "2" else train_phase3
-            pkg = train(cfg, crop, rows, root, from_pkg, out, progress=progress, **common)
+    with progress_bar(f"{crop}: {phase.title}") as progress:
+        pkg = run_phase(
+            cfg,
+            phase,
+            crop,
+            rows,
+            root,
+            from_pkg,
+            out,
+            manifest_sha256=digest,
+            progress=progress,
+            checkpoint_dir=checkpoint_dir,
+        )
     _report_package(pkg, output)
 
 
-@train_app.command("phase1")
-@reports_errors
-def train_phase1_cmd(
-    crop: CropOpt,
-    out: OutOpt,
-    config: ConfigOpt = None,
-    manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
-    data_root: DataRootOpt = None,
-    checkpoint_dir: CheckpointOpt = None,
-    output: OutputOpt = Output.table,
-) -> None:
-    """Phase 1: DoRA on the crop's base disease classes."""
-    _train_phase("1", crop, None, out, config, manifest, data_root, checkpoint_dir, output)
+def _add_phase_command(phase: Phase) -> None:
+    """``aads train phase<N>``, one per phase of the table; a phase that continues the
+    previous package takes it as ``--from``."""
+    doc = f"Phase {phase.number}: {phase.method}, {phase.purpose}."
+
+    def first(
+        crop: CropOpt,
+        out: OutOpt,
+        config: ConfigOpt = None,
+        manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
+        data_root: DataRootOpt = None,
+        checkpoint_dir: CheckpointOpt = None,
+        output: OutputOpt = Output.table,
+    ) -> None:
+        _train_phase(phase, crop, None, out, config, manifest, data_root, checkpoint_dir, output)
+
+    def continuing(
+        crop: CropOpt,
+        from_pkg: FromOpt,
+        out: OutOpt,
+        config: ConfigOpt = None,
+        manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
+        data_root: DataRootOpt = None,
+        checkpoint_dir: CheckpointOpt = None,
+        output: OutputOpt = Output.table,
+    ) -> None:
+        _train_phase(
+            phase, crop, from_pkg, out, config, manifest, data_root, checkpoint_dir, output
+        )
+
+    command = continuing if phase.needs_previous else first
+    command.__doc__ = doc
+    command.__name__ = f"train_{phase.name}_cmd"
+    train_app.command(phase.name)(reports_errors(command))
 
 
-@train_app.command("phase2")
-@reports_errors
-def train_phase2_cmd(
-    crop: CropOpt,
-    from_pkg: FromOpt,
-    out: OutOpt,
-    config: ConfigOpt = None,
-    manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
-    data_root: DataRootOpt = None,
-    checkpoint_dir: CheckpointOpt = None,
-    output: OutputOpt = Output.table,
-) -> None:
-    """Phase 2: SD-LoRA, one task per pending phase-2 class batch (rehearsal-free)."""
-    _train_phase("2", crop, from_pkg, out, config, manifest, data_root, checkpoint_dir, output)
-
-
-@train_app.command("phase3")
-@reports_errors
-def train_phase3_cmd(
-    crop: CropOpt,
-    from_pkg: FromOpt,
-    out: OutOpt,
-    config: ConfigOpt = None,
-    manifest: ManifestOpt = Path(".aads/manifest/manifest.csv"),
-    data_root: DataRootOpt = None,
-    checkpoint_dir: CheckpointOpt = None,
-    output: OutputOpt = Output.table,
-) -> None:
-    """Phase 3: CONEC-LoRA, one pending domain shift at a time."""
-    _train_phase("3", crop, from_pkg, out, config, manifest, data_root, checkpoint_dir, output)
+for _phase in PHASES:
+    _add_phase_command(_phase)
 
 
 # --------------------------------------------------------------------------- ood

@@ -22,8 +22,21 @@ CLUSTER_FILE = Path(__file__).resolve().parents[1] / "config" / "cluster.yaml"
 SPEC_MOUNT = "/etc/aads"
 """Where every step and server finds the platform spec ConfigMap (``/etc/aads/spec.yaml``)."""
 
-STORAGE_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3")
-REGISTRY_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL")
+# The object store's Secret: its keys are the variables boto3 and `aads.storage` read.
+ACCESS_KEY_ENV = "AWS_ACCESS_KEY_ID"
+SECRET_KEY_ENV = "AWS_SECRET_ACCESS_KEY"
+ENDPOINT_ENV = "AWS_ENDPOINT_URL_S3"
+STORAGE_KEYS = (ACCESS_KEY_ENV, SECRET_KEY_ENV, ENDPOINT_ENV)
+# MLflow's Secret: the tracking server, and the S3 endpoint its artifact client uses.
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+MLFLOW_S3_ENDPOINT_ENV = "MLFLOW_S3_ENDPOINT_URL"
+REGISTRY_KEYS = (TRACKING_URI_ENV, MLFLOW_S3_ENDPOINT_ENV)
+
+
+def secret_env(keys: tuple[str, ...]) -> dict[str, str]:
+    """Secret key -> the environment variable it fills: the same name, the one Secret layout
+    of the chart, the pipeline's steps and TrainJob pods."""
+    return {key: key for key in keys}
 
 
 class ClusterFileError(BadInput):
@@ -74,11 +87,11 @@ class SecretNames(_Model):
     @property
     def storage_env(self) -> dict[str, str]:
         """Secret key -> environment variable (the same names)."""
-        return {k: k for k in STORAGE_KEYS}
+        return secret_env(STORAGE_KEYS)
 
     @property
     def registry_env(self) -> dict[str, str]:
-        return {k: k for k in REGISTRY_KEYS}
+        return secret_env(REGISTRY_KEYS)
 
 
 class ClusterSettings(_Model):

@@ -32,6 +32,7 @@ from aads.adapters.config import BlockSelection
 from aads.adapters.dora.config import DoRASettings
 from aads.adapters.sd_lora.config import SDLoRASettings
 from aads.capture.settings import CaptureSettings
+from aads.cluster import ACCESS_KEY_ENV, ENDPOINT_ENV, SECRET_KEY_ENV
 from aads.errors import BadInput, NotFound
 from aads.vlm.settings import ScoutingSettings
 
@@ -362,10 +363,10 @@ class StorageSettings(_Model):
     secure: bool = True
     bucket: str = Field("aads", pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
     prefix: str = ""
-    access_key_env: str = "AWS_ACCESS_KEY_ID"
-    secret_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    access_key_env: str = ACCESS_KEY_ENV
+    secret_key_env: str = SECRET_KEY_ENV
     endpoint_env: str = Field(
-        "AWS_ENDPOINT_URL_S3", description="overrides endpoint when set (Kubernetes Secrets)"
+        ENDPOINT_ENV, description="overrides endpoint when set (Kubernetes Secrets)"
     )
     retries: int = Field(5, ge=1, le=20, description="attempts before a clear 'store down' error")
     timeout_s: float = Field(30.0, gt=0, le=3600, description="per-request connect/read timeout")

@@ -1,10 +1,12 @@
-"""The demo job: everything AADS can do so far, end to end on the embedded default.
+"""The in-process demo: the pipeline's main job, end to end in one process, no KFP or MLflow.
 
-`make demo` calls this through `aads demo`. Each step is the same public function a user or
-a pipeline component calls; the demo only chains them and times them, and it writes a JSON
-summary so the run can be checked by a machine as well as read by a person. Given a folder of
-real images (``aads demo --data DIR``) it skips the synthetic data and runs the same steps on
-them; `benchmarks/real.py` measures the pipeline that way on PlantVillage.
+`aads demo` runs this (`make demo` runs the KFP pipeline itself, locally: `aads pipeline
+demo`); the benchmarks use it to measure the training flow without a pipeline around it. Each
+step is the same public function a user or a pipeline step calls (adapter phases through the
+one phase runner, `aads.runner.run_phase`); the demo only chains them and times them, and it
+writes a JSON summary so the run can be checked by a machine as well as read by a person.
+Given a folder of real images (``aads demo --data DIR``) it skips the synthetic data and runs
+the same steps on them; `benchmarks/real.py` measures the pipeline that way on PlantVillage.
 """
 
 from __future__ import annotations
@@ -20,9 +22,6 @@ from typing import TypeVar
 from rich.console import Console
 
 from aads.adapters.package import read_meta
-from aads.adapters.phases.phase1 import train_phase1
-from aads.adapters.phases.phase2 import train_phase2
-from aads.adapters.phases.phase3 import train_phase3
 from aads.atomic import atomic_write_text
 from aads.backbone import Backbone, load_backbone
 from aads.config import PlatformConfig
@@ -31,8 +30,10 @@ from aads.data.manifest import ManifestRow
 from aads.data.synth import synthesize
 from aads.features import FeatureTable, extract_manifest_features, save_features
 from aads.ood.calibrate import calibrate_package
+from aads.phases import PHASES, Phase
 from aads.progress import Progress
 from aads.router import train_router
+from aads.runner import run_phase
 
 T = TypeVar("T")
 ProgressFactory = Callable[[str], AbstractContextManager[Progress]]
@@ -66,24 +67,6 @@ def _no_progress(_: str) -> AbstractContextManager[Progress]:
         yield lambda done, total: None
 
     return noop()
-
-
-def _phase_line(phase: str, m: dict[str, float]) -> str:
-    """The numbers a person wants from each phase, in one line."""
-    nan = float("nan")
-    if phase == "1":
-        return f"test accuracy {m.get('phase1_test_accuracy', nan):.3f}"
-    if phase == "2":
-        return (
-            f"seen-class accuracy {m.get('phase2_test_accuracy', nan):.3f}, old-class "
-            f"retention {m.get('phase2_retention', nan):.2f}, forgetting "
-            f"{m.get('phase2_forgetting', nan):.3f}"
-        )
-    return (
-        f"test accuracy (all domains) {m.get('phase3_test_accuracy', nan):.3f}, protected "
-        f"retention {m.get('phase3_protected_retention', nan):.2f}, selector accuracy "
-        f"{m.get('phase3_selector_accuracy', nan):.2f}"
-    )
 
 
 def run_demo(
@@ -148,27 +131,22 @@ def run_demo(
         )
         return text, m, None
 
-    def adapter_step(crop: str, phase: str, previous: Path | None) -> tuple[str, dict, Path]:
-        out = models / crop / f"phase{phase}"
-        with progress_bar(f"{crop}: phase {phase}") as progress:
-            if phase == "1":
-                pkg = train_phase1(
-                    config, crop, rows, data_dir, out, manifest_sha256=digest, progress=progress
-                )
-            else:
-                train = train_phase2 if phase == "2" else train_phase3
-                pkg = train(
-                    config,
-                    crop,
-                    rows,
-                    data_dir,
-                    previous,
-                    out,
-                    manifest_sha256=digest,
-                    progress=progress,
-                )
+    def adapter_step(crop: str, phase: Phase, previous: Path | None) -> tuple[str, dict, Path]:
+        out = models / crop / phase.name
+        with progress_bar(f"{crop}: phase {phase.number}") as progress:
+            pkg = run_phase(
+                config,
+                phase,
+                crop,
+                rows,
+                data_dir,
+                previous,
+                out,
+                manifest_sha256=digest,
+                progress=progress,
+            )
         metrics = read_meta(pkg).metrics
-        return _phase_line(phase, metrics), metrics, pkg
+        return phase.line(metrics), metrics, pkg
 
     def ood_step(pkg: Path) -> tuple[str, dict, dict]:
         nan = float("nan")
@@ -193,17 +171,13 @@ def run_demo(
     packages: dict[str, str] = {}
     crop_metrics: dict[str, dict[str, float]] = {}
     for spec in config.crops:
-        pkg = steps.run(
-            f"{spec.name}: phase 1 DoRA", lambda c=spec.name: adapter_step(c, "1", None)
-        )
-        if spec.phase2_batches:
-            pkg = steps.run(
-                f"{spec.name}: phase 2 SD-LoRA", lambda c=spec.name, p=pkg: adapter_step(c, "2", p)
-            )
-        if spec.phase3_domains:
-            pkg = steps.run(
-                f"{spec.name}: phase 3 CONEC", lambda c=spec.name, p=pkg: adapter_step(c, "3", p)
-            )
+        pkg: Path | None = None
+        for phase in PHASES:
+            if phase.applies(spec):
+                pkg = steps.run(
+                    f"{spec.name}: phase {phase.number} {phase.method}",
+                    lambda c=spec.name, ph=phase, p=pkg: adapter_step(c, ph, p),
+                )
         ood = steps.run(f"{spec.name}: OOD calibration", lambda p=pkg: ood_step(p))
         packages[spec.name] = str(pkg)
         crop_metrics[spec.name] = {**read_meta(pkg).metrics, **ood}

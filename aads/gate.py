@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from aads.adapters.package import AdapterMeta
 from aads.config import GateSettings, PlatformConfig
+from aads.phases import PHASES
 
 Outcome = Literal["passed", "failed", "not measured", "not applicable"]
 
@@ -33,14 +34,11 @@ Outcome = Literal["passed", "failed", "not measured", "not applicable"]
 # and with phase 3 all its domains, each image routed by the domain selector as in serving).
 # The same number titles that phase's confusion matrix (metrics/phase<N>_test.json), so gate,
 # model card and picture agree, and it is a proportion of n images (a Wilson interval fits).
-ACCURACY_BY_PHASE = {
-    "1": "phase1_test_accuracy",
-    "2": "phase2_test_accuracy",
-    "3": "phase3_test_accuracy",
-}
+ACCURACY_BY_PHASE = {p.number: p.accuracy_metric for p in PHASES}
 RETENTION_BY_PHASE = {
-    "2": ("retention (phase 2, old classes)", "phase2_retention"),
-    "3": ("retention (phase 3, base domain)", "phase3_protected_retention"),
+    p.number: (f"retention (phase {p.number}, {p.retention.kept})", p.retention.metric)
+    for p in PHASES
+    if p.retention is not None
 }
 
 

@@ -26,10 +26,16 @@ import numpy as np
 from aads.adapters.package import METRICS_DIR, AdapterMeta
 from aads.gate import ACCURACY_BY_PHASE, GateResult
 from aads.metrics import wilson_interval
+from aads.phases import PHASES
 
 RETENTION_KEYS = {
-    "2": ("phase2_retention", "phase2_forgetting", "old classes after phase 2"),
-    "3": ("phase3_protected_retention", "phase3_forgetting", "base domain after phase 3"),
+    p.number: (
+        p.retention.metric,
+        p.retention.forgetting,
+        f"{p.retention.kept} after phase {p.number}",
+    )
+    for p in PHASES
+    if p.retention is not None
 }
 RETENTION_ABOVE_ONE = (
     "above 1: the earlier classes or domain are recognised better after this phase than "

@@ -18,6 +18,8 @@ from pathlib import Path
 from aads import headline
 from aads.adapters.package import AdapterMeta
 from aads.gate import GateResult
+from aads.phases import PHASES
+from aads.phases import get as get_phase
 
 DINOV3_LICENCE = (
     "DINOv3 License (Meta; gated, see "
@@ -30,12 +32,8 @@ DINOV2_LICENCE = (
 BUILT_IN_CODE = "none (built in code for tests and demos)"
 UNKNOWN_LICENCE = "unknown: check the weights' licence"
 
-PHASE_METHODS = {"1": "DoRA", "2": "SD-LoRA", "3": "CONEC-LoRA"}
-PHASE_PURPOSE = {
-    "1": "base disease classes",
-    "2": "new disease classes (class-incremental, rehearsal-free)",
-    "3": "new imaging conditions (domain-incremental)",
-}
+PHASE_METHODS = {p.number: p.method for p in PHASES}
+PHASE_PURPOSE = {p.number: p.purpose for p in PHASES}
 
 
 def backbone_licence(source: str) -> str:
@@ -153,11 +151,8 @@ def _model_details(meta: AdapterMeta, source: str, licence: str) -> str:
 
 def _method_settings(meta: AdapterMeta, phase: str) -> str:
     """A short settings summary, so two versions can be compared from their cards alone."""
-    key, fields = {
-        "1": ("dora", ("r", "alpha", "blocks", "modules")),
-        "2": ("sd_lora", ("variant", "rank", "modules")),
-        "3": ("conec", ("rank", "shared_blocks", "selector", "modules")),
-    }[phase]
+    method = get_phase(phase)
+    key, fields = method.settings_key, method.card_fields
     settings = meta.adapter_settings.get(key)
     if not isinstance(settings, Mapping):
         return ""

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from aads.adapters.package import PackageError, verify_package
+from aads.atomic import replace_dir
 from aads.config import RegistrySettings
 from aads.errors import NotFound, Unavailable
 from aads.mlflow_connection import (
@@ -68,7 +69,6 @@ __all__ = [
     "RegistryUnavailable",
     "adapter_model_name",
     "redact_uri",
-    "router_model_name",
 ]
 
 ALIASES = ("candidate", "champion", "rollback")
@@ -111,10 +111,6 @@ class RegisteredVersion:
 
 def adapter_model_name(settings: RegistrySettings, crop: str) -> str:
     return f"{settings.adapter_model_prefix}{crop}"
-
-
-def router_model_name(settings: RegistrySettings) -> str:
-    return settings.router_model_name
 
 
 def _check_value(what: str, value: str) -> str:
@@ -525,7 +521,6 @@ class Registry(MlflowConnection):
         dst = Path(dst)
         dst.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
-        retired = staging.with_name(staging.name + ".old")
         try:
 
             def fetch() -> Path:
@@ -544,15 +539,7 @@ class Registry(MlflowConnection):
                     verify_package(local)
                 except PackageError as err:
                     raise RegistryError(f"{name} v{found.version}: {err}") from None
-            if dst.exists():
-                dst.rename(retired)
-            try:
-                local.rename(dst)
-            except OSError:
-                if retired.exists():
-                    retired.rename(dst)
-                raise
+            replace_dir(local, dst)  # the earlier folder survives a failed move
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-            shutil.rmtree(retired, ignore_errors=True)
         return dst

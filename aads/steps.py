@@ -2,34 +2,39 @@
 
 Each KFP component in ``components/`` parses its parameters, calls one function here and
 writes what it returns into KFP artifacts; the same functions run under `kfp.local`, in the
-component image on a cluster, and in tests. Outputs are whole folders written to a temporary
-sibling and renamed (the adapter package writer does this), so a retried or killed task never
-leaves half an artifact that the next task would read.
+component image on a cluster, and in tests. Adapter phases run through the one phase runner
+(`aads.runner`), which the CLI, the demo and TrainJobs use too. Outputs are whole folders
+staged beside their place and renamed into it (`aads.atomic`), so a retried or killed task
+never leaves half an artifact that the next task would read.
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from aads.adapters.package import AdapterMeta, read_meta, verify_package
+from aads.atomic import atomic_dir
 from aads.config import PlatformConfig
-from aads.data.ingest import ingest, load_ingest_summary, write_ingest_outputs
-from aads.data.manifest import ManifestRow, read_manifest, select
+from aads.data.ingest import ingest, write_ingest_outputs
 from aads.errors import BadInput
 from aads.gate import GateResult, adapter_gate, router_gate
 from aads.headline import Headline
+from aads.phases import Phase
+from aads.phases import get as get_phase
 from aads.progress import Progress
+from aads.runner import (
+    DATA_URI_KEY,
+    log_manifest,
+    manifest_inputs,
+    phase_numbers,
+    run_manifest_phase,
+    step_params,
+)
 from aads.storage import fetch_dir_cached
-from aads.tracking import GATE_DETAIL_TAG, GATE_TAG, RunRef, StepRun, step_run
-
-T = TypeVar("T")
-MANIFEST_FILE = "manifest.csv"
-DATA_URI_KEY = "data_uri"
+from aads.tracking import GATE_DETAIL_TAG, GATE_TAG, RunRef, step_run
+from aads.trainjob import TrainerPlacement
 
 
 class StepError(BadInput):
@@ -54,28 +59,6 @@ def preprocess(
         "rejected": float(len(result.rejects)),
         **{f"split_{k}": float(v) for k, v in result.summary.get("splits", {}).items()},
     }
-
-
-@dataclass(frozen=True)
-class ManifestInputs:
-    rows: list[ManifestRow]
-    data_root: Path
-    manifest_sha256: str
-    source: str  # the data URI the manifest was made from (the MLflow dataset's source)
-
-
-def manifest_inputs(config: PlatformConfig, manifest_dir: Path) -> ManifestInputs:
-    """Rows, a local copy of the images (fetched and cached when remote) and the hash."""
-    manifest_dir = Path(manifest_dir)
-    summary = load_ingest_summary(manifest_dir)
-    source = summary.get(DATA_URI_KEY) or summary["root"]
-    root = fetch_dir_cached(source, config.storage)
-    return ManifestInputs(
-        read_manifest(manifest_dir / MANIFEST_FILE),
-        root,
-        summary.get("manifest_sha256", ""),
-        str(source),
-    )
 
 
 # --------------------------------------------------------------------------- tracking
@@ -132,97 +115,6 @@ def close_pipeline_run_step(
     return tracker.close_pipeline_run(kfp_run_id, succeeded=succeeded, message=message)
 
 
-def _params(config: PlatformConfig, **sections: object) -> dict[str, str]:
-    """A step's settings as MLflow params: each section (a settings model or a value) under
-    its name, plus the split seed every step's data depends on."""
-    from aads.tracking import flat_params
-
-    plain = {
-        name: value.model_dump(mode="json") if hasattr(value, "model_dump") else value
-        for name, value in sections.items()
-    }
-    return flat_params({**plain, "data": {"split_seed": config.data.split_seed}})
-
-
-PHASE_RUN_NAMES = {"1": "phase 1 (DoRA)", "2": "phase 2 (SD-LoRA)", "3": "phase 3 (CONEC-LoRA)"}
-
-
-def _phase_params(config: PlatformConfig, crop: str, phase: str) -> dict[str, str]:
-    spec, adapter = config.crop(crop), config.adapter
-    if phase == "1":
-        return _params(
-            config,
-            backbone=adapter.backbone,
-            dora=adapter.dora,
-            training=config.training.phase1,
-            classes=spec.phase1_classes,
-        )
-    if phase == "2":
-        return _params(
-            config,
-            backbone=adapter.backbone,
-            sd_lora=adapter.sd_lora,
-            training=config.training.phase2,
-            batches=[" ".join(b) for b in spec.phase2_batches],
-        )
-    return _params(
-        config,
-        backbone=adapter.backbone,
-        conec=adapter.conec,
-        training=config.training.phase3,
-        domains=spec.phase3_domains,
-    )
-
-
-def _log_manifest(
-    run: StepRun, config: PlatformConfig, data: ManifestInputs, used: list[ManifestRow]
-) -> None:
-    """The ingested manifest as the step run's input dataset; `used`: this step's images."""
-    run.log_dataset(
-        data.rows,
-        name=f"{config.name}-manifest",
-        source=data.source,
-        manifest_sha256=data.manifest_sha256,
-        used=used,
-    )
-
-
-def _phase_run(
-    config: PlatformConfig,
-    tracking: RunRef | None,
-    crop: str,
-    phase: str,
-    extra: dict[str, str] | None = None,
-):  # -> a context manager yielding the phase's StepRun
-    return step_run(
-        config.registry,
-        tracking,
-        f"phase{phase}",
-        crop=crop,
-        run_name=f"{crop}: {PHASE_RUN_NAMES[phase]}",
-        params={**_phase_params(config, crop, phase), **(extra or {})},
-    )
-
-
-def _log_phase(
-    run: StepRun, pkg: Path, phase: str, before: int, *, replay: bool = False
-) -> dict[str, float]:
-    """A finished phase's metrics on its run: the package's ``phase<N>_*`` numbers, each task's
-    numbers as a history over tasks (``task_<name>``, step = task number), its confusion
-    matrix under ``plots/``; with `replay`, the epochs the package recorded (trained elsewhere,
-    not logged as they ran). Returns the ``phase<N>_*`` numbers."""
-    meta = read_meta(pkg)
-    if replay:
-        run.replay(epoch for record in meta.phases[before:] for epoch in record.history)
-    numbers = {k: v for k, v in meta.metrics.items() if k.startswith(f"phase{phase}_")}
-    run.log_metrics(numbers)
-    for i, record in enumerate(meta.phases[before:], start=1):
-        run.log_metrics({f"task_{k}": v for k, v in record.metrics.items()}, step=i)
-        run.set_tags({f"task.{i}": f"{record.task or phase}: {', '.join(record.added)}"})
-    run.log_files(sorted(Path(pkg).glob(f"metrics/phase{phase}_*.png")), "plots")
-    return numbers
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -245,7 +137,7 @@ def train_router_step(
     from aads.router import train_router
 
     data = manifest_inputs(config, manifest_dir)
-    params = _params(
+    params = step_params(
         config,
         backbone=config.router,
         training=config.training.router,
@@ -253,18 +145,16 @@ def train_router_step(
         parts=config.parts,
     )
     with step_run(config.registry, tracking, "router", run_name="router", params=params) as run:
-        _log_manifest(run, config, data, [r for r in data.rows if r.crop in config.crop_names])
-        result = _staged(
-            Path(out_dir),
-            lambda tmp: train_router(
+        log_manifest(run, config, data, [r for r in data.rows if r.crop in config.crop_names])
+        with atomic_dir(Path(out_dir)) as tmp:
+            result = train_router(
                 config,
                 data.rows,
                 data.data_root,
                 tmp,
                 progress=progress,
                 on_epoch_end=run.log_epoch,
-            ),
-        )
+            )
         gate = router_gate(result.metrics, config.gate)
         run.log_metrics(result.metrics)
         run.log_files(sorted(Path(out_dir).glob("metrics/*.png")), "plots")
@@ -272,111 +162,52 @@ def train_router_step(
     return RouterOutcome(result.metrics, gate)
 
 
-def phase_applies(config: PlatformConfig, crop: str, phase: str) -> bool:
-    """Phase 1 always; phase 2 when the crop has class batches; phase 3 when it has domains."""
-    spec = config.crop(crop)
-    return {"1": True, "2": bool(spec.phase2_batches), "3": bool(spec.phase3_domains)}[phase]
-
-
 def train_phase_step(
     config: PlatformConfig,
     manifest_dir: Path,
     crop: str,
-    phase: str,
+    phase: Phase | str,
     previous: Path | None,
     out_dir: Path,
     *,
     phases: list[str] | None = None,
     tracking: RunRef | None = None,
     progress: Progress | None = None,
+    trainer: TrainerPlacement | None = None,
 ) -> dict[str, float]:
-    """Train `phase` of `crop` from `previous`; a phase not asked for or not configured for
-    the crop passes the previous package through unchanged (metrics then say ``skipped``;
-    no MLflow run). With `tracking`, the phase's MLflow run: settings, dataset, every epoch as
-    it ends, the phase's metrics and confusion matrix."""
-    if phase not in ("1", "2", "3"):
-        raise StepError(f"phase must be 1, 2 or 3, got {phase!r}")
+    """The pipeline's phase step: train `phase` of `crop` from `previous` with the one runner
+    (`aads.runner.run_phase`), on this pod or, with `trainer`, as a Kubeflow Trainer TrainJob
+    (torchrun DDP over several GPUs or nodes). A phase not in `phases` or not configured for
+    the crop passes the previous package through unchanged (metrics then say ``skipped``; no
+    MLflow run). Returns the phase's ``phase<N>_*`` metrics."""
+    phase = get_phase(phase)
     config.crop(crop)  # unknown crop: ConfigError naming the configured ones
-    wanted = phases is None or phase in phases
-    if not (wanted and phase_applies(config, crop, phase)):
+    wanted = phases is None or phase.number in [str(p) for p in phases]
+    if not (wanted and phase.applies(config.crop(crop))):
         if previous is None:
-            raise StepError(f"phase 1 of {crop} is needed before phase {phase}: nothing to pass")
+            raise StepError(f"{crop} has no package before {phase.title} to pass through")
         verify_package(previous)
-        _staged(Path(out_dir), lambda tmp: shutil.copytree(previous, tmp, dirs_exist_ok=True))
+        with atomic_dir(Path(out_dir)) as tmp:
+            shutil.copytree(previous, tmp, dirs_exist_ok=True)
         return {"skipped": 1.0}
-    if phase != "1" and previous is None:
-        raise StepError(f"phase {phase} of {crop} needs the previous phase's package")
-    from aads.adapters.phases.phase1 import train_phase1
-    from aads.adapters.phases.phase2 import train_phase2
-    from aads.adapters.phases.phase3 import train_phase3
+    if trainer is not None:
+        from aads.trainjob import submit_phase
 
-    data = manifest_inputs(config, manifest_dir)
-    before = len(read_meta(previous).phases) if previous is not None else 0
-    with _phase_run(config, tracking, crop, phase) as run:
-        _log_manifest(run, config, data, select(data.rows, crop=crop, phase=phase))
-        common = {
-            "manifest_sha256": data.manifest_sha256,
-            "progress": progress,
-            "on_epoch_end": run.log_epoch,
-        }
-        if phase == "1":
-            pkg = train_phase1(config, crop, data.rows, data.data_root, Path(out_dir), **common)
-        else:
-            train = train_phase2 if phase == "2" else train_phase3
-            pkg = train(config, crop, data.rows, data.data_root, previous, Path(out_dir), **common)
-        return _log_phase(run, pkg, phase, before)
-
-
-def train_phase_trainjob_step(
-    config: PlatformConfig,
-    config_text: str,
-    manifest_dir: Path,
-    crop: str,
-    phase: str,
-    previous: Path | None,
-    out_dir: Path,
-    *,
-    run_id: str,
-    image: str,
-    namespace: str,
-    nodes: int,
-    gpus_per_node: int,
-    tracking: RunRef | None = None,
-) -> dict[str, float]:
-    """`train_phase_step` as a Kubeflow Trainer TrainJob (torchrun DDP on `nodes` x
-    `gpus_per_node` GPUs): inputs published to a scratch prefix of the object store, the job
-    created and awaited, its package fetched back into `out_dir`. Its MLflow run (with
-    `tracking`) has the settings, dataset and the phase's metrics, and the epochs the job's
-    pods ran, from the package's record once the job is done."""
-    from aads.storage import get_dir, open_store, put_dir
-    from aads.trainjob import TrainJobSpec, job_name, render_trainjob, run_trainjob, scratch_uris
-
-    name = job_name(run_id, crop, phase)
-    prefix = "/".join(p for p in (config.storage.prefix.strip("/"), "trainjobs", name) if p)
-    scratch = f"s3://{config.storage.bucket}/{prefix}"
-    uris = scratch_uris(scratch)
-    before = len(read_meta(previous).phases) if previous is not None else 0
-    with _phase_run(config, tracking, crop, phase, {"trainjob": name, "nodes": str(nodes)}) as run:
-        for key, local in (("manifest", manifest_dir), ("previous", previous)):
-            if local is not None:
-                store, key_prefix = open_store(uris[key], config.storage)
-                put_dir(store, Path(local), key_prefix)
-        spec = TrainJobSpec(
-            name=name,
-            namespace=namespace,
-            image=image,
-            crop=crop,
-            phase=phase,
-            scratch=scratch,
-            has_previous=previous is not None,
-            nodes=nodes,
-            gpus_per_node=gpus_per_node,
+        pkg = submit_phase(
+            config, manifest_dir, crop, phase, previous, Path(out_dir), trainer, tracking=tracking
         )
-        run_trainjob(render_trainjob(spec, config_text))
-        store, out_prefix = open_store(uris["output"], config.storage)
-        _staged(Path(out_dir), lambda tmp: get_dir(store, out_prefix, tmp))
-        verify_package(out_dir)
-        return _log_phase(run, Path(out_dir), phase, before, replay=True)
+    else:
+        pkg = run_manifest_phase(
+            config,
+            phase,
+            crop,
+            manifest_dir,
+            previous,
+            Path(out_dir),
+            tracking=tracking,
+            progress=progress,
+        )
+    return phase_numbers(pkg, phase)
 
 
 def calibrate_step(
@@ -395,7 +226,7 @@ def calibrate_step(
     verify_package(package)
     data = manifest_inputs(config, manifest_dir)
     crop = read_meta(package).crop
-    params = _params(config, ood=config.adapter.ood, backbone=config.adapter.backbone)
+    params = step_params(config, ood=config.adapter.ood, backbone=config.adapter.backbone)
     with step_run(
         config.registry,
         tracking,
@@ -404,9 +235,10 @@ def calibrate_step(
         run_name=f"{crop}: OOD calibration",
         params=params,
     ) as run:
-        _log_manifest(run, config, data, data.rows)
+        log_manifest(run, config, data, data.rows)
         out_dir = Path(out_dir)
-        _staged(out_dir, lambda tmp: shutil.copytree(package, tmp, dirs_exist_ok=True))
+        with atomic_dir(out_dir) as tmp:
+            shutil.copytree(package, tmp, dirs_exist_ok=True)
         result = calibrate_package(
             config,
             out_dir,
@@ -468,7 +300,7 @@ def evaluate_step(
         "evaluation",
         crop=meta.crop,
         run_name=f"{meta.crop}: evaluation",
-        params=_params(config, gate=config.gate),
+        params=step_params(config, gate=config.gate),
     ) as run:
         run.log_metrics(metrics)
         run.set_tags({GATE_TAG: gate.verdict, GATE_DETAIL_TAG: gate.summary()})
@@ -477,21 +309,6 @@ def evaluate_step(
         run.log_text(gate.model_dump_json(indent=2), "gate.json")
         run.log_files(pictures(package), "plots")
     return Evaluation(meta, gate, metrics, top, card, report)
-
-
-def _staged(out_dir: Path, write: Callable[[Path], T]) -> T:
-    """Run `write(tmp)` into a temporary sibling of `out_dir`, then rename it into place."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        result = write(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-        return result
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- registration

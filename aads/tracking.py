@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aads.cluster import TRACKING_URI_ENV
 from aads.config import RegistrySettings
 from aads.errors import Unavailable
 from aads.mlflow_connection import MlflowConnection, MlflowError
@@ -574,6 +575,6 @@ def run_ref(tracking_uri: str, run_file: str | None, environ: Mapping[str, str])
 
     if not run_file or not Path(run_file).is_file():
         return None
-    uri = tracking_uri or environ.get("MLFLOW_TRACKING_URI", "")
+    uri = tracking_uri or environ.get(TRACKING_URI_ENV, "")
     run_id = json.loads(Path(run_file).read_text(encoding="utf-8")).get("run_id", "")
     return RunRef(uri, run_id) if uri and run_id else None

@@ -14,13 +14,18 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aads.cluster import STORAGE_KEYS
+from aads import phases
+from aads.cluster import STORAGE_KEYS, secret_env
 from aads.config import PlatformConfig, parse_config_text
 from aads.errors import Unavailable
+from aads.phases import Phase
+from aads.runner import log_phase, phase_run, run_manifest_phase
+from aads.tracking import RunRef
 
 API_GROUP = "trainer.kubeflow.org"
 API_VERSION = "v1alpha1"
@@ -57,23 +62,21 @@ def job_name(run_id: str, crop: str, phase: str) -> str:
 
 def render_trainjob(spec: TrainJobSpec, config_text: str) -> dict[str, Any]:
     """The TrainJob object (a dict, ready for ``kubectl apply`` or the Kubernetes API)."""
-    if spec.phase not in ("1", "2", "3"):
-        raise TrainJobError(f"phase must be 1, 2 or 3, got {spec.phase!r}")
+    phases.get(spec.phase)  # an unknown phase: UnknownPhase naming the known ones
     if not spec.scratch.startswith("s3://"):
         raise TrainJobError(f"scratch must be an s3:// prefix, got {spec.scratch!r}")
     args = ["--crop", spec.crop, "--phase", spec.phase, "--scratch", spec.scratch]
     if spec.has_previous:
         args.append("--has-previous")
-    # The storage Secret's keys are the variables they fill (aads.cluster: one layout for the
-    # chart, the pipeline and TrainJobs).
-    secret_env = [(key, key) for key in STORAGE_KEYS]
-    # The spec travels as an env var: it holds no secrets (credentials come from the Secret).
+    # The storage Secret's keys are the variables they fill (`aads.cluster.secret_env`: one
+    # layout for the chart, the pipeline and TrainJobs). The spec travels as an env var: it
+    # holds no secrets (credentials come from the Secret).
     env = [{"name": CONFIG_ENV, "value": config_text}] + [
         {
             "name": name,
             "valueFrom": {"secretKeyRef": {"name": spec.s3_secret, "key": key, "optional": False}},
         }
-        for name, key in secret_env
+        for key, name in secret_env(STORAGE_KEYS).items()
     ]
     gpus = str(spec.gpus_per_node)
     return {
@@ -111,6 +114,96 @@ def render_trainjob(spec: TrainJobSpec, config_text: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- submitting side
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+DEFAULT_IMAGE = "ghcr.io/aads-platform/aads-components:0.1.0"
+
+
+@dataclass(frozen=True)
+class TrainerPlacement:
+    """Where a phase's TrainJob runs: the spec its pods get (YAML text), the KFP run it belongs
+    to, the image, the namespace and the size of the job."""
+
+    config_text: str
+    run_id: str
+    image: str
+    namespace: str
+    nodes: int
+    gpus_per_node: int
+
+    @classmethod
+    def from_pod(
+        cls,
+        config_text: str,
+        run_id: str,
+        *,
+        nodes: int,
+        gpus_per_node: int,
+        env: Mapping[str, str],
+        namespace_file: Path = SERVICE_ACCOUNT_NAMESPACE,
+    ) -> TrainerPlacement:
+        """The placement as a pipeline step's pod sees it: the image from ``AADS_IMAGE`` (the
+        pipeline sets the step's own), the namespace of its service account."""
+        namespace = namespace_file.read_text().strip() if namespace_file.is_file() else "default"
+        return cls(
+            config_text,
+            run_id,
+            env.get("AADS_IMAGE", DEFAULT_IMAGE),
+            namespace,
+            nodes,
+            gpus_per_node,
+        )
+
+
+def submit_phase(
+    config: PlatformConfig,
+    manifest_dir: Path,
+    crop: str,
+    phase: Phase | str,
+    previous: Path | None,
+    out_dir: Path,
+    placement: TrainerPlacement,
+    *,
+    tracking: RunRef | None = None,
+) -> Path:
+    """Train `phase` of `crop` as a TrainJob: inputs published to a scratch prefix of the
+    object store, the job created and awaited, its package fetched back into `out_dir`
+    (atomically). Its MLflow run (with `tracking`) has the settings, dataset and the phase's
+    metrics, and the epochs the job's pods ran, from the package's record once it is back."""
+    from aads.adapters.package import read_meta, verify_package
+    from aads.atomic import atomic_dir
+    from aads.storage import get_dir, open_store, put_dir
+
+    phase = phases.get(phase)
+    name = job_name(placement.run_id, crop, phase.number)
+    prefix = "/".join(p for p in (config.storage.prefix.strip("/"), "trainjobs", name) if p)
+    scratch = f"s3://{config.storage.bucket}/{prefix}"
+    uris = scratch_uris(scratch)
+    before = len(read_meta(previous).phases) if previous is not None else 0
+    extra = {"trainjob": name, "nodes": str(placement.nodes)}
+    with phase_run(config, tracking, crop, phase, extra) as run:
+        for key, local in (("manifest", manifest_dir), ("previous", previous)):
+            if local is not None:
+                store, key_prefix = open_store(uris[key], config.storage)
+                put_dir(store, Path(local), key_prefix)
+        spec = TrainJobSpec(
+            name=name,
+            namespace=placement.namespace,
+            image=placement.image,
+            crop=crop,
+            phase=phase.number,
+            scratch=scratch,
+            has_previous=previous is not None,
+            nodes=placement.nodes,
+            gpus_per_node=placement.gpus_per_node,
+        )
+        run_trainjob(render_trainjob(spec, placement.config_text))
+        store, out_prefix = open_store(uris["output"], config.storage)
+        with atomic_dir(Path(out_dir)) as tmp:
+            get_dir(store, out_prefix, tmp)
+            verify_package(tmp)
+        log_phase(run, Path(out_dir), phase, before, replay=True)
+    return Path(out_dir)
 
 
 def run_trainjob(
@@ -176,14 +269,13 @@ def train_in_job(
     """
     import torch.distributed as dist
 
-    from aads.steps import train_phase_step
     from aads.storage import fetch_dir_cached, open_store, put_dir
 
     uris = scratch_uris(scratch)
     manifest_dir = fetch_dir_cached(uris["manifest"], config.storage)
     previous = fetch_dir_cached(uris["previous"], config.storage) if has_previous else None
     out = Path(work) / "package"
-    train_phase_step(config, manifest_dir, crop, phase, previous, out)
+    run_manifest_phase(config, phase, crop, manifest_dir, previous, out)
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     if rank != 0:
         return None
@@ -199,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="aads.trainjob", description=__doc__.split("\n")[0])
     parser.add_argument("--crop", required=True)
-    parser.add_argument("--phase", required=True, choices=["1", "2", "3"])
+    parser.add_argument("--phase", required=True, choices=list(phases.NUMBERS))
     parser.add_argument("--scratch", required=True, help="s3:// prefix of this job's I/O")
     parser.add_argument("--has-previous", action="store_true")
     args = parser.parse_args(argv)

@@ -41,41 +41,30 @@ def train_adapter_phase(
     from pathlib import Path
 
     from aads.config import parse_config_text
-    from aads.steps import phase_applies, train_phase_step, train_phase_trainjob_step
+    from aads.steps import train_phase_step
     from aads.tracking import run_ref
+    from aads.trainjob import TrainerPlacement
 
-    cfg = parse_config_text(config, "config parameter")
-    tracking = run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, os.environ)
-    before = Path(previous.path) if previous is not None else None
-    wanted = [str(p) for p in phases]
-    if trainer_nodes > 0 and phase in wanted and phase_applies(cfg, crop, phase):
-        namespace_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-        numbers = train_phase_trainjob_step(
-            cfg,
+    trainer = None
+    if trainer_nodes > 0:
+        trainer = TrainerPlacement.from_pod(
             config,
-            Path(manifest.path),
-            crop,
-            phase,
-            before,
-            Path(adapter.path),
-            run_id=kfp_run_id,
-            image=os.environ.get("AADS_IMAGE", "ghcr.io/aads-platform/aads-components:0.1.0"),
-            namespace=namespace_file.read_text().strip() if namespace_file.is_file() else "default",
+            kfp_run_id,
             nodes=trainer_nodes,
             gpus_per_node=trainer_gpus_per_node,
-            tracking=tracking,
+            env=os.environ,
         )
-    else:
-        numbers = train_phase_step(
-            cfg,
-            Path(manifest.path),
-            crop,
-            phase,
-            before,
-            Path(adapter.path),
-            phases=wanted,
-            tracking=tracking,
-        )
+    numbers = train_phase_step(
+        parse_config_text(config, "config parameter"),
+        Path(manifest.path),
+        crop,
+        phase,
+        Path(previous.path) if previous is not None else None,
+        Path(adapter.path),
+        phases=[str(p) for p in phases],
+        tracking=run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, os.environ),
+        trainer=trainer,
+    )
     adapter.metadata.update({"crop": crop, "phase": phase})
     for name, value in numbers.items():
         metrics.log_metric(name, value)

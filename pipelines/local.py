@@ -25,6 +25,7 @@ from pathlib import Path
 from aads.config import PlatformConfig, parse_config_text
 from aads.errors import AADSError
 from aads.mlflow_server import local_mlflow_server
+from aads.phases import NUMBERS as PHASE_NUMBERS
 
 
 class PipelineFailed(AADSError, RuntimeError):
@@ -166,7 +167,7 @@ def run_local(
                 config_yaml=config_text,
                 data_uri=str(data_uri),
                 crops=list(crops),
-                phases=list(phases or ["1", "2", "3"]),
+                phases=list(phases or PHASE_NUMBERS),
                 tracking_uri=uri,
                 git_sha=git_sha,
             )

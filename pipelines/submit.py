@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aads.config import parse_config_text
 from aads.errors import Unavailable
+from aads.phases import NUMBERS as PHASE_NUMBERS
 from pipelines.training import PIPELINE_NAME, default_pipeline, pipeline_version_name
 
 
@@ -138,7 +139,7 @@ def submit(
         "data_uri": data_uri,
         "config_yaml": config_text,
         "crops": list(crops or []),
-        "phases": list(phases or ["1", "2", "3"]),
+        "phases": list(phases or PHASE_NUMBERS),
         "git_sha": git_sha,
     }
     if config_uri:

@@ -35,6 +35,8 @@ from kfp import dsl, kubernetes
 
 from aads.cluster import SPEC_MOUNT, ClusterSettings, StepResources, load_cluster, package_version
 from aads.config import load_config
+from aads.phases import NUMBERS as PHASE_NUMBERS
+from aads.phases import PHASES
 from components import (
     calibrate_ood,
     close_pipeline_run,
@@ -139,7 +141,7 @@ def build_pipeline(cluster: ClusterSettings, default_crops: list[str]) -> Callab
         config_uri: str = DEFAULT_CONFIG_URI,
         config_yaml: str = "",
         crops: list = default_crops,
-        phases: list = ["1", "2", "3"],  # noqa: B006
+        phases: list = list(PHASE_NUMBERS),  # noqa: B006
         tracking_uri: str = "",
         git_sha: str = "",
         trainer_nodes: int = 0,
@@ -233,21 +235,21 @@ def build_pipeline(cluster: ClusterSettings, default_crops: list[str]) -> Callab
                 # After the router: both load the same backbone, and on a first run the router
                 # step fills the shared backbone cache instead of every crop downloading it.
                 previous: dict = {}
-                for phase, title in (("1", "DoRA"), ("2", "SD-LoRA"), ("3", "CONEC-LoRA")):
+                for phase in PHASES:
                     step = train_adapter_phase(
                         config=config,
                         manifest=manifest,
                         crop=crop,
-                        phase=phase,
+                        phase=phase.number,
                         phases=phases,
                         **previous,
                         **trainer,
                         **tracking,
                     )
                     step = place.tracked(place.gpu(step)).set_display_name(
-                        f"phase {phase}: {title}"
+                        f"phase {phase.number}: {phase.method}"
                     )
-                    if phase == "1":
+                    if not phase.needs_previous:
                         step.after(router)
                     previous = {"previous": step.outputs["adapter"]}
                 calibrated = place.tracked(

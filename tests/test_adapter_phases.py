@@ -116,6 +116,7 @@ def test_package_roundtrip_gives_the_in_memory_logits(tmp_path):
     torch.testing.assert_close(load_adapter(pkg).logits(pixels()), expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_phase2_package_reloads_to_identical_logits_twice(phase2_pkg):
     first = load_adapter(phase2_pkg).logits(pixels())
     assert torch.equal(load_adapter(phase2_pkg).logits(pixels()), first)
@@ -148,6 +149,7 @@ def test_a_corrupted_package_is_refused(phase1_pkg, tmp_path):
 # --------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.slow
 def test_phase2_batch_repeating_a_known_class_fails_before_training(dataset, tmp_path):
     root, _ = dataset
     config = parse_config(

@@ -19,14 +19,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_chart import CHART, by_kind, scenario
+from tests.charts import CHART, by_kind, scenario
 
 PROMTOOL = shutil.which("promtool")
-pytestmark = pytest.mark.skipif(
-    PROMTOOL is None,
-    reason="promtool is not installed: `make tools` installs Debian's prometheus package "
-    "(apt-get, as root)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        PROMTOOL is None,
+        reason="promtool is not installed: `make tools` installs Debian's prometheus package "
+        "(apt-get, as root)",
+    ),
+]
 
 ROUTER = 'namespace="aads", isvc="aads-router", component="router"'
 

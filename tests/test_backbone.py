@@ -29,17 +29,6 @@ from aads.backbone import (
 from aads.config import BackboneSettings
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tests check behaviour, not speed. With several intra-op threads on a shared
-    2-core machine, OpenMP barriers stall whenever another process holds a core (a 1 ms batch
-    took 200 ms), so run them on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def settings(source: str = "random:tiny", **kw) -> BackboneSettings:
     kw.setdefault("image_size", 64)
     kw.setdefault("device", "cpu")
@@ -103,6 +92,7 @@ def test_convnext_cls_mean_skips_the_pooled_token():
     assert feature_dim(backbone) == 2 * 64
 
 
+@pytest.mark.slow
 def test_vits16_shape_gives_201_tokens_for_224_pixels():
     backbone = load_backbone(settings("random:small", image_size=224))
     with torch.no_grad():
@@ -154,6 +144,7 @@ def test_unknown_preset_lists_the_presets():
     assert "tiny" in str(err.value) and "vith16plus" in str(err.value)
 
 
+@pytest.mark.slow
 def test_random_preset_keeps_the_real_shape():
     config = load_backbone(settings("random:vits16plus")).config
     assert (config.hidden_size, config.num_register_tokens, config.use_gated_mlp) == (384, 4, True)
@@ -334,6 +325,7 @@ def test_feature_extractor_over_a_dataloader_keeps_labels_aligned():
     torch.testing.assert_close(feats, extract_features(backbone, x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_mirror_named_after_a_release_is_recognised_when_the_shape_agrees(tmp_path):
     mirror = tmp_path / "facebook" / "dinov3-vits16-pretrain-lvd1689m"
     save_backbone(load_backbone(settings("random:small")), mirror)

@@ -16,18 +16,6 @@ from aads.backbone import (
 )
 from aads.config import BackboneSettings, StorageSettings
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tests check behaviour, not speed. With several intra-op threads on a shared
-    2-core machine, OpenMP barriers stall whenever another process holds a core (a 1 ms batch
-    took 200 ms), so run them on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 pytest.importorskip("aads.storage", reason="aads.storage not available")
 
 
@@ -54,6 +42,7 @@ def tiny(source: str = "random:tiny", **kw) -> BackboneSettings:
     return BackboneSettings(source=source, image_size=64, device="cpu", **kw)
 
 
+@pytest.mark.slow
 def test_s3_mirror_loads_with_identical_features(s3_settings, tmp_path):
     original = load_backbone(tiny(seed=4))
     upload_dir(s3_settings, save_backbone(original, tmp_path / "saved"), "backbones/tiny")

@@ -5,24 +5,12 @@ from __future__ import annotations
 import re
 
 import pytest
-import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from aads.backbone import BackboneError, load_backbone, lora_target_regex, resolve_lora_targets
 from aads.backbone.targets import DINOV2_CHECKPOINT_NAMES
 from aads.config import BackboneSettings, resolve_blocks
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tests check behaviour, not speed. With several intra-op threads on a shared
-    2-core machine, OpenMP barriers stall whenever another process holds a core (a 1 ms batch
-    took 200 ms), so run them on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def model(source: str):
@@ -86,6 +74,7 @@ def test_gate_proj_on_a_gelu_model_is_a_clear_error():
         resolve_lora_targets(model("random:tiny"), [0], ["gate_proj"])
 
 
+@pytest.mark.slow
 def test_gate_proj_resolves_on_a_swiglu_model():
     names = resolve_lora_targets(model("random:vits16plus"), [11], ["gate_proj"])
     assert names == ["model.layer.11.mlp.gate_proj"]

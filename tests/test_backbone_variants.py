@@ -18,18 +18,6 @@ from aads.backbone import (
     normalization_for,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tests check behaviour, not speed. With several intra-op threads on a shared
-    2-core machine, OpenMP barriers stall whenever another process holds a core (a 1 ms batch
-    took 200 ms), so run them on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 REAL_IDS = {
     "facebook/dinov3-vits16-pretrain-lvd1689m",
     "facebook/dinov3-vits16plus-pretrain-lvd1689m",

@@ -134,6 +134,7 @@ def test_error_entries_are_not_captured(tmp_path):
     assert w.stats().skipped == {"no_verdict": 1}
 
 
+@pytest.mark.slow
 def test_sampling_is_chosen_by_image_hash_and_agrees_between_writers(tmp_path):
     images = [photo(i) for i in range(300)]
     kept = []
@@ -155,6 +156,7 @@ def test_sample_rate_zero_keeps_no_known_answer_and_one_keeps_all(tmp_path):
     assert w.stats().written == 40
 
 
+@pytest.mark.slow
 def test_records_say_whether_an_unknown_was_also_in_the_unbiased_sample(tmp_path):
     images = [photo(i) for i in range(60)]
     with local_writer(tmp_path, sample_rate=0.5) as w:
@@ -450,6 +452,7 @@ def test_a_store_that_comes_back_is_written_to_again(tmp_path):
     assert w.stats().dropped == {"store_unavailable": 1} and w.stats().written == 1
 
 
+@pytest.mark.slow
 def test_close_flushes_everything_queued(s3_bucket):
     s = CaptureSettings(enabled=True, sample_rate=1.0)
     w = CaptureWriter.from_settings(s, s3_bucket, clock=lambda: NOON)

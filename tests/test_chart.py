@@ -11,26 +11,24 @@ import pytest
 import yaml
 from helm_python import Chart, HelmError, lint
 
-from aads import chart
 from aads.chart import CUSTOM_KINDS, KSERVE_KINDS, KUBE_VERSION, ChartError, crd_validators
 from aads.config import parse_config_text
+from tests.charts import (
+    CHART,
+    CRDS,
+    SCENARIOS,
+    by_kind,
+    containers_of,
+    load_scenario,
+    named,
+    pod_specs,
+    render,
+    scenario,
+    spec_of,
+)
 from tests.conftest import ROOT
 
-CHART = ROOT / "charts"
-SCENARIOS = sorted((CHART / "ci").glob("*.yaml"))
-CRDS = ROOT.parent / "shared" / "crds" / "kserve"
-
-
-def render(values: dict | None = None) -> list[dict]:
-    return chart.render(CHART, values or {}, namespace="aads")
-
-
-def load_scenario(path: Path) -> dict:
-    return yaml.safe_load(path.read_text()) or {}
-
-
-def by_kind(docs: list[dict], kind: str) -> list[dict]:
-    return [d for d in docs if d["kind"] == kind]
+pytestmark = pytest.mark.slow  # Helm's engine renders the chart in every test
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[p.stem for p in SCENARIOS])
@@ -84,20 +82,6 @@ def test_router_knows_every_crops_predictor_url():
     assert set(spec.serving.predictor_urls) == {"tomato", "pepper", "corn"}
     for crop, url in spec.serving.predictor_urls.items():
         assert url == f"http://aads-{crop}-predictor.aads" and f"aads-{crop}" in services
-
-
-def scenario(name: str, **overrides) -> list[dict]:
-    return render(chart.deep_merge(load_scenario(CHART / "ci" / f"{name}.yaml"), overrides))
-
-
-def spec_of(docs: list[dict]) -> dict:
-    config_map = named(docs, "ConfigMap", "aads-spec")
-    return yaml.safe_load(config_map["data"]["spec.yaml"])
-
-
-def named(docs: list[dict], kind: str, name: str) -> dict:
-    (doc,) = [d for d in by_kind(docs, kind) if d["metadata"]["name"] == name]
-    return doc
 
 
 def test_multi_adapter_mode_is_one_predictor_mounting_each_crops_pinned_package():
@@ -447,34 +431,6 @@ def test_the_spec_is_mounted_as_a_volume_folder_never_with_subpath():
 
 
 # --------------------------------------------------------------------------- per-workload settings
-
-
-def pod_specs(docs: list[dict]) -> dict[str, dict]:
-    """{object name: its pod-level spec} for every workload that makes pods."""
-    pods = {}
-    for d in docs:
-        spec = d.get("spec", {})
-        if d["kind"] == "InferenceService":
-            pods[d["metadata"]["name"]] = spec["predictor"]
-        elif d["kind"] in ("Deployment", "Job"):
-            pods[d["metadata"]["name"]] = spec["template"]["spec"]
-        elif d["kind"] == "CronJob":
-            pods[d["metadata"]["name"]] = spec["jobTemplate"]["spec"]["template"]["spec"]
-        elif d["kind"] == "Pod":
-            pods[d["metadata"]["name"]] = spec
-    return pods
-
-
-def containers_of(docs: list[dict]) -> dict[str, dict]:
-    out = {}
-    for d in docs:
-        if d["kind"] == "ServingRuntime":
-            for c in d["spec"]["containers"]:
-                out[f"{d['metadata']['name']}/{c['name']}"] = c
-    for name, pod in pod_specs(docs).items():
-        for c in pod.get("containers", []):
-            out[f"{name}/{c['name']}"] = c
-    return out
 
 
 @pytest.mark.parametrize("scenario_name", ["scouting", "gitops-platform", "canary"])

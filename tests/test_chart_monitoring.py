@@ -17,8 +17,7 @@ from prometheus_client import CollectorRegistry
 from aads import chart
 from aads.chart import PROMETHEUS_KINDS, crd_validators
 from aads.telemetry import Telemetry
-from tests.conftest import ROOT
-from tests.test_chart import (
+from tests.charts import (
     CHART,
     SCENARIOS,
     by_kind,
@@ -28,7 +27,10 @@ from tests.test_chart import (
     render,
     scenario,
 )
+from tests.conftest import ROOT
 from tests.test_contract import Rendered, external_secrets, pod_refs
+
+pytestmark = pytest.mark.slow  # Helm's engine renders the chart in every test
 
 PROMETHEUS_CRDS = ROOT.parent / "shared" / "crds" / "prometheus-operator"
 CRDS = ROOT.parent / "shared" / "crds"

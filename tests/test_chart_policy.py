@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_chart import CHART, SCENARIOS, load_scenario, render
+from tests.charts import CHART, SCENARIOS, load_scenario, render
 from tests.tools import tool
+
+pytestmark = pytest.mark.slow  # Helm renders and checkov lints
 
 SKIPS_FILE = CHART / "checkov-skips.yaml"
 

@@ -36,6 +36,7 @@ def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_every_command_has_help():
     for cmd in (
         [],
@@ -81,6 +82,7 @@ def test_backbone_info_lists_the_real_variants_as_json():
     assert "tiny" in data["random_presets"]
 
 
+@pytest.mark.slow
 def test_synth_ingest_stats_features_chain(tmp_path, small_config):
     data, out = tmp_path / "data", tmp_path / "manifest"
     assert invoke("data", "synth", "--config", small_config, "--out", data).exit_code == 0
@@ -148,13 +150,14 @@ def test_unavailable_backbone_exits_2_with_mirror_instructions(tmp_path, small_c
     assert "s3://" in result.output
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_writes_a_summary(tmp_path, small_config):
     result = invoke("demo", "--config", small_config, "--workdir", tmp_path / "demo")
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "demo" / "demo-summary.json").read_text())
     names = [s["name"] for s in summary["steps"]]
     assert names[:4] == ["synthesise data", "ingest + split", "router features", "train router"]
-    assert "tomato: phase 3 CONEC" in names and "corn: phase 2 SD-LoRA" in names
+    assert "tomato: phase 3 CONEC-LoRA" in names and "corn: phase 2 SD-LoRA" in names
     assert "tomato: OOD calibration" in names
     assert set(summary["adapters"]) == {"tomato", "pepper", "corn"}
     for pkg in summary["adapters"].values():
@@ -178,6 +181,7 @@ def test_error_text_with_brackets_is_printed_verbatim(tmp_path):
     assert result.exit_code == 2 and "repeated: ['tomato']" in result.output
 
 
+@pytest.mark.slow
 def test_train_commands_chain_router_and_the_three_phases(tmp_path, small_config):
     data, manifest = tmp_path / "data", tmp_path / "manifest"
     invoke("data", "synth", "--config", small_config, "--out", data)
@@ -214,6 +218,7 @@ def test_training_from_a_missing_package_exits_2(tmp_path, small_config):
     assert result.exit_code == 2 and "error:" in result.output
 
 
+@pytest.mark.slow
 def test_demo_on_a_folder_of_images_trains_on_them_instead_of_synthesising(tmp_path):
     from .test_data_ingest import jpeg_bytes, put
 

@@ -125,6 +125,7 @@ def test_an_unreachable_object_store_is_exit_3(tmp_path, monkeypatch):
     assert_one_error_line(result, 3, "127.0.0.1")
 
 
+@pytest.mark.slow
 def test_an_unreachable_kfp_is_exit_3_naming_the_host():
     host = f"http://127.0.0.1:{free_port()}"
     result = invoke("pipeline", "upload", "--host", host, "--version-name", "v1")

@@ -19,8 +19,8 @@ from aads.cluster import load_cluster
 from aads.config import load_config
 from aads.trainjob import TrainJobSpec, render_trainjob
 from pipelines.compile import PIPELINE_YAML
+from tests.charts import CHART
 from tests.conftest import ROOT
-from tests.test_chart import CHART
 
 RELEASE_NS = "aads"
 PLATFORM_VALUES = {"kfp": {"createSecrets": True, "uploadPipeline": True}}

@@ -10,8 +10,6 @@ from aads.adapters.dora.model import apply_dora, load_dora, merge_dora, save_dor
 from aads.backbone import BackboneError, build_random_model
 from aads.config import DoRASettings
 
-torch.set_num_threads(1)
-
 
 def perturbed_dora(blocks=(1,), modules=("q_proj", "v_proj")):
     """A DoRA model whose B matrices and magnitudes are non-trivial (as after training)."""

@@ -10,6 +10,7 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from aads.adapters.package import update_package
@@ -24,6 +25,8 @@ from tests.loop_world import (
     noise_images,
     spec_file,
 )
+
+pytestmark = pytest.mark.slow  # a real server or a training run in every test
 
 
 def monitor_cli(

@@ -236,6 +236,7 @@ def test_a_file_that_is_not_json_is_a_clear_error(tmp_path):
 # --------------------------------------------------------------------------- batches
 
 
+@pytest.mark.slow
 def test_new_classes_become_a_classes_task_with_the_captured_images(reviewed, tmp_path):
     tasks = [exported(t, annotation(new_class("Septoria leaf spot"))) for t in reviewed.flat]
     tasks += [exported(reviewed.noise[0], annotation([choice("not a plant")]))]
@@ -254,6 +255,7 @@ def test_new_classes_become_a_classes_task_with_the_captured_images(reviewed, tm
     assert {hashlib.sha256(f.read_bytes()).hexdigest() for f in files} == stored
 
 
+@pytest.mark.slow
 def test_ingest_reads_the_batch_as_crop_class_data(reviewed, tmp_path):
     tasks = [exported(t, annotation([choice("septoria_leaf_spot")])) for t in reviewed.flat]
     out = tmp_path / "batch"
@@ -265,6 +267,7 @@ def test_ingest_reads_the_batch_as_crop_class_data(reviewed, tmp_path):
     assert not result.rejects, "the batch's task.json is the batch's own file, not a reject"
 
 
+@pytest.mark.slow
 def test_known_classes_need_the_domain_named_and_nothing_is_written_before(reviewed, tmp_path):
     tasks = [exported(t, annotation([choice("early_blight")])) for t in reviewed.noise[:6]]
     export, out = write_export(tmp_path, tasks), tmp_path / "batch"
@@ -276,6 +279,7 @@ def test_known_classes_need_the_domain_named_and_nothing_is_written_before(revie
     assert spec.kind == "domain" and spec.domain == "night" and spec.classes == ["early_blight"]
 
 
+@pytest.mark.slow
 def test_mixed_labels_become_two_batches_and_say_so(reviewed, tmp_path):
     tasks = [exported(t, annotation([choice("septoria_leaf_spot")])) for t in reviewed.flat[:5]]
     tasks += [exported(t, annotation([choice("healthy")])) for t in reviewed.noise[:4]]
@@ -288,6 +292,7 @@ def test_mixed_labels_become_two_batches_and_say_so(reviewed, tmp_path):
     assert "two batches" in result.messages[0]
 
 
+@pytest.mark.slow
 def test_known_classes_can_be_dropped_instead(reviewed, tmp_path):
     tasks = [exported(t, annotation([choice("septoria_leaf_spot")])) for t in reviewed.flat[:3]]
     tasks += [exported(t, annotation([choice("healthy")])) for t in reviewed.noise[:2]]
@@ -296,6 +301,7 @@ def test_known_classes_can_be_dropped_instead(reviewed, tmp_path):
     assert result.left_out == {"known_class": 2}
 
 
+@pytest.mark.slow
 def test_the_same_image_under_two_labels_is_left_out(reviewed, tmp_path):
     t = reviewed.flat[0]
     tasks = [exported(t, annotation([choice("septoria_leaf_spot")]))]
@@ -306,6 +312,7 @@ def test_the_same_image_under_two_labels_is_left_out(reviewed, tmp_path):
     assert result.batches[0][0].images == {"septoria_leaf_spot": 1}
 
 
+@pytest.mark.slow
 def test_a_capture_changed_since_review_is_left_out(reviewed, tmp_path):
     victim = reviewed.noise[5]
     target = open_capture_store(reviewed.config.serving.capture, reviewed.storage)
@@ -320,12 +327,14 @@ def test_a_capture_changed_since_review_is_left_out(reviewed, tmp_path):
         target.store.write_bytes(victim["data"]["capture_key"], original)
 
 
+@pytest.mark.slow
 def test_nothing_labelled_is_a_clear_error(reviewed, tmp_path):
     tasks = [exported(t, annotation([choice("skip")])) for t in reviewed.noise[:3]]
     with pytest.raises(BatchError, match="no labelled images to import.*skipped 3"):
         do_import(reviewed, write_export(tmp_path, tasks), tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_an_existing_batch_is_never_overwritten(reviewed, tmp_path):
     out = tmp_path / "batch"
     out.mkdir()
@@ -336,6 +345,7 @@ def test_an_existing_batch_is_never_overwritten(reviewed, tmp_path):
     assert (out / "keep.txt").read_text() == "earlier work"
 
 
+@pytest.mark.slow
 def test_the_base_domain_is_refused_as_a_new_condition(reviewed, tmp_path):
     tasks = [exported(reviewed.noise[0], annotation([choice("healthy")]))]
     with pytest.raises(BatchError, match="--domain 'base'"):
@@ -345,6 +355,7 @@ def test_the_base_domain_is_refused_as_a_new_condition(reviewed, tmp_path):
 # --------------------------------------------------------------------------- folders
 
 
+@pytest.mark.slow
 def test_renamed_review_folders_become_a_batch(reviewed, tmp_path):
     sorted_by_hand = tmp_path / "images"
     shutil.copytree(reviewed.out / "images", sorted_by_hand)
@@ -385,6 +396,7 @@ def import_cli(reviewed: Reviewed, tmp_path: Path, *args: str):
     return CliRunner().invoke(app, ["feedback", "import", "--crop", "tomato", *args, *config])
 
 
+@pytest.mark.slow
 def test_cli_import_writes_the_batch_and_reports_what_was_left_out(reviewed, tmp_path):
     tasks = [exported(t, annotation([choice("septoria_leaf_spot")])) for t in reviewed.flat]
     tasks += [exported(reviewed.noise[0], annotation([choice("not a plant")]))]
@@ -396,6 +408,7 @@ def test_cli_import_writes_the_batch_and_reports_what_was_left_out(reviewed, tmp
     assert read_task(out).kind == "classes"
 
 
+@pytest.mark.slow
 def test_cli_import_needs_exactly_one_source(reviewed, tmp_path):
     result = import_cli(reviewed, tmp_path, "--out", str(tmp_path / "b"))
     assert result.exit_code == 2 and "exactly one of --labelstudio" in result.output

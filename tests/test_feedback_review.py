@@ -85,6 +85,7 @@ def test_clustering_is_deterministic():
 # --------------------------------------------------------------------------- review
 
 
+@pytest.mark.slow
 def test_review_groups_two_kinds_of_strangers_and_writes_the_project(
     loop_world, fresh_bucket, tmp_path
 ):
@@ -107,6 +108,7 @@ def test_review_groups_two_kinds_of_strangers_and_writes_the_project(
         assert len(list((out / "images" / cluster.name).glob("*.jpg"))) == cluster.size
 
 
+@pytest.mark.slow
 def test_label_studio_tasks_point_at_the_captures_and_fit_the_config(
     loop_world, fresh_bucket, tmp_path
 ):
@@ -134,6 +136,7 @@ def test_label_studio_tasks_point_at_the_captures_and_fit_the_config(
             assert result["value"]["choices"][0] in choice_values[result["from_name"]]
 
 
+@pytest.mark.slow
 def test_presigned_urls_fetch_the_stored_image(loop_world, fresh_bucket, tmp_path):
     capture(loop_world.phase1, fresh_bucket, noise_images(4), rate=0.0)
     out = tmp_path / "review"
@@ -150,6 +153,7 @@ def test_presigned_urls_fetch_the_stored_image(loop_world, fresh_bucket, tmp_pat
     assert body == stored
 
 
+@pytest.mark.slow
 def test_a_local_capture_folder_gives_label_studio_local_file_urls(loop_world, tmp_path):
     diag_answers = capture_local(loop_world, tmp_path / "store", noise_images(5))
     assert diag_answers
@@ -159,6 +163,7 @@ def test_a_local_capture_folder_gives_label_studio_local_file_urls(loop_world, t
     assert task["data"]["image"].startswith("/data/local-files/?d=capture/tomato/")
 
 
+@pytest.mark.slow
 def test_a_folder_that_is_not_a_review_is_never_replaced(loop_world, fresh_bucket, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("years of work")
@@ -167,12 +172,14 @@ def test_a_folder_that_is_not_a_review_is_never_replaced(loop_world, fresh_bucke
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "years of work"
 
 
+@pytest.mark.slow
 def test_nothing_captured_is_one_clear_error(loop_world, fresh_bucket, tmp_path):
     with pytest.raises(NothingToReview, match="no captured unknowns of tomato"):
         review_week(loop_world, fresh_bucket, tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_known_answers_are_not_reviewed(loop_world, fresh_bucket, tmp_path):
     answers = capture(
         loop_world.phase1, fresh_bucket, fresh_images(loop_world, "base", 20), rate=1.0
@@ -187,6 +194,7 @@ def test_known_answers_are_not_reviewed(loop_world, fresh_bucket, tmp_path):
     assert review is None or review.images == len(answers) - known
 
 
+@pytest.mark.slow
 def test_cli_review_prints_the_clusters(loop_world, fresh_bucket, tmp_path):
     capture(loop_world.phase1, fresh_bucket, noise_images(10), rate=0.0)
     out = tmp_path / "review"

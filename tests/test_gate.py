@@ -149,6 +149,7 @@ def test_the_shipped_specs_gate_every_promise(name):
 # --------------------------------------------------------------------------- real package
 
 
+@pytest.mark.slow
 def test_a_real_package_under_the_default_near_ood_level_is_refused_and_not_registered(
     trained, mlflow_server, tmp_path
 ):

@@ -10,8 +10,10 @@ import pytest
 import yaml
 
 from aads.chart import environment_values, render, validate
+from tests.charts import CHART, CRDS
 from tests.conftest import ROOT
-from tests.test_chart import CHART, CRDS
+
+pytestmark = pytest.mark.slow  # kustomize builds and Helm renders
 
 MANIFESTS = ROOT / "manifests"
 ENVIRONMENTS = sorted(p.name for p in (MANIFESTS / "environments").iterdir())

@@ -27,6 +27,7 @@ def loader(x: np.ndarray, y: np.ndarray) -> DataLoader:
 
 
 @pytest.mark.parametrize("classes", [2, 4])
+@pytest.mark.slow
 def test_the_head_gives_the_probabilities_of_the_probe(classes):
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 1, (classes, 6))

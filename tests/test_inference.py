@@ -14,6 +14,7 @@ from aads.inference import Diagnoser, resolve_model, share_identical_parameters
 from aads.registry import Registry
 
 
+@pytest.mark.slow
 def test_a_registry_alias_resolves_to_a_verified_local_package_and_its_version(
     mlflow_server, trained, tmp_path
 ):

@@ -107,6 +107,7 @@ def test_a_dinov2_with_registers_config_gets_the_architecture_hint(tmp_path):
         load_backbone(BackboneSettings(source=str(tmp_path)))
 
 
+@pytest.mark.slow
 def test_a_hub_scouting_model_loads_offline_from_the_hugging_face_cache(tmp_path, offline_cache):
     preset = build_sam2("tiny")
     preset.save_pretrained(tmp_path / "sam2")

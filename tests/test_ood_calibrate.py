@@ -75,6 +75,7 @@ def calibrated(config, dataset, trained, tmp_path_factory):
     return pkg, result
 
 
+@pytest.mark.slow
 def test_calibration_is_stored_in_the_package_and_checksummed(calibrated):
     pkg, _ = calibrated
     sums = verify_package(pkg)
@@ -82,6 +83,7 @@ def test_calibration_is_stored_in_the_package_and_checksummed(calibrated):
         assert f"ood/{name}" in sums
 
 
+@pytest.mark.slow
 def test_calibration_keeps_its_validation_features_as_drift_reference(calibrated, dataset):
     pkg, _ = calibrated
     root, rows, _ = dataset
@@ -102,6 +104,7 @@ def test_reference_sample_is_bounded_seeded_and_in_row_order():
     assert np.all(np.diff(sample[:, 0]) > 0)
 
 
+@pytest.mark.slow
 def test_package_metadata_names_the_method_and_the_data(calibrated):
     pkg, result = calibrated
     ood = read_meta(pkg).ood
@@ -110,6 +113,7 @@ def test_package_metadata_names_the_method_and_the_data(calibrated):
     assert ood["near_auroc"] == pytest.approx(result.metrics["near_auroc"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_record_counts_and_thresholds_match_the_fitted_detector(calibrated):
     _, result = calibrated
     record, thresholds = result.detector.record, result.detector.thresholds
@@ -119,6 +123,7 @@ def test_record_counts_and_thresholds_match_the_fitted_detector(calibrated):
         assert record.per_class[name].fit_samples == result.detector.estimator.counts_[c]
 
 
+@pytest.mark.slow
 def test_loaded_adapter_carries_the_calibration_round_trip_identical(calibrated, dataset):
     pkg, result = calibrated
     root, rows, _ = dataset
@@ -129,6 +134,7 @@ def test_loaded_adapter_carries_the_calibration_round_trip_identical(calibrated,
     assert adapter.ood.record == result.detector.record
 
 
+@pytest.mark.slow
 def test_verdicts_answer_unknown_with_the_nearest_class_as_hint(calibrated, dataset):
     pkg, _ = calibrated
     root, rows, _ = dataset
@@ -145,6 +151,7 @@ def test_verdicts_answer_unknown_with_the_nearest_class_as_hint(calibrated, data
         assert v.nearest_class in adapter.classes and 0.0 <= v.confidence <= 1.0
 
 
+@pytest.mark.slow
 def test_an_uncalibrated_package_refuses_verdicts_with_the_command_to_run(trained):
     adapter = load_adapter(trained)
     assert adapter.ood is None
@@ -154,6 +161,7 @@ def test_an_uncalibrated_package_refuses_verdicts_with_the_command_to_run(traine
         adapter.verdicts(torch.zeros(1, 3, 32, 32))
 
 
+@pytest.mark.slow
 def test_a_failed_update_leaves_the_package_untouched(calibrated, tmp_path):
     pkg = tmp_path / "p1"
     shutil.copytree(calibrated[0], pkg)
@@ -170,6 +178,7 @@ def test_a_failed_update_leaves_the_package_untouched(calibrated, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_rows_without_a_validation_split_are_refused(trained, dataset):
     _, rows, _ = dataset
     meta = read_meta(trained)
@@ -178,6 +187,7 @@ def test_rows_without_a_validation_split_are_refused(trained, dataset):
         ood_rows(no_val, meta)
 
 
+@pytest.mark.slow
 def test_ood_rows_assign_unknown_classes_to_near_and_other_crops_to_far(trained, dataset):
     _, rows, _ = dataset
     parts = ood_rows(rows, read_meta(trained))
@@ -186,6 +196,7 @@ def test_ood_rows_assign_unknown_classes_to_near_and_other_crops_to_far(trained,
     assert {r.split for r in parts.fit} == {"train"}
 
 
+@pytest.mark.slow
 def test_cli_calibrate_then_evaluate_writes_the_report(config, dataset, trained, tmp_path):
     _, _, manifest = dataset
     pkg = tmp_path / "p1"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,6 +35,8 @@ from aads.data.ingest import ingest
 from aads.data.manifest import ManifestRow, select
 from aads.data.synth import synthesize
 from aads.training import CHECKPOINT_NAME
+
+pytestmark = pytest.mark.slow  # a real server or a training run in every test
 
 TRAINING = {"epochs": 1, "batch_size": 8, "lr": 0.01}
 CONEC_TRAINING = {"epochs": 2, "batch_size": 8, "lr": 0.01, "early_stopping_patience": None}
@@ -80,16 +81,6 @@ class Trained:
     both: Path  # phase 3 continued from `field`, learning "low_light"
     field_network: torch.nn.Module  # the in-memory networks those runs wrote
     both_network: torch.nn.Module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors gain nothing from intra-op threads, and on a busy shared CPU the thread
-    pool's spinning makes these runs up to 50x slower; restored after the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -88,6 +88,7 @@ def pipeline_runs(client: MlflowClient, experiment: str, kfp_run_id: str) -> lis
 # --------------------------------------------------------------------------- compiled YAML
 
 
+@pytest.mark.slow
 def test_committed_pipeline_yaml_and_manifests_match_the_code():
     """Run `aads pipeline compile` after changing the pipeline or a component."""
     for path, text in compiled_texts().items():
@@ -207,6 +208,7 @@ def test_training_steps_request_a_gpu_and_registration_never_uses_the_cache():
     assert "nodeSelector" in platform["exec-train-adapter-phase"]
 
 
+@pytest.mark.slow
 def test_cluster_settings_change_the_compiled_pipeline_without_code(tmp_path):
     settings = yaml.safe_load((ROOT / "config" / "cluster.yaml").read_text())
     settings["registry"] = "registry.example.com/agri"
@@ -310,6 +312,7 @@ WHOLE_RUN = pytest.mark.timeout(1500)
 
 @WHOLE_RUN
 @pytest.mark.parametrize("generation", list(BACKBONES))
+@pytest.mark.slow
 def test_local_run_registers_every_gated_model_with_tags_and_candidate_alias(
     generation, images, mlflow_server, tmp_path
 ):
@@ -368,6 +371,7 @@ def test_local_run_registers_every_gated_model_with_tags_and_candidate_alias(
 
 
 @WHOLE_RUN
+@pytest.mark.slow
 def test_a_failing_gate_registers_nothing_and_leaves_a_report(images, tmp_path):
     strict = spec(tmp_path / "cache", gate={"min_accuracy": 1.0, "min_router_crop_accuracy": 1.0})
     with local_mlflow_server(tmp_path / "mlflow") as uri:
@@ -395,6 +399,7 @@ def test_a_failing_gate_registers_nothing_and_leaves_a_report(images, tmp_path):
 
 
 @WHOLE_RUN
+@pytest.mark.slow
 def test_local_run_reads_data_from_s3_and_stores_mlflow_artifacts_in_s3(
     images, moto_endpoint, tmp_path, monkeypatch
 ):
@@ -446,6 +451,7 @@ def test_preprocess_with_the_object_store_down_fails_clearly_and_writes_nothing(
     assert not (tmp_path / "manifest").exists()
 
 
+@pytest.mark.slow
 def test_submit_to_an_unreachable_kfp_is_one_clear_error(tmp_path):
     from typer.testing import CliRunner
 
@@ -463,6 +469,7 @@ def test_submit_to_an_unreachable_kfp_is_one_clear_error(tmp_path):
     assert f"KFP at {host}" in result.output
 
 
+@pytest.mark.slow
 def test_upload_to_an_unreachable_kfp_is_one_clear_error():
     from typer.testing import CliRunner
 

@@ -27,15 +27,18 @@ import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from aads.telemetry import Telemetry
+from tests.charts import by_kind, scenario
 from tests.conftest import free_port
-from tests.test_chart import by_kind, scenario
 
 PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None,
-    reason="the prometheus server is not installed: `make tools` installs Debian's prometheus "
-    "package (apt-get, as root)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        PROMETHEUS is None,
+        reason="the prometheus server is not installed: `make tools` installs Debian's prometheus "
+        "package (apt-get, as root)",
+    ),
+]
 DEADLINE = 45.0
 FAST = {
     "rules": {

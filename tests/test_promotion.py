@@ -17,6 +17,8 @@ from aads.promotion import PromotionError, promote, read_pin, rollback
 from aads.registry import Registry
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # a real server or a training run in every test
+
 CROP = "promotest"
 NAME = f"aads-adapter-{CROP}"
 CRDS = ROOT.parent / "shared" / "crds" / "kserve"

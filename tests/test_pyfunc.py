@@ -27,6 +27,8 @@ from aads.registry import Registry
 from serving.local import serve_locally
 from tests.conftest import TINY_SPEC
 
+pytestmark = pytest.mark.slow  # a real server or a training run in every test
+
 REGISTRY = RegistrySettings(
     experiment="pyfunc-test",
     adapter_model_prefix="pyfunc-test-adapter-",

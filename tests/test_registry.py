@@ -96,6 +96,7 @@ def an_image(trained) -> bytes:
 # --------------------------------------------------------------------------- registration
 
 
+@pytest.mark.slow
 def test_registering_a_package_creates_version_1_with_tags_card_and_candidate(tomato_v1):
     assert (tomato_v1.name, tomato_v1.version) == ("aads-adapter-tomato", "1")
     assert tomato_v1.tags == {**TAGS, "kfp_run_id": "kfp-run-1"}
@@ -103,6 +104,7 @@ def test_registering_a_package_creates_version_1_with_tags_card_and_candidate(to
     assert tomato_v1.aliases == ["candidate"]
 
 
+@pytest.mark.slow
 def test_a_version_is_a_logged_pyfunc_model_holding_the_package(tomato_v1, registry):
     assert tomato_v1.model_uri.startswith("models:/m-")
     assert tomato_v1.source.endswith("/artifacts/package")
@@ -112,6 +114,7 @@ def test_a_version_is_a_logged_pyfunc_model_holding_the_package(tomato_v1, regis
     assert not any(name.endswith((".pkl", ".pickle")) for name in files)  # models from code
 
 
+@pytest.mark.slow
 def test_the_version_links_to_its_evaluation_run_with_the_metrics_and_card(
     tomato_v1, registry, evaluation_run
 ):
@@ -123,6 +126,7 @@ def test_the_version_links_to_its_evaluation_run_with_the_metrics_and_card(
     assert "model_card.md" in files
 
 
+@pytest.mark.slow
 def test_mlflow_pyfunc_loads_the_version_by_alias_and_answers_as_the_diagnoser(
     tomato_v1, trained, mlflow_server, monkeypatch, tmp_path
 ):
@@ -141,6 +145,7 @@ def test_mlflow_pyfunc_loads_the_version_by_alias_and_answers_as_the_diagnoser(
     }
 
 
+@pytest.mark.slow
 def test_registering_again_with_the_same_kfp_run_returns_the_same_version(
     registry, pkg, fresh_name
 ):
@@ -150,6 +155,7 @@ def test_registering_again_with_the_same_kfp_run_returns_the_same_version(
     assert registry.versions(fresh_name) == ["1"]
 
 
+@pytest.mark.slow
 def test_a_model_logged_by_an_attempt_that_died_before_the_version_is_reused(
     registry, pkg, fresh_name
 ):
@@ -160,11 +166,13 @@ def test_a_model_logged_by_an_attempt_that_died_before_the_version_is_reused(
     assert version.model_uri == logged.model_uri
 
 
+@pytest.mark.slow
 def test_a_different_kfp_run_creates_the_next_version(registry, two_versions):
     assert registry.versions(two_versions) == ["1", "2"]
     assert registry.resolve(two_versions, "candidate").version == "2"
 
 
+@pytest.mark.slow
 def test_a_package_that_fails_its_checksums_is_not_registered(registry, pkg, tmp_path, fresh_name):
     broken = Path(shutil.copytree(pkg, tmp_path / "broken"))
     (broken / "heads.safetensors").write_bytes(b"not the weights")
@@ -174,6 +182,7 @@ def test_a_package_that_fails_its_checksums_is_not_registered(registry, pkg, tmp
         registry.resolve(fresh_name, "1")
 
 
+@pytest.mark.slow
 def test_a_folder_without_checksums_is_not_registered(registry, pkg, tmp_path, fresh_name):
     unsealed = Path(shutil.copytree(pkg, tmp_path / "unsealed"))
     (unsealed / "SHA256SUMS").unlink()
@@ -181,6 +190,7 @@ def test_a_folder_without_checksums_is_not_registered(registry, pkg, tmp_path, f
         register(registry, unsealed, fresh_name, "run-x")
 
 
+@pytest.mark.slow
 def test_tag_values_must_be_strings(registry, pkg, fresh_name):
     with pytest.raises(RegistryError, match=r"not strings: \['epochs'\]"):
         registry.register_package(
@@ -196,6 +206,7 @@ def test_tag_values_must_be_strings(registry, pkg, fresh_name):
 # --------------------------------------------------------------------------- aliases
 
 
+@pytest.mark.slow
 def test_first_promotion_makes_the_version_champion_and_sets_no_rollback(registry, two_versions):
     registry.promote(two_versions, "1")
     assert registry.resolve(two_versions, "champion").version == "1"
@@ -203,6 +214,7 @@ def test_first_promotion_makes_the_version_champion_and_sets_no_rollback(registr
         registry.resolve(two_versions, "rollback")
 
 
+@pytest.mark.slow
 def test_promotion_moves_the_previous_champion_to_rollback(registry, two_versions):
     registry.promote(two_versions, "1")
     registry.promote(two_versions, "2")
@@ -210,6 +222,7 @@ def test_promotion_moves_the_previous_champion_to_rollback(registry, two_version
     assert registry.resolve(two_versions, "rollback").version == "1"
 
 
+@pytest.mark.slow
 def test_set_alias_refuses_names_outside_the_allowed_aliases(registry, two_versions):
     with pytest.raises(RegistryError, match="candidate, champion, rollback"):
         registry.set_alias(two_versions, "production", "1")
@@ -218,6 +231,7 @@ def test_set_alias_refuses_names_outside_the_allowed_aliases(registry, two_versi
 # --------------------------------------------------------------------------- lookups
 
 
+@pytest.mark.slow
 def test_resolve_finds_a_version_by_alias_and_by_number(registry, two_versions):
     by_alias = registry.resolve(two_versions, "candidate")
     by_number = registry.resolve(two_versions, "2")
@@ -225,16 +239,19 @@ def test_resolve_finds_a_version_by_alias_and_by_number(registry, two_versions):
     assert by_number.tags["kfp_run_id"] == "run-b"
 
 
+@pytest.mark.slow
 def test_an_unknown_alias_lists_the_aliases_that_exist(registry, two_versions):
     with pytest.raises(RegistryError, match=r"no alias 'champion'; aliases: candidate -> v2"):
         registry.resolve(two_versions, "champion")
 
 
+@pytest.mark.slow
 def test_an_unknown_version_lists_the_versions_that_exist(registry, two_versions):
     with pytest.raises(RegistryError, match=r"no version 7; versions: 1, 2"):
         registry.resolve(two_versions, "7")
 
 
+@pytest.mark.slow
 def test_an_unknown_model_lists_the_registered_models(registry, two_versions):
     with pytest.raises(
         RegistryError, match=rf"no registered model 'aads-adapter-nope'.*{two_versions}"
@@ -245,12 +262,14 @@ def test_an_unknown_model_lists_the_registered_models(registry, two_versions):
 # --------------------------------------------------------------------------- download
 
 
+@pytest.mark.slow
 def test_download_gives_the_package_with_identical_checksums(registry, tomato_v1, pkg, tmp_path):
     got = registry.download(tomato_v1.name, "candidate", tmp_path / "dl" / "tomato")
     assert got == tmp_path / "dl" / "tomato"
     assert verify_package(got) == verify_package(pkg)
 
 
+@pytest.mark.slow
 def test_download_replaces_the_destination_and_leaves_no_staging_behind(
     registry, tomato_v1, tmp_path
 ):
@@ -265,6 +284,7 @@ def test_download_replaces_the_destination_and_leaves_no_staging_behind(
 # --------------------------------------------------------------------------- failures
 
 
+@pytest.mark.slow
 def test_a_dead_server_raises_registry_unavailable_naming_the_uri_quickly(
     settings, pkg, registry, fresh_name
 ):
@@ -278,6 +298,7 @@ def test_a_dead_server_raises_registry_unavailable_naming_the_uri_quickly(
         registry.resolve(fresh_name, "1")  # nothing leaked to the live server either
 
 
+@pytest.mark.slow
 def test_registry_calls_leave_mlflow_http_settings_as_they_found_them(settings):
     before = {k: os.environ.get(k) for k in HTTP_ENV}
     dead = Registry(settings, tracking_uri=f"http://127.0.0.1:{free_port()}", retries=1)
@@ -286,6 +307,7 @@ def test_registry_calls_leave_mlflow_http_settings_as_they_found_them(settings):
     assert {k: os.environ.get(k) for k in HTTP_ENV} == before
 
 
+@pytest.mark.slow
 def test_unavailable_message_never_shows_credentials(settings):
     dead = Registry(settings, tracking_uri=f"http://bob:s3cret@127.0.0.1:{free_port()}", retries=1)
     with pytest.raises(RegistryUnavailable) as info:

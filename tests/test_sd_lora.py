@@ -24,15 +24,6 @@ from aads.backbone import build_random_model, resolve_lora_targets
 from aads.config import SDLoRASettings
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Behaviour, not speed: one thread avoids OpenMP stalls on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -149,6 +149,7 @@ def field_jpeg(n_leaves: int, seed: int) -> tuple[bytes, list]:
     return buf.getvalue(), field.boxes
 
 
+@pytest.mark.slow
 def test_a_scouting_request_answers_one_region_per_leaf_through_the_router(served):
     photo, boxes = field_jpeg(4, seed=7)
     body = {"instances": [{"image": {"b64": b64(photo)}, "scouting": True}]}
@@ -165,6 +166,7 @@ def test_a_scouting_request_answers_one_region_per_leaf_through_the_router(serve
     assert answered["label"] and "is_ood" in answered  # the flat fields every answer has
 
 
+@pytest.mark.slow
 def test_scouted_and_plain_images_share_a_request_and_keep_their_order(served):
     photo, _ = field_jpeg(2, seed=3)
     leaf = served["images"]["tomato"][0]
@@ -181,6 +183,7 @@ def test_scouted_and_plain_images_share_a_request_and_keep_their_order(served):
     assert len(scouted["scouting"]["regions"]) == 2
 
 
+@pytest.mark.slow
 def test_a_scouting_flag_that_is_not_a_boolean_is_a_400_naming_it(served):
     body = {"instances": [{"image": {"b64": b64(served["images"]["corn"][0])}, "scouting": "yes"}]}
     status, answer = post(served["ports"]["router"], "/v1/models/aads:predict", body)
@@ -190,6 +193,7 @@ def test_a_scouting_flag_that_is_not_a_boolean_is_a_400_naming_it(served):
 # --------------------------------------------------------------------------- round trips
 
 
+@pytest.mark.slow
 def test_a_canary_gets_its_share_of_a_crops_images_and_says_so(served):
     corn = sorted((served["tmp"] / "data" / "base" / "corn").rglob("*.jpg"))
     body_in = v1(*corn, hint="corn")
@@ -205,6 +209,7 @@ def test_a_canary_gets_its_share_of_a_crops_images_and_says_so(served):
             assert answer["routing"]["canary_version"] == "2"
 
 
+@pytest.mark.slow
 def test_v1_round_trip_through_the_router_answers_every_image_in_order(served):
     tomato, corn = served["images"]["tomato"][0], served["images"]["corn"][0]
     status, body = post(served["ports"]["router"], "/v1/models/aads:predict", v1(tomato, corn))
@@ -220,6 +225,7 @@ def test_v1_round_trip_through_the_router_answers_every_image_in_order(served):
         }
 
 
+@pytest.mark.slow
 def test_v2_round_trip_through_the_router(served):
     images = served["images"]["corn"][:2]
     status, body = post(served["ports"]["router"], "/v2/models/aads/infer", v2(*images))
@@ -230,6 +236,7 @@ def test_v2_round_trip_through_the_router(served):
     assert [d["label"] for d in diagnoses] == outputs["label"]["data"]
 
 
+@pytest.mark.slow
 def test_crop_hint_skips_routing(served):
     image = served["images"]["tomato"][0]
     _, body = post(served["ports"]["router"], "/v1/models/aads:predict", v1(image, hint="corn"))
@@ -238,6 +245,7 @@ def test_crop_hint_skips_routing(served):
     assert answer["routing"]["source"] == "crop_hint" and "crop_confidence" not in answer["routing"]
 
 
+@pytest.mark.slow
 def test_an_out_of_distribution_image_is_answered_unknown_with_a_hint(served):
     _, body = post(
         served["ports"]["router"], "/v1/models/aads:predict", v1(not_a_plant(), hint="tomato")
@@ -248,6 +256,7 @@ def test_an_out_of_distribution_image_is_answered_unknown_with_a_hint(served):
     assert answer["ood"]["nearest_class"] in {"healthy", "early_blight", "leaf_mold"}
 
 
+@pytest.mark.slow
 def test_multi_adapter_and_single_adapter_predictors_give_identical_answers(served):
     request = v2(*served["images"]["corn"])
     answers = []
@@ -259,6 +268,7 @@ def test_multi_adapter_and_single_adapter_predictors_give_identical_answers(serv
     assert answers[0] == answers[1]
 
 
+@pytest.mark.slow
 def test_v2_metadata_and_readiness(served):
     ports = served["ports"]
     with urllib.request.urlopen(f"http://127.0.0.1:{ports['multi']}/v2/models/tomato") as r:
@@ -289,6 +299,7 @@ BAD_REQUESTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+@pytest.mark.slow
 def test_bad_input_is_a_4xx_json_error_and_the_server_keeps_serving(served, case):
     path, body = BAD_REQUESTS[case]
     image = served["images"]["tomato"][0]
@@ -301,6 +312,7 @@ def test_bad_input_is_a_4xx_json_error_and_the_server_keeps_serving(served, case
     assert status == 200
 
 
+@pytest.mark.slow
 def test_a_truncated_jpeg_is_refused_naming_the_image(served):
     data = served["images"]["tomato"][0].read_bytes()
     status, answer = post(
@@ -309,6 +321,7 @@ def test_a_truncated_jpeg_is_refused_naming_the_image(served):
     assert status == 400 and "image 0" in answer["error"]
 
 
+@pytest.mark.slow
 def test_an_image_over_the_size_limit_is_refused(served):
     noise = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
     buf = io.BytesIO()
@@ -318,6 +331,7 @@ def test_an_image_over_the_size_limit_is_refused(served):
     assert status == 413 and "image 0" in answer["error"] and "byte limit" in answer["error"]
 
 
+@pytest.mark.slow
 def test_a_request_body_over_the_limit_is_refused(served):
     image = served["images"]["tomato"][0]
     body = v1(image) | {"padding": "x" * 1_200_000}
@@ -328,6 +342,7 @@ def test_a_request_body_over_the_limit_is_refused(served):
 # --------------------------------------------------------------------------- faults
 
 
+@pytest.mark.slow
 def test_a_dead_predictor_costs_only_its_own_images_an_error(served):
     tmp, cfg = served["tmp"], served["cfg"]
     corn_port, router_port = free_port(), free_port()
@@ -367,6 +382,7 @@ def test_a_dead_predictor_costs_only_its_own_images_an_error(served):
         shutil.rmtree(tmp / "unused", ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_picture_of_no_known_crop_is_answered_unknown_by_the_router(served):
     """The router's own crop-level OOD check answers it; no adapter is asked."""
     _, body = post(served["ports"]["router"], "/v1/models/aads:predict", v1(not_a_plant()))
@@ -376,6 +392,7 @@ def test_a_picture_of_no_known_crop_is_answered_unknown_by_the_router(served):
     assert answer["routing"]["is_ood"] is True and "model" not in answer
 
 
+@pytest.mark.slow
 def test_aads_predict_prints_one_row_per_image(served):
     from typer.testing import CliRunner
 

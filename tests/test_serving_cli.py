@@ -112,6 +112,7 @@ def test_predict_with_a_missing_file_or_a_bad_url_is_exit_2(tmp_path):
 # --------------------------------------------------------------------------- serve
 
 
+@pytest.mark.slow
 def test_serve_with_a_named_crop_that_has_no_registered_version_is_one_error_line(
     mlflow_server, models, spec_file
 ):
@@ -198,6 +199,7 @@ def wait_for_lines(proc: subprocess.Popen, until: str, timeout_s: float = 180) -
 
 
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT", "SIGKILL"])
+@pytest.mark.slow
 def test_serve_prints_the_url_predict_takes_and_leaves_no_server_behind(
     models, spec_file, tmp_path, stop
 ):

@@ -184,6 +184,7 @@ def reset_peak(server: ServerProcess) -> None:
 # --------------------------------------------------------------------------- isolation
 
 
+@pytest.mark.slow
 def test_the_corrupt_exif_jpeg_and_fifteen_good_images_in_one_request_all_get_answers(servers):
     """The issue's 808-byte JPEG made all 15 neighbours 500; each now gets its own answer."""
     poisoned = corrupt_exif_jpeg(real_jpeg())
@@ -201,6 +202,7 @@ def test_the_corrupt_exif_jpeg_and_fifteen_good_images_in_one_request_all_get_an
     )
 
 
+@pytest.mark.slow
 def test_poisoned_requests_among_concurrent_good_ones_fail_no_one(servers):
     """One poisoned request among 15 concurrent good ones (they share dynamic batches)."""
 
@@ -220,6 +222,7 @@ def test_poisoned_requests_among_concurrent_good_ones_fail_no_one(servers):
         assert answer["label"] and answer["routing"]["source"] == "crop_hint"
 
 
+@pytest.mark.slow
 def test_a_bad_image_is_an_error_entry_for_itself_and_its_neighbour_is_answered(servers):
     bad = b"this is not an image at all"
     response = predict(servers, v1(bad, tomato(servers), crop_hint="tomato"))
@@ -235,17 +238,20 @@ def test_a_bad_image_is_an_error_entry_for_itself_and_its_neighbour_is_answered(
 # --------------------------------------------------------------------------- memory
 
 
+@pytest.mark.slow
 def test_more_images_than_the_limit_is_413_naming_the_limit(servers):
     refused(predict(servers, v1(*[tomato(servers)] * 65)), 413, "65 images", "limit is 64")
     good_answer(servers)
 
 
+@pytest.mark.slow
 def test_a_decompression_bomb_is_413_too_many_pixels_naming_its_size(servers):
     response = predict(servers, v1(png_header_only(20_000, 20_000)))
     refused(response, 413, "image 0", "400.0 MP", "over the 40.0 MP limit")
     good_answer(servers)
 
 
+@pytest.mark.slow
 def test_the_pixel_budget_refuses_the_issues_request_before_decoding_anything(servers):
     """64 one-bit PNGs of 6300 x 6300 (0.3 MB on the wire, 2.5 gigapixels) took 3.5 GB:
     now a 413 from the headers alone, and neither process's peak memory moves."""
@@ -261,6 +267,7 @@ def test_the_pixel_budget_refuses_the_issues_request_before_decoding_anything(se
     good_answer(servers)
 
 
+@pytest.mark.slow
 def test_a_request_within_the_budget_is_decoded_one_image_at_a_time_in_bounded_memory(servers):
     """Six 40-megapixel one-bit PNGs (238 MP, under the budget) are each decoded and shrunk in
     turn: the predictor's peak grows by about one decoded frame, not six."""
@@ -273,6 +280,7 @@ def test_a_request_within_the_budget_is_decoded_one_image_at_a_time_in_bounded_m
     assert grown < 200, f"peak grew {grown:.0f} MiB for 6 x 40 MP"  # 6 frames in RGB: 714 MiB
 
 
+@pytest.mark.slow
 def test_health_probes_answer_while_large_images_decode(servers):
     """Decoding runs off the event loop: while two 40-megapixel RGBA PNGs decode (a second or
     more each), readiness keeps answering, each probe in a fraction of the decode time."""
@@ -296,6 +304,7 @@ def test_health_probes_answer_while_large_images_decode(servers):
 
 
 @pytest.mark.parametrize("action", ["load", "unload"])
+@pytest.mark.slow
 def test_the_model_repository_routes_do_not_exist_by_default(servers, action):
     for name, model in (("router", "aads"), ("predictor", "tomato")):
         response = httpx.post(f"{url(servers, name)}/v2/repository/models/{model}/{action}")
@@ -304,6 +313,7 @@ def test_the_model_repository_routes_do_not_exist_by_default(servers, action):
     good_answer(servers)
 
 
+@pytest.mark.slow
 def test_with_the_repository_switched_on_an_unloaded_model_is_not_ready(servers):
     admin = url(servers, "admin")
     assert httpx.get(admin + "/v2/health/ready").status_code == 200
@@ -319,6 +329,7 @@ def test_with_the_repository_switched_on_an_unloaded_model_is_not_ready(servers)
 # --------------------------------------------------------------------------- connections
 
 
+@pytest.mark.slow
 def test_idle_connections_cannot_lock_out_good_traffic(servers):
     """300 idle connections against a limit of 64: the longest-idle ones are closed for new
     ones, and a good request is answered at once."""
@@ -341,17 +352,20 @@ def test_idle_connections_cannot_lock_out_good_traffic(servers):
             sock.close()
 
 
+@pytest.mark.slow
 def test_an_idle_connection_is_closed_after_the_header_timeout(servers):
     out, took = raw_exchange(port(servers), b"", wait_s=6)
     assert out == b"" and 1.5 < took < 4  # header_timeout_s 2: closed without a word
 
 
+@pytest.mark.slow
 def test_headers_that_never_finish_get_408_and_the_connection_closes(servers):
     out, took = raw_exchange(port(servers), b"POST /v1/models/aads:predict HTTP/1.1\r\nHost: x\r\n")
     assert out.startswith(b"HTTP/1.1 408") and b"connection: close" in out and took < 4
     good_answer(servers)
 
 
+@pytest.mark.slow
 def test_headers_over_the_size_limit_get_431_and_the_connection_closes(servers):
     huge = b"X-Padding: " + b"a" * 100_000 + b"\r\n"
     head = b"POST /v1/models/aads:predict HTTP/1.1\r\nHost: x\r\n" + huge * 3 + b"\r\n"
@@ -362,6 +376,7 @@ def test_headers_over_the_size_limit_get_431_and_the_connection_closes(servers):
     good_answer(servers)
 
 
+@pytest.mark.slow
 def test_a_body_shorter_than_its_content_length_gets_408_not_a_wait_forever(servers):
     head = b"POST /v1/models/aads:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
     out, took = raw_exchange(port(servers), head + b'{"instances"')
@@ -369,6 +384,7 @@ def test_a_body_shorter_than_its_content_length_gets_408_not_a_wait_forever(serv
     good_answer(servers)
 
 
+@pytest.mark.slow
 def test_a_declared_body_over_the_limit_is_413_before_it_is_sent(servers):
     head = b"POST /v1/models/aads:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 200000000\r\n\r\n"
     out, took = raw_exchange(port(servers), head)
@@ -377,6 +393,7 @@ def test_a_declared_body_over_the_limit_is_413_before_it_is_sent(servers):
     good_answer(servers)
 
 
+@pytest.mark.slow
 def test_a_chunked_body_over_the_limit_is_413_while_it_streams(servers):
     """70 MB sent chunked was answered 200: refused after the first megabyte, the answer
     read intact (the server drains before closing), memory untouched."""
@@ -404,6 +421,7 @@ def test_a_chunked_body_over_the_limit_is_413_while_it_streams(servers):
     good_answer(servers)
 
 
+@pytest.mark.slow
 def test_a_500_says_only_internal_error_and_closes_its_connection(servers):
     """An injected bug: the caller gets "internal error" (not the 10 kB exception text) and
     ``Connection: close``; the log gets the traceback once, not once per request."""
@@ -421,6 +439,7 @@ def test_a_500_says_only_internal_error_and_closes_its_connection(servers):
     assert 1 <= log.count("Traceback") <= 2, log.count("Traceback")  # rate-limited: 10 s
 
 
+@pytest.mark.slow
 def test_repeated_bad_requests_leave_no_traceback_in_the_log(servers):
     router = servers["servers"]["router"]
     before = router.log.read_text().count("Traceback")
@@ -433,6 +452,7 @@ def test_repeated_bad_requests_leave_no_traceback_in_the_log(servers):
 # --------------------------------------------------------------------------- protocol
 
 
+@pytest.mark.slow
 def test_v2_binary_tensor_data_is_answered_as_base64_json_is(servers):
     image = tomato(servers)
     header = json.dumps(
@@ -486,6 +506,7 @@ def test_v2_binary_tensor_data_is_answered_as_base64_json_is(servers):
     ],
     ids=["unclaimed-binary", "header-past-end", "size-past-end"],
 )
+@pytest.mark.slow
 def test_a_malformed_binary_request_is_a_400_that_never_echoes_it(servers, body, header, words):
     if header is None:
         header = str(body.index(b"}]}") + 3)
@@ -493,6 +514,7 @@ def test_a_malformed_binary_request_is_a_400_that_never_echoes_it(servers, body,
     refused(response, 400, *words)
 
 
+@pytest.mark.slow
 def test_no_error_echoes_a_large_input(servers):
     junk = b"\xff\xd8\xff" + bytes(range(256)) * 700  # 180 kB, JPEG magic, no JPEG
     for response in (predict(servers, v1(junk)), infer(servers, v2(junk))):
@@ -561,6 +583,7 @@ VALIDATION = {
 
 
 @pytest.mark.parametrize("case", sorted(VALIDATION))
+@pytest.mark.slow
 def test_validation_failures_are_400_naming_the_field_never_422(servers, case):
     path, body, words = VALIDATION[case]
     response = (predict if path == "v1" else infer)(servers, body)
@@ -570,6 +593,7 @@ def test_validation_failures_are_400_naming_the_field_never_422(servers, case):
 
 
 @pytest.mark.parametrize("protocol", ["v1", "v2"])
+@pytest.mark.slow
 def test_json_without_a_content_type_is_accepted(servers, protocol):
     image = tomato(servers)
     send, body = (predict, v1(image)) if protocol == "v1" else (infer, v2(image))
@@ -587,12 +611,14 @@ def test_json_without_a_content_type_is_accepted(servers, protocol):
         ("POST", "/v2/health/ready"),
     ],
 )
+@pytest.mark.slow
 def test_a_wrong_method_is_405_with_allow(servers, method, path):
     response = httpx.request(method, url(servers) + path)
     refused(response, 405, "method not allowed")
     assert response.headers["allow"] in ("POST", "GET")
 
 
+@pytest.mark.slow
 def test_an_unknown_model_or_version_is_404_naming_it(servers):
     image = tomato(servers)
     refused(httpx.post(url(servers) + "/v1/models/nope:predict", json=v1(image)), 404, "'nope'")
@@ -601,6 +627,7 @@ def test_an_unknown_model_or_version_is_404_naming_it(servers):
     good_answer(servers)
 
 
+@pytest.mark.slow
 def test_per_image_errors_name_no_internal_url_or_exception_class(servers):
     """corn's predictor is down: its image gets a 503 entry saying so, in the caller's words;
     the URL and the exception go to the router's log."""
@@ -647,6 +674,7 @@ def assert_valid(instance: object, schema_name: str) -> None:
         assert None not in instance.values(), instance
 
 
+@pytest.mark.slow
 def test_v2_responses_and_metadata_are_valid_oip_objects_without_nulls(servers):
     base = url(servers)
     assert_valid(httpx.get(base + "/v2").json(), "metadata_server_response")
@@ -664,6 +692,7 @@ def test_v2_responses_and_metadata_are_valid_oip_objects_without_nulls(servers):
     assert_valid(infer(servers, v2(b"junk")).json(), "inference_error_response")
 
 
+@pytest.mark.slow
 def test_the_router_publishes_the_answer_schema_and_its_answers_validate_against_it(servers):
     import jsonschema
 
@@ -703,6 +732,7 @@ def test_the_router_publishes_the_answer_schema_and_its_answers_validate_against
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=mutated_images())
+@pytest.mark.slow
 def test_fuzzed_real_images_never_500_and_never_fail_their_neighbour(servers, data):
     """Mutations of real JPEG and PNG bytes, each sent with a good image in one request."""
     response = predict(servers, v1(data, tomato(servers), crop_hint="tomato"))
@@ -712,6 +742,7 @@ def test_fuzzed_real_images_never_500_and_never_fail_their_neighbour(servers, da
     assert fuzzed.get("label") or fuzzed["error"]["code"] in (400, 413)
 
 
+@pytest.mark.slow
 def test_tritonclient_calls_the_router_with_binary_and_json_tensors(servers):
     import tritonclient.http as triton
 
@@ -738,6 +769,7 @@ def test_tritonclient_calls_the_router_with_binary_and_json_tensors(servers):
     client.close()
 
 
+@pytest.mark.slow
 def test_schemathesis_with_the_oip_spec_finds_no_5xx_and_no_schema_violation(servers):
     """Every operation of the OIP spec, generated by schemathesis against the router and a
     predictor. The spec templates paths as ``${MODEL_NAME}``, which OpenAPI does not read, and

@@ -162,6 +162,7 @@ def wait_for(cluster: dict, expected: list[str], timeout_s: float = 10) -> float
     return time.monotonic() - began
 
 
+@pytest.mark.slow
 def test_a_running_router_follows_a_configmap_update_and_ignores_a_broken_one(cluster):
     everyone_stable = ["stable"] * len(cluster["corn"])
     assert variants(cluster) == everyone_stable

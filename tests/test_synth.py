@@ -209,6 +209,7 @@ def demo() -> PlatformConfig:
     return load_config(DEMO)
 
 
+@pytest.mark.slow
 def test_a_disease_changes_the_plant_and_nothing_around_it(demo):
     for crop in demo.crops:
         for part, disease in itertools.product(crop.parts, crop.all_classes[1:]):
@@ -222,6 +223,7 @@ def test_a_disease_changes_the_plant_and_nothing_around_it(demo):
                 assert (changed & ~region).mean() < 0.005, where
 
 
+@pytest.mark.slow
 def test_every_pair_of_demo_classes_is_told_apart_by_plant_colours_alone(demo):
     """Nearest centroid on colour histograms of the plant: 8 images to learn, 8 to test."""
     for crop in demo.crops:

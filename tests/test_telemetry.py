@@ -398,6 +398,7 @@ _json = st.recursive(_leaf, lambda inner: st.dictionaries(_keys, inner, max_size
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(_json, st.dictionaries(_keys, _json, max_size=8)), max_size=20))
+@pytest.mark.slow
 def test_no_answer_whatever_its_shape_raises_or_grows_the_label_space(bodies):
     t = Telemetry(CollectorRegistry())
     t.register_model("tomato", "7", classes=["healthy"])

@@ -86,6 +86,7 @@ def children(client, ref: RunRef, view=ViewType.ACTIVE_ONLY):
 # --------------------------------------------------------------------------- the parent run
 
 
+@pytest.mark.slow
 def test_a_pipeline_run_is_opened_once_per_kfp_run(config, mlflow_server, pipeline, tmp_path):
     kfp_run_id, ref = pipeline
     again = open_run(config, mlflow_server, kfp_run_id, tmp_path / "again")
@@ -93,6 +94,7 @@ def test_a_pipeline_run_is_opened_once_per_kfp_run(config, mlflow_server, pipeli
     assert again["url"].endswith(f"/runs/{ref.parent_run_id}")
 
 
+@pytest.mark.slow
 def test_the_parent_run_holds_the_pipelines_parameters_and_spec(client, pipeline):
     kfp_run_id, ref = pipeline
     run = client.get_run(ref.parent_run_id)
@@ -102,6 +104,7 @@ def test_the_parent_run_holds_the_pipelines_parameters_and_spec(client, pipeline
     assert [a.path for a in client.list_artifacts(ref.parent_run_id)] == ["config.yaml"]
 
 
+@pytest.mark.slow
 def test_a_step_finds_the_parent_run_from_the_pipelines_run_file(tmp_path, mlflow_server):
     from aads.tracking import write_run_file
 
@@ -123,6 +126,7 @@ def phase1_run(config, manifest, pipeline, client, tmp_path):
     return run
 
 
+@pytest.mark.slow
 def test_a_training_step_is_a_nested_run_named_after_the_step(phase1_run, pipeline):
     kfp_run_id, ref = pipeline
     tags = phase1_run.data.tags
@@ -132,6 +136,7 @@ def test_a_training_step_is_a_nested_run_named_after_the_step(phase1_run, pipeli
     assert phase1_run.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_a_training_step_logs_its_settings_as_params(phase1_run, config):
     params = phase1_run.data.params
     assert params["training.lr"] == str(config.training.phase1.lr)
@@ -142,6 +147,7 @@ def test_a_training_step_logs_its_settings_as_params(phase1_run, config):
     assert params["classes"] == "healthy,early_blight,leaf_mold"
 
 
+@pytest.mark.slow
 def test_every_epoch_is_a_point_of_the_loss_and_validation_histories(phase1_run, client):
     run_id = phase1_run.info.run_id
     for key in ("train_loss", "val_accuracy", "lr"):
@@ -152,6 +158,7 @@ def test_every_epoch_is_a_point_of_the_loss_and_validation_histories(phase1_run,
     assert plots == ["plots/phase1_test.png"]
 
 
+@pytest.mark.slow
 def test_the_dataset_is_the_runs_input_with_source_hash_and_counts(phase1_run, manifest):
     import json
 
@@ -167,6 +174,7 @@ def test_the_dataset_is_the_runs_input_with_source_hash_and_counts(phase1_run, m
     assert profile["num_rows"] == summary["images"]
 
 
+@pytest.mark.slow
 def test_a_retried_step_replaces_its_earlier_run(config, manifest, pipeline, client, tmp_path):
     _, ref = pipeline
     for attempt in ("a", "b"):
@@ -177,6 +185,7 @@ def test_a_retried_step_replaces_its_earlier_run(config, manifest, pipeline, cli
     assert len(deleted) == 1  # kept, restorable: `mlflow runs restore`
 
 
+@pytest.mark.slow
 def test_the_router_step_is_a_run_with_its_history_and_gate(config, manifest, pipeline, client):
     _, ref = pipeline
     outcome = train_router_step(config, manifest, manifest.parent / "router", tracking=ref)
@@ -187,6 +196,7 @@ def test_the_router_step_is_a_run_with_its_history_and_gate(config, manifest, pi
     assert [m.step for m in history] == list(range(1, EPOCHS + 1))
 
 
+@pytest.mark.slow
 def test_a_failing_step_ends_its_run_failed_with_the_reason(config, pipeline, client):
     _, ref = pipeline
     with pytest.raises(RuntimeError, match="out of memory"):
@@ -197,6 +207,7 @@ def test_a_failing_step_ends_its_run_failed_with_the_reason(config, pipeline, cl
     assert run.data.tags["aads.error"] == "RuntimeError: CUDA out of memory"
 
 
+@pytest.mark.slow
 def test_epoch_metrics_survive_a_tracking_server_that_stops_answering(
     config, pipeline, client, mlflow_server
 ):
@@ -218,21 +229,23 @@ def test_epoch_metrics_survive_a_tracking_server_that_stops_answering(
     assert [(m.step, m.value) for m in losses] == [(1, 0.9), (2, 0.7)]
 
 
+@pytest.mark.slow
 def test_epochs_trained_elsewhere_are_logged_from_the_packages_record(
     config, manifest, pipeline, client, tmp_path
 ):
     """A TrainJob's pods train the phase; its run gets the epochs when the package is back."""
-    from aads.steps import _log_phase, _phase_run
+    from aads.runner import log_phase, phase_run
 
     _, ref = pipeline
     pkg = tmp_path / "p1"
     train_phase_step(config, manifest, "tomato", "1", None, pkg)  # no tracking: "elsewhere"
-    with _phase_run(config, ref, "tomato", "1") as run:
-        _log_phase(run, pkg, "1", 0, replay=True)
+    with phase_run(config, ref, "tomato", "1") as run:
+        log_phase(run, pkg, "1", 0, replay=True)
     history = client.get_metric_history(run.run_id, "train_loss")
     assert [m.step for m in history] == list(range(1, EPOCHS + 1))
 
 
+@pytest.mark.slow
 def test_without_a_pipeline_run_a_step_logs_nothing(config, manifest, tmp_path):
     run = StepRun(None)
     run.log_metrics({"x": 1.0})
@@ -244,6 +257,7 @@ def test_without_a_pipeline_run_a_step_logs_nothing(config, manifest, tmp_path):
 # --------------------------------------------------------------------------- gate and the end
 
 
+@pytest.mark.slow
 def test_a_failed_gate_is_recorded_on_the_evaluation_run(config, trained, pipeline, client):
     _, ref = pipeline
     strict = config.model_copy(
@@ -261,6 +275,7 @@ def test_a_failed_gate_is_recorded_on_the_evaluation_run(config, trained, pipeli
     assert {"model_card.md", "report.html", "gate.json", "plots"} <= files
 
 
+@pytest.mark.slow
 def test_the_pipeline_run_ends_with_every_crops_verdict(config, trained, pipeline, client):
     kfp_run_id, ref = pipeline
     evaluate_step(config, trained.adapter, tracking=ref)
@@ -283,6 +298,7 @@ def test_the_pipeline_run_ends_with_every_crops_verdict(config, trained, pipelin
     assert f"| tomato | {gate} |" in open(summary).read()
 
 
+@pytest.mark.slow
 def test_closing_a_pipeline_that_never_opened_a_run_does_nothing(config, mlflow_server):
     assert (
         close_pipeline_run_step(

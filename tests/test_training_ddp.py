@@ -29,6 +29,8 @@ from tests.ddp_worker import (
     dataset,
 )
 
+pytestmark = pytest.mark.slow  # torchrun starts worker processes
+
 WORLD = 2
 
 

@@ -94,6 +94,7 @@ def test_outcome_reads_the_complete_and_failed_conditions():
     ]
 
 
+@pytest.mark.slow
 def test_pod_entry_point_trains_the_phase_and_publishes_the_package(
     s3_settings, tmp_path, monkeypatch
 ):

@@ -162,6 +162,7 @@ def test_a_large_upload_shrunk_while_decoding_stays_close_to_the_full_decode(ima
     assert float((served - trained).abs().mean()) < 0.05
 
 
+@pytest.mark.slow
 def test_decoding_a_large_one_bit_png_never_holds_it_in_rgb():
     """Peak memory of one 6300 x 6300 1-bit PNG decoded for a 224 px model, in a fresh
     process: the 40 MP frame once as bytes (L), never as 120 MB of RGB."""
@@ -190,6 +191,7 @@ print(image.size, (after - before) // 1024)
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(data=mutated_images())
+@pytest.mark.slow
 def test_mutated_real_images_are_decoded_or_refused_never_anything_else(data):
     """Flip, insert, cut and repeat bytes of real JPEG and PNG files: every outcome is an
     image or one of the two upload errors, never a decoder's own exception."""

@@ -66,6 +66,7 @@ def assert_masks_inside_boxes(answer) -> None:
         assert int(mask.sum()) == region.mask.area > 0
 
 
+@pytest.mark.slow
 def test_a_field_photo_gives_one_region_per_leaf_each_diagnosed(trained):
     field = field_image(4, seed=7)
     answer = scout(trained, **MODELS).scout(field.image)
@@ -93,6 +94,7 @@ def test_a_field_photo_gives_one_region_per_leaf_each_diagnosed(trained):
     assert len(answer.model_dump_json()) < 1500 * len(answer.regions)
 
 
+@pytest.mark.slow
 def test_grounding_dino_and_sam2_presets_run_end_to_end(trained):
     scouting = scout(
         trained,
@@ -116,6 +118,7 @@ def test_grounding_dino_and_sam2_presets_run_end_to_end(trained):
     assert all(r.diagnosis.label is not None and r.bioclip for r in answer.regions)
 
 
+@pytest.mark.slow
 def test_without_sam2_each_region_keeps_the_vegetation_mask(trained):
     field = field_image(3, seed=2)
     answer = scout(trained).scout(field.image)
@@ -129,6 +132,7 @@ def test_without_sam2_each_region_keeps_the_vegetation_mask(trained):
         assert (decode_rle(region.mask.rle) == truth[y0:y1, x0:x1]).mean() > 0.97
 
 
+@pytest.mark.slow
 def test_bare_soil_is_answered_no_regions(trained):
     answer = scout(trained, **MODELS).scout(soil_image(seed=5))
     assert answer.regions == []
@@ -143,11 +147,13 @@ def test_bare_soil_is_answered_no_regions(trained):
         (b"GIF89a", "not an image"),
     ],
 )
+@pytest.mark.slow
 def test_a_corrupt_upload_is_refused_naming_the_image(trained, data, message):
     with pytest.raises(UploadRejected, match=f"image 2: .*{message}"):
         scout(trained).scout(data, "image 2")
 
 
+@pytest.mark.slow
 def test_encoded_bytes_and_a_decoded_image_get_the_same_regions(trained):
     field = field_image(3, seed=4)
     buf = io.BytesIO()
@@ -158,6 +164,7 @@ def test_encoded_bytes_and_a_decoded_image_get_the_same_regions(trained):
     assert from_bytes.model_dump(exclude=strip) == from_image.model_dump(exclude=strip)
 
 
+@pytest.mark.slow
 def test_a_reloaded_spec_reconfigures_the_scout_and_keeps_its_loaded_models(trained, caplog):
     scouting = scout(trained, **MODELS)
     more_crops = {
@@ -179,11 +186,13 @@ def test_a_reloaded_spec_reconfigures_the_scout_and_keeps_its_loaded_models(trai
     assert kept.scorer is scouting.scorer and "restart" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_spec_without_scouting_cannot_load_a_scout(trained):
     with pytest.raises(VLMError, match="no `scouting:` section"):
         load_scout(parse_config(SPEC), trained["diagnoser"])
 
 
+@pytest.mark.slow
 def test_the_local_diagnoser_sends_known_crops_to_their_adapter_in_input_order(trained):
     paths = [
         *sorted((trained["data"] / "base" / "tomato").rglob("*.jpg"))[:3],

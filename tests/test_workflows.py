@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
 from tests.tools import tool
+
+pytestmark = pytest.mark.slow  # actionlint and checkov run
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 

@@ -74,10 +74,6 @@ def manifest_text(rows: Iterable[ManifestRow]) -> str:
     return _to_csv(sorted(rows, key=lambda r: r.path), COLUMNS)
 
 
-def manifest_hash(rows: Iterable[ManifestRow]) -> str:
-    return hashlib.sha256(manifest_text(rows).encode()).hexdigest()
-
-
 def write_manifest(rows: Iterable[ManifestRow], path: Path) -> str:
     """Write atomically and return the manifest's sha256."""
     text = manifest_text(rows)
