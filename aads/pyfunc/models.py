@@ -11,7 +11,7 @@ as in the predictor and the router, with the request's pixel budget checked firs
 
 Output: one JSON-able answer per image, in input order: the adapter's diagnosis
 (`aads.inference.Diagnoser.diagnose`), or the router's routing entry
-(`aads.router.RouteDecision.as_dict`).
+(`aads.router.RouteDecision.routing`, as in the router's answers).
 
 ``model_config`` (given when the model is logged, overridable at load time with
 ``load_model(uri, model_config={...})``): ``device`` and ``dtype`` (as in the backbone settings),
@@ -129,4 +129,5 @@ class RouterModel(PythonModel):
 
     def predict(self, context: PythonModelContext, model_input, params: dict | None = None):
         pixels = _prepared(model_input, self.limits, self.router)
-        return [decision.as_dict() for decision in self.router.route_pixels(pixels)]
+        decisions = self.router.route_pixels(pixels)
+        return [d.routing().model_dump(mode="json", exclude_none=True) for d in decisions]
