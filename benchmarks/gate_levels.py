@@ -196,21 +196,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     spec = yaml.safe_load(args.config.read_text())
     if args.merge:
-        runs = [run for path in args.merge for run in json.loads(path.read_text())["runs"]]
-        runs.sort(key=lambda run: run["seed"])
+        merged = [json.loads(path.read_text()) for path in args.merge]
+        runs = sorted((run for m in merged for run in m["runs"]), key=lambda run: run["seed"])
+        load_after = [m["load_after"] for m in merged]  # each run's, not the merge's
     else:
         runs = []
         for seed in (int(s) for s in args.seeds.split(",")):
             run = {"seed": seed, **measure(seeded(spec, seed), args.workdir / f"seed{seed}")}
             runs.append(run)
             print(f"seed {seed}: {run['seconds']:.0f} s", flush=True)
+        load_after = load_average()
     result = {
         "machine": machine(),
         "config": os.path.relpath(args.config.resolve(), ROOT),
         "gate": parse_config(spec).gate.model_dump(),
         "runs": runs,
         "spread": spread(runs),
-        "load_after": load_average(),
+        "load_after": load_after,
     }
     text = report(result)
     print(text)
