@@ -1,9 +1,10 @@
 """What the demo's models reach, over several seeds: the measurements the gate levels in
 ``config/demo.yaml`` are set from.
 
-Reproduce with ``.venv/bin/python benchmarks/gate_levels.py`` (``--seeds 0,1,2``; about 3-5
+Reproduce with ``.venv/bin/python benchmarks/gate_levels.py`` (``--seeds 0,1,2``; about 5
 minutes per seed on 2 idle CPU cores once the demo backbone is cached); writes
-``benchmarks/results/gate_levels.json`` and ``gate_levels.md``.
+``benchmarks/results/gate_levels.json`` and ``gate_levels.md``. Seeds may also run as separate
+processes (``--seeds 1 --out /tmp/s1.json``), combined afterwards with ``--merge``.
 
 Each seed runs the in-process demo flow (`aads.demo.run_demo`: the same steps the pipeline
 runs, without KFP and MLflow) on the demo spec with the seed as the synthetic data's draw, the
@@ -13,6 +14,11 @@ gate and the model card compute it (`aads.headline`): accuracy over every test i
 last phase with its 95 % Wilson interval, retention of each continual phase, near- and far-OOD
 AUROC, the calibrated operating point, and the gate's verdict at the spec's levels; then the
 minimum, mean and maximum over seeds.
+
+Beside each AUROC it records the *chance band*: the AUROC a detector that cannot tell the two
+sets apart still exceeds with probability 2.5 % on the same counts (the Mann-Whitney null,
+normal approximation: 0.5 + 1.96 * sqrt((n_id + n_ood + 1) / (12 n_id n_ood))). A level under
+it would pass a useless check on a lucky draw, so no AUROC level is set below it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import yaml
@@ -48,6 +55,15 @@ MEASURES = (
     "near_accepted",
     "far_accepted",
 )
+CHANCE_QUANTILE = 0.975
+
+
+def chance_band(n_id: float | None, n_ood: float | None) -> float | None:
+    """The AUROC a chance-level detector exceeds with probability 2.5 % on these counts."""
+    if not n_id or not n_ood:
+        return None
+    sd = math.sqrt((n_id + n_ood + 1) / (12 * n_id * n_ood))
+    return 0.5 + NormalDist().inv_cdf(CHANCE_QUANTILE) * sd
 
 
 def seeded(spec: dict[str, Any], seed: int) -> PlatformConfig:
@@ -74,9 +90,14 @@ def measure(config: PlatformConfig, workdir: Path) -> dict[str, Any]:
         numbers = top.metrics()
         for r in top.retention:
             numbers[f"retention_phase{r.phase}"] = r.retention
+        ood = meta.ood or {}
         crops[crop] = {
             "measures": {k: numbers.get(k) for k in MEASURES},
             "test_images": numbers.get("test_images"),
+            "chance_band": {
+                kind: chance_band(ood.get("n_id"), ood.get(f"{kind}_n_ood"))
+                for kind in ("near", "far")
+            },
             "gate": gate.summary(),
             "passed": gate.passed,
         }
@@ -137,14 +158,20 @@ def report(result: dict[str, Any]) -> str:
         "",
         "Levels (`gate:` in the spec): " + ", ".join(f"{k} {v}" for k, v in gate.items()) + ".",
         "",
-        "| seed | seconds | router crop acc. | crop | gate |",
-        "|---|---|---|---|---|",
+        "Chance band: the AUROC a detector that cannot tell the sets apart exceeds with "
+        "probability 2.5 % on that run's counts (n in-distribution test images vs n OOD).",
+        "",
+        "| seed | seconds | router crop acc. | crop | chance band near / far | gate |",
+        "|---|---|---|---|---|---|",
     ]
     for run in result["runs"]:
         for crop, c in run["crops"].items():
+            band = " / ".join(
+                f"{v:.3f}" if v is not None else "-" for v in c["chance_band"].values()
+            )
             lines.append(
                 f"| {run['seed']} | {run['seconds']:.0f} | {run['router_crop_accuracy']:.3f} | "
-                f"{crop} | {c['gate']} |"
+                f"{crop} | {band} | {c['gate']} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -159,20 +186,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".aads" / "bench" / "gate_levels")
     parser.add_argument("--out", type=Path, default=RESULTS / "gate_levels.json")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="measure nothing: combine the runs of these result files (seeds run as separate "
+        "processes, e.g. in parallel) into one report",
+    )
     args = parser.parse_args(argv)
     spec = yaml.safe_load(args.config.read_text())
-    runs = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        run = {"seed": seed, **measure(seeded(spec, seed), args.workdir / f"seed{seed}")}
-        runs.append(run)
-        print(f"seed {seed}: {run['seconds']:.0f} s", flush=True)
+    if args.merge:
+        merged = [json.loads(path.read_text()) for path in args.merge]
+        runs = sorted((run for m in merged for run in m["runs"]), key=lambda run: run["seed"])
+        load_after = [m["load_after"] for m in merged]  # each run's, not the merge's
+    else:
+        runs = []
+        for seed in (int(s) for s in args.seeds.split(",")):
+            run = {"seed": seed, **measure(seeded(spec, seed), args.workdir / f"seed{seed}")}
+            runs.append(run)
+            print(f"seed {seed}: {run['seconds']:.0f} s", flush=True)
+        load_after = load_average()
     result = {
         "machine": machine(),
         "config": os.path.relpath(args.config.resolve(), ROOT),
         "gate": parse_config(spec).gate.model_dump(),
         "runs": runs,
         "spread": spread(runs),
-        "load_after": load_average(),
+        "load_after": load_after,
     }
     text = report(result)
     print(text)
