@@ -173,6 +173,9 @@ PHASES: tuple[Phase, ...] = (DORA, SD_LORA, CONEC_LORA)
 """Every phase, in the order a crop adapter learns them."""
 
 NUMBERS: tuple[str, ...] = tuple(p.number for p in PHASES)
+
+BY_TASK_KIND: dict[str, Phase] = {"base": DORA, "classes": SD_LORA, "domain": CONEC_LORA}
+"""The phase that learns each kind of task (`aads.tasks.TaskKind`): a continuation runs it."""
 """The phase numbers a user passes (``--phase``, the pipeline's `phases` parameter)."""
 
 

@@ -152,22 +152,17 @@ def _check_phase_inputs(
 
 
 def _train(plan: Plan, root: Path, out: Path, progress: Progress | None, on_epoch_end) -> Path:
-    """Exactly the task's phase, with the code the full pipeline runs."""
-    crop, common = plan.task.crop, {"progress": progress, "on_epoch_end": on_epoch_end}
-    if plan.task.kind == "base":
-        from aads.adapters.phases.phase1 import train_phase1
+    """Exactly the task's phase (`aads.phases.BY_TASK_KIND`), with the train function the full
+    pipeline's runner calls."""
+    from aads import phases
 
-        return train_phase1(plan.config, crop, plan.rows, root, out, **common)
-    assert plan.parent is not None
-    if plan.task.kind == "classes":
-        from aads.adapters.phases.phase2 import train_phase2
-
-        return train_phase2(plan.config, crop, plan.rows, root, plan.parent.path, out, **common)
-    from aads.adapters.phases.phase3 import train_phase3
-
-    selector = _selector_rows(plan.evaluation, crop, plan.parent.meta.classes)
-    return train_phase3(
-        plan.config, crop, [*plan.rows, *selector], root, plan.parent.path, out, **common
+    phase = phases.BY_TASK_KIND[plan.task.kind]
+    crop, rows = plan.task.crop, plan.rows
+    if plan.task.kind == "domain":  # CONEC's selector needs base-domain statistics
+        rows = [*rows, *_selector_rows(plan.evaluation, crop, plan.parent.meta.classes)]
+    previous = plan.parent.path if phase.needs_previous else None
+    return phase.train(
+        plan.config, crop, rows, root, previous, out, progress=progress, on_epoch_end=on_epoch_end
     )
 
 
