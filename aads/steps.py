@@ -314,23 +314,13 @@ def evaluate_step(
 # --------------------------------------------------------------------------- registration
 
 
-def version_tags(evaluation: Evaluation, *, git_sha: str) -> dict[str, str]:
-    """What a registered adapter version says about itself in a few tags (MLflow tags are
-    strings): what it is, where it came from, the gate, and the headline numbers as
-    ``metric.<name>`` (accuracy with its 95 % interval, retention, near- and far-OOD AUROC,
-    each only when measured). Every metric is on the evaluation run and its logged model."""
+def package_tags(meta: AdapterMeta, *, git_sha: str) -> dict[str, str]:
+    """What a registered adapter version says about the package itself (MLflow tags are
+    strings): crop, last phase, classes, domains, code, data and backbone with its licence.
+    Pipeline registrations and continuations both tag versions with these."""
     from aads.modelcard import backbone_licence
 
-    meta = evaluation.meta
     source = str(meta.backbone_settings.get("source", ""))
-    top = evaluation.headline.metrics()
-    shown = {k: top[k] for k in HEADLINE_TAGS if k in top}
-    accuracy = evaluation.headline.accuracy
-    interval = (
-        {"metric.accuracy_ci95": f"{accuracy.low:.4f}-{accuracy.high:.4f}"}
-        if accuracy is not None and accuracy.low is not None and accuracy.high is not None
-        else {}
-    )
     return {
         "crop": meta.crop,
         "phase": meta.last_phase,
@@ -340,6 +330,25 @@ def version_tags(evaluation: Evaluation, *, git_sha: str) -> dict[str, str]:
         "manifest_sha256": meta.manifest_sha256,
         "backbone": source,
         "backbone_licence": backbone_licence(source),
+    }
+
+
+def version_tags(evaluation: Evaluation, *, git_sha: str) -> dict[str, str]:
+    """What a registered adapter version says about itself in a few tags (MLflow tags are
+    strings): what it is, where it came from, the gate, and the headline numbers as
+    ``metric.<name>`` (accuracy with its 95 % interval, retention, near- and far-OOD AUROC,
+    each only when measured). Every metric is on the evaluation run and its logged model."""
+    meta = evaluation.meta
+    top = evaluation.headline.metrics()
+    shown = {k: top[k] for k in HEADLINE_TAGS if k in top}
+    accuracy = evaluation.headline.accuracy
+    interval = (
+        {"metric.accuracy_ci95": f"{accuracy.low:.4f}-{accuracy.high:.4f}"}
+        if accuracy is not None and accuracy.low is not None and accuracy.high is not None
+        else {}
+    )
+    return {
+        **package_tags(meta, git_sha=git_sha),
         GATE_TAG: evaluation.gate.verdict,
         GATE_DETAIL_TAG: evaluation.gate.summary(),
         **{f"metric.{k}": f"{v:.4f}" for k, v in shown.items()},

@@ -62,23 +62,15 @@ def register_continuation(
     """Register a gated continuation as the next version of its crop's model (alias
     ``candidate``) with its lineage tags; a refused one is never registered. Registering the
     same package again returns the version it already is (keyed by its digest)."""
-    from aads.modelcard import backbone_licence
+    from aads.steps import package_tags
     from aads.storage import CHECKSUM_FILE, sha256_file
 
     if not gate_passed:
         raise ContinuationError(f"not registering: the continuation gate {gate_summary}")
     meta = read_meta(package)
-    source = str(meta.backbone_settings.get("source", ""))
     run_id = kfp_run_id or f"continue-{sha256_file(Path(package) / CHECKSUM_FILE)[:24]}"
     tags = {
-        "crop": meta.crop,
-        "phase": meta.last_phase,
-        "classes": ",".join(meta.classes),
-        "domains": ",".join(meta.domains),
-        "git_sha": git_sha,
-        "manifest_sha256": meta.manifest_sha256,
-        "backbone": source,
-        "backbone_licence": backbone_licence(source),
+        **package_tags(meta, git_sha=git_sha),
         GATE_TAG: "passed",
         GATE_DETAIL_TAG: gate_summary,
         **lineage_tags(meta),
