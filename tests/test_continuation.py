@@ -28,7 +28,8 @@ from aads.registry import Registry
 from aads.tasks import TaskSpec, write_task
 from tests.continual_world import NEW, OLD, SPEC, ContinualWorld, build
 
-NAME = "aads-adapter-tomato"
+PREFIX = "continuation-adapter-"
+NAME = f"{PREFIX}tomato"  # own names: the session's MLflow server is shared by modules
 runner = CliRunner()
 
 
@@ -253,6 +254,7 @@ def registered(world, mlflow_server, tmp_path_factory):
             "tracking_uri": mlflow_server,
             "experiment": "continuation-test",
             "artifact_store": "s3://aads/mlflow",
+            "adapter_model_prefix": PREFIX,
         },
         "storage": {"cache_dir": str(tmp / "cache")},
     }

@@ -39,12 +39,12 @@ from aads.continual.gate import Measurement, continuation_gate, eval_rows, measu
 from aads.continual.report import against_parent, write_report
 from aads.data.manifest import ManifestRow
 from aads.gate import GateResult, adapter_gate
+from aads.phases import BY_TASK_KIND
 from aads.progress import Progress
 from aads.tasks import TaskSpec
 from aads.tracking import GATE_DETAIL_TAG, GATE_TAG, RunRef, step_run
 
 PACKAGE_DIR = "package"
-PHASE_OF_TASK = {"base": "1", "classes": "2", "domain": "3"}
 
 
 @dataclass(frozen=True)
@@ -154,9 +154,7 @@ def _check_phase_inputs(
 def _train(plan: Plan, root: Path, out: Path, progress: Progress | None, on_epoch_end) -> Path:
     """Exactly the task's phase (`aads.phases.BY_TASK_KIND`), with the train function the full
     pipeline's runner calls."""
-    from aads import phases
-
-    phase = phases.BY_TASK_KIND[plan.task.kind]
+    phase = BY_TASK_KIND[plan.task.kind]
     crop, rows = plan.task.crop, plan.rows
     if plan.task.kind == "domain":  # CONEC's selector needs base-domain statistics
         rows = [*rows, *_selector_rows(plan.evaluation, crop, plan.parent.meta.classes)]
@@ -189,7 +187,7 @@ def continue_from(
     work = Path(tempfile.mkdtemp(dir=out_dir, prefix=".work."))
     try:
         root = joined_root(work, Path(data_dir), Path(eval_dir) if eval_dir else None)
-        phase = PHASE_OF_TASK[task.kind]
+        phase = BY_TASK_KIND[task.kind].number
         with step_run(
             config.registry,
             tracking,
