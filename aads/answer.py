@@ -41,6 +41,10 @@ class _Part(BaseModel):
         extra="forbid", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True
     )
 
+    def wire(self) -> dict[str, Any]:
+        """JSON-able dict without the fields that do not apply: what a client receives."""
+        return self.model_dump(mode="json", exclude_none=True)
+
 
 class TopClass(_Part):
     """One of the adapter's most probable classes."""
@@ -188,10 +192,6 @@ class Answer(_Part):
     def verdict(self) -> Verdict:
         """What this answer said (`verdict_of`)."""
         return verdict_of(self)
-
-    def wire(self) -> dict[str, Any]:
-        """JSON-able dict without the fields that do not apply."""
-        return self.model_dump(mode="json", exclude_none=True)
 
     def wire_json(self) -> str:
         return self.model_dump_json(exclude_none=True)

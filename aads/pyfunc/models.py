@@ -66,8 +66,8 @@ def _bad_input(message: str) -> MlflowException:
 
 
 def _plain(answer: Any) -> dict:
-    """An answer (or its routing entry) as the servers send it: JSON data, no null fields."""
-    return answer.model_dump(mode="json", exclude_none=True)
+    """An answer (or its routing entry) as the servers send it (`aads.answer` ``wire``)."""
+    return answer.wire()
 
 
 def _settings(context: PythonModelContext) -> dict[str, Any]:
