@@ -20,7 +20,7 @@ from kfp import compiler, dsl
 
 from aads.atomic import atomic_write_text
 from aads.cluster import ClusterSettings, load_cluster
-from components import continue_adapter, gate_failure_report, register_continuation, resolve_config
+from components import continue_adapter, register_continuation, resolve_config
 from pipelines.training import DEFAULT_CONFIG_URI, _Placement
 
 PIPELINE_NAME = "aads-continuation"
@@ -86,18 +86,17 @@ def build_pipeline(cluster: ClusterSettings) -> Callable:
                 )
             )
         ).set_display_name("continue from the base")
-        with dsl.If(step.outputs["passed"] == True):  # noqa: E712 - KFP condition syntax
-            place.registry(
-                register_continuation(
-                    config=spec.output,
-                    continuation=step.outputs["continuation"],
-                    tracking_uri=tracking_uri,
-                    kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                    git_sha=git_sha,
-                )
-            ).set_display_name("register the child")
-        with dsl.Else():
-            place.cpu(gate_failure_report(subject=crop or "the crop", gate=step.outputs["gate"]))
+        place.register_if_passed(
+            step,
+            crop or "the crop",
+            lambda: register_continuation(
+                config=spec.output,
+                continuation=step.outputs["continuation"],
+                tracking_uri=tracking_uri,
+                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                git_sha=git_sha,
+            ),
+        ).set_display_name("register the child")
 
     return continuation_pipeline
 

@@ -125,6 +125,18 @@ class _Placement:
     def registry(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
         return self.tracked(self.cpu(task))
 
+    def register_if_passed(
+        self, gated: dsl.PipelineTask, subject: str, register: Callable[[], dsl.PipelineTask]
+    ) -> dsl.PipelineTask:
+        """How every pipeline ends a model: `register()` (a registry step, built inside the
+        branch) when `gated`'s ``passed`` output is true, else the gate's failure report for
+        `subject`. Returns the register step."""
+        with dsl.If(gated.outputs["passed"] == True):  # noqa: E712 - KFP condition syntax
+            registered = self.registry(register())
+        with dsl.Else():
+            self.cpu(gate_failure_report(subject=subject, gate=gated.outputs["gate"]))
+        return registered
+
 
 def build_pipeline(cluster: ClusterSettings, default_crops: list[str]) -> Callable:
     """The pipeline function with `cluster`'s placement compiled in; `crops` defaults to
@@ -205,18 +217,17 @@ def build_pipeline(cluster: ClusterSettings, default_crops: list[str]) -> Callab
             router = place.tracked(
                 place.gpu(train_router(config=config, manifest=manifest, **tracking))
             )
-            with dsl.If(router.outputs["passed"] == True):  # noqa: E712 - KFP condition syntax
-                place.registry(
-                    register_router(
-                        config=config,
-                        router=router.outputs["router"],
-                        kfp_run_id=run_id,
-                        git_sha=git_sha,
-                        **tracking,
-                    )
-                )
-            with dsl.Else():
-                place.cpu(gate_failure_report(subject="router", gate=router.outputs["gate"]))
+            place.register_if_passed(
+                router,
+                "router",
+                lambda: register_router(
+                    config=config,
+                    router=router.outputs["router"],
+                    kfp_run_id=run_id,
+                    git_sha=git_sha,
+                    **tracking,
+                ),
+            )
 
             trainer = {
                 "trainer_nodes": trainer_nodes,
@@ -273,18 +284,17 @@ def build_pipeline(cluster: ClusterSettings, default_crops: list[str]) -> Callab
                         )
                     )
                 )
-                with dsl.If(evaluation.outputs["passed"] == True):  # noqa: E712
-                    place.registry(
-                        register_adapter(
-                            config=config,
-                            adapter=calibrated.outputs["calibrated"],
-                            kfp_run_id=run_id,
-                            git_sha=git_sha,
-                            **tracking,
-                        )
-                    )
-                with dsl.Else():
-                    place.cpu(gate_failure_report(subject=crop, gate=evaluation.outputs["gate"]))
+                place.register_if_passed(
+                    evaluation,
+                    crop,
+                    lambda: register_adapter(
+                        config=config,
+                        adapter=calibrated.outputs["calibrated"],
+                        kfp_run_id=run_id,
+                        git_sha=git_sha,
+                        **tracking,
+                    ),
+                )
 
     return training_pipeline
 

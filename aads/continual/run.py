@@ -69,6 +69,8 @@ class Plan:
     task: TaskSpec
     rows: list[ManifestRow]  # the task's images
     evaluation: list[ManifestRow]  # the evaluation set's images ([] without one)
+    phase_rows: list[ManifestRow]  # what the phase reads: the task's images, plus for a domain
+    # task the evaluation set's base-domain known-class images (CONEC's selector statistics)
 
 
 def plan_continuation(
@@ -98,10 +100,12 @@ def plan_continuation(
                 "selector needs base-domain statistics of the known classes, fitted on the "
                 "evaluation set's base-domain images; give one with --eval"
             )
-    _check_phase_inputs(derived, task, parent, data.rows, evaluation)
-    return Plan(
-        derived, parent, task.model_copy(update={"images": data.images}), data.rows, evaluation
-    )
+    phase_rows = data.rows
+    if task.kind == "domain" and parent is not None:
+        phase_rows = [*data.rows, *_selector_rows(evaluation, task.crop, parent.meta.classes)]
+    _check_phase_inputs(derived, task, parent, phase_rows)
+    task = task.model_copy(update={"images": data.images})
+    return Plan(derived, parent, task, data.rows, evaluation, phase_rows)
 
 
 def _check_backbone(config: PlatformConfig, parent: Parent) -> None:
@@ -135,7 +139,6 @@ def _check_phase_inputs(
     task: TaskSpec,
     parent: Parent | None,
     rows: list[ManifestRow],
-    evaluation: list[ManifestRow],
 ) -> None:
     """The phase's own checks (package, settings, data), still before any backbone."""
     if parent is None:
@@ -147,20 +150,23 @@ def _check_phase_inputs(
     else:
         from aads.adapters.phases.phase3 import check_phase3_inputs
 
-        selector = _selector_rows(evaluation, task.crop, parent.meta.classes)
-        check_phase3_inputs(config, task.crop, [*rows, *selector], parent.path)
+        check_phase3_inputs(config, task.crop, rows, parent.path)
 
 
 def _train(plan: Plan, root: Path, out: Path, progress: Progress | None, on_epoch_end) -> Path:
     """Exactly the task's phase (`aads.phases.BY_TASK_KIND`), with the train function the full
     pipeline's runner calls."""
     phase = BY_TASK_KIND[plan.task.kind]
-    crop, rows = plan.task.crop, plan.rows
-    if plan.task.kind == "domain":  # CONEC's selector needs base-domain statistics
-        rows = [*rows, *_selector_rows(plan.evaluation, crop, plan.parent.meta.classes)]
     previous = plan.parent.path if phase.needs_previous else None
     return phase.train(
-        plan.config, crop, rows, root, previous, out, progress=progress, on_epoch_end=on_epoch_end
+        plan.config,
+        plan.task.crop,
+        plan.phase_rows,
+        root,
+        previous,
+        out,
+        progress=progress,
+        on_epoch_end=on_epoch_end,
     )
 
 
