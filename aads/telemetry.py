@@ -70,6 +70,9 @@ OTHER = "other"
 STAGES = ("decode", "route", "predict", "ood")
 VERDICTS = ("known", "unknown", "not_a_known_crop", "error")
 VARIANTS = ("champion", "canary")
+VARIANT_ENV = "AADS_VARIANT"
+"""What a predictor labels its own stage timings with (the chart sets it on a canary's pods):
+the router labels answers by the route it took, but a predictor cannot see that route."""
 PROTOCOLS = ("v1", "v2")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -109,6 +109,9 @@ class ServedModel(Model):
 
     telemetry_crop = ""
     """The crop this model's stages are counted under ("" before routing: router, scouting)."""
+    variant = ""
+    """The variant its stages are counted under: a predictor's own (`aads.telemetry.VARIANT_ENV`);
+    "" for a model that serves no single variant (the router, scouting)."""
 
     def __init__(self, name: str, spec: SpecSource) -> None:
         super().__init__(name, return_response_headers=True)
@@ -121,7 +124,7 @@ class ServedModel(Model):
         """Times the block as stage `name` (`aads.telemetry.STAGES`) when metrics are on."""
         if not config.serving.metrics:
             return nullcontext()
-        return stage_timer(name, crop or self.telemetry_crop)
+        return stage_timer(name, crop or self.telemetry_crop, self.variant)
 
     @property
     def config(self) -> PlatformConfig:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from aads.inference import (
     share_identical_parameters,
     untimed,
 )
+from aads.telemetry import VARIANT_ENV, VARIANTS
 from serving.base import Batch, FixedSpec, ServedModel, SpecSource
 from serving.server import ModelServer, server_arguments
 
@@ -53,10 +55,12 @@ class AdapterPredictor(ServedModel):
         *,
         tracking_uri: str | None = None,
         version: str = "",
+        variant: str = "champion",
     ):
         super().__init__(crop, spec)
         self.telemetry_crop = crop
         self.source, self.tracking_uri, self.version = source, tracking_uri, version
+        self.variant = variant
         self.diagnoser: Diagnoser | None = None
         self.batcher: DynamicBatcher | None = None
 
@@ -109,7 +113,7 @@ class AdapterPredictor(ServedModel):
             return self.diagnoser.diagnose_pixels(pixels, untimed)
         telemetry.observe_batch(len(pixels), self.name, self.version)
         return self.diagnoser.diagnose_pixels(
-            pixels, lambda stage: telemetry.stage_timer(stage, self.name)
+            pixels, lambda stage: telemetry.stage_timer(stage, self.name, self.variant)
         )
 
 
@@ -134,12 +138,15 @@ def model_sources(args: argparse.Namespace) -> dict[str, str]:
 
 
 def build_predictors(
-    sources: dict[str, str], config: PlatformConfig, tracking_uri: str | None = None
+    sources: dict[str, str],
+    config: PlatformConfig,
+    tracking_uri: str | None = None,
+    variant: str = "champion",
 ) -> list[AdapterPredictor]:
     """Load every crop's predictor; with several, share their identical weights."""
     spec = FixedSpec(config)
     predictors = [
-        AdapterPredictor(crop, source, spec, tracking_uri=tracking_uri)
+        AdapterPredictor(crop, source, spec, tracking_uri=tracking_uri, variant=variant)
         for crop, source in sources.items()
     ]
     for p in predictors:
@@ -176,11 +183,23 @@ def main() -> None:
     parser.add_argument("--adapter", action="append", help="crop=source (repeat)")
     parser.add_argument("--model-root", help="folder of adapter packages, one per crop")
     parser.add_argument("--tracking-uri", default=None, help="MLflow, for models:/ sources")
+    parser.add_argument(
+        "--variant",
+        default=os.environ.get(VARIANT_ENV) or "champion",
+        help=f"champion or canary: the label of this predictor's stage timings on /metrics "
+        f"(default: ${VARIANT_ENV}, which the chart sets on a canary's predictor, else champion)",
+    )
     args, ignored = parser.parse_known_args()
     if ignored:
         log.warning("ignoring unknown arguments %s", ignored)
+    if args.variant not in VARIANTS:
+        parser.error(
+            f"--variant (or ${VARIANT_ENV}) must be one of {VARIANTS}, not {args.variant!r}"
+        )
     server = ModelServer.from_args(args)
-    predictors = build_predictors(model_sources(args), server.spec.current, args.tracking_uri)
+    predictors = build_predictors(
+        model_sources(args), server.spec.current, args.tracking_uri, args.variant
+    )
     server.start(predictors)
 
 

@@ -13,6 +13,7 @@ from helm_python import Chart, HelmError, lint
 
 from aads.chart import CUSTOM_KINDS, KSERVE_KINDS, KUBE_VERSION, ChartError, crd_validators
 from aads.config import parse_config_text
+from aads.telemetry import VARIANT_ENV
 from tests.charts import (
     CHART,
     CRDS,
@@ -198,6 +199,8 @@ def test_a_standard_mode_canary_is_a_second_service_the_router_splits_to():
     assert canaries == {
         "tomato": {"url": "http://aads-tomato-canary-predictor.aads", "percent": 10, "version": "8"}
     }
+    assert canary["spec"]["predictor"]["model"]["env"] == [{"name": VARIANT_ENV, "value": "canary"}]
+    assert "env" not in stable["spec"]["predictor"]["model"]  # the champion's stage timings
     policy = named(docs, "NetworkPolicy", "aads-adapters")
     assert "aads-tomato-canary" in policy["spec"]["podSelector"]["matchExpressions"][0]["values"]
     assert "aads-tomato-canary" in {
@@ -212,6 +215,8 @@ def test_a_knative_canary_uses_kserves_own_traffic_split():
     predictor = named(docs, "InferenceService", "aads-tomato")["spec"]["predictor"]
     assert predictor["canaryTrafficPercent"] == 25
     assert predictor["model"]["storageUri"].endswith("/tomato/v8")
+    # the new revision (the canary) labels its stage timings canary; the old one did not
+    assert predictor["model"]["env"] == [{"name": VARIANT_ENV, "value": "canary"}]
     assert spec_of(docs)["serving"]["canaries"] == {}
 
 

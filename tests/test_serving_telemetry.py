@@ -24,7 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from aads.capture.records import UNKNOWN_CROP, open_capture_store
 from aads.capture.settings import CaptureSettings
 from aads.config import StorageSettings
-from serving.local import ServerProcess, start_server
+from aads.telemetry import VARIANT_ENV
+from serving.local import ServerProcess, ServingFailed, start_server
 from tests.conftest import free_port
 from tests.images import encode, noise_png, not_a_plant
 from tests.serving_models import SPEC, crop_images, trained_models
@@ -272,3 +273,42 @@ def test_a_stopped_router_closes_its_capture_writer_after_writing_what_it_holds(
     assert "capture writer for" in log and "closed:" in log, log[-2000:]
     sha = hashlib.sha256(stranger).hexdigest()
     assert any(r.sha256 == sha for r in captured(world, "capture-b", UNKNOWN_CROP))
+
+
+def test_a_canary_predictor_labels_its_own_stage_timings_canary(world):
+    """The router labels answers by the route it took; a predictor cannot see the route, so a
+    canary's predictor is told (the chart sets AADS_VARIANT on a canary's pods)."""
+    tmp = world["tmp"]
+    spec = write_spec(
+        tmp / "canary",
+        {**world["base"], "storage": storage_for(world["endpoint"], "capture-a", tmp)},
+    )
+    canary = start_server(
+        "serving.predictor",
+        ["--model-root", str(world["models"] / "adapters"), "--spec", str(spec)],
+        tmp / "predictor-canary.log",
+        env={**os.environ, **CREDENTIALS, VARIANT_ENV: "canary"},
+        timeout_s=120,
+    )
+    try:
+        (image,) = crop_images(world["models"], "tomato", 1)
+        status, _ = post(port_of(canary), "/v1/models/tomato:predict", v1(image.read_bytes()))
+        assert status == 200
+        samples = scrape(canary)
+    finally:
+        canary.stop()
+    stage = "aads_stage_duration_seconds_count"
+    assert total(samples, stage, stage="predict", crop="tomato", variant="canary") == 1
+    assert total(samples, stage, variant="champion") == 0
+
+
+def test_a_predictor_refuses_a_variant_it_does_not_know_before_loading_anything(world):
+    tmp = world["tmp"]
+    with pytest.raises(ServingFailed, match=r"--variant \(or \$AADS_VARIANT\) must be one of"):
+        start_server(
+            "serving.predictor",
+            ["--model-root", str(world["models"] / "adapters")],
+            tmp / "predictor-blue.log",
+            env={**os.environ, VARIANT_ENV: "blue"},
+            timeout_s=60,
+        )
