@@ -38,6 +38,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from aads.config import ServingSettings
 from aads.errors import AADSError, BadInput, TooLarge, Unavailable, http_status
+from aads.telemetry import observe_request
 
 log = logging.getLogger("aads.serving.http")
 
@@ -318,7 +319,9 @@ class RequestGuard:
             if reserved and self.body_bytes + reserved > limits.max_inflight_request_bytes:
                 raise ServerBusy("server busy: too many large requests in flight, retry shortly")
         except AADSError as refused:
-            await _send_error(send, http_status(refused), str(refused), close=True)
+            status = http_status(refused)
+            await _send_error(send, status, str(refused), close=True)
+            _count_refusal(scope["path"], status, limits)
             return
         counted = not exempt
         self.requests += counted
@@ -363,6 +366,23 @@ class RequestGuard:
         finally:
             self.requests -= counted
             self.body_bytes -= state["reserved"]
+
+
+def inference_protocol(path: str) -> str | None:
+    """``v1`` or ``v2`` for an inference route's path (`serving.routes`), else None."""
+    if path.startswith("/v1/models/") and path.endswith(":predict"):
+        return "v1"
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        return "v2"
+    return None
+
+
+def _count_refusal(path: str, status: int, limits: ServingSettings) -> None:
+    """An inference request refused here never reaches its route, which counts the others:
+    count it as the route would (a shed 503 is what a busy-server alert needs to see)."""
+    protocol = inference_protocol(path)
+    if protocol is not None and limits.metrics:
+        observe_request(protocol, status, 0.0)
 
 
 def _declared_length(scope: dict, limits: ServingSettings) -> int | None:

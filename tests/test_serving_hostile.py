@@ -41,6 +41,7 @@ from tests.images import (
     real_jpeg,
 )
 from tests.serving_models import SPEC, trained_models
+from tests.test_serving_telemetry import scrape, total
 
 OIP_SPEC = Path(__file__).resolve().parents[2] / "shared" / "specs" / "open-inference-protocol"
 HOSTILE_SERVING = {
@@ -391,6 +392,25 @@ def test_a_declared_body_over_the_limit_is_413_before_it_is_sent(servers):
     assert out.startswith(b"HTTP/1.1 413") and b"200000000 bytes is over the 1000000" in out
     assert b"connection: close" in out and took < 1
     good_answer(servers)
+
+
+def test_a_request_refused_before_its_route_is_still_counted_on_metrics(servers):
+    """The guard answers some refusals (a declared body over the limit, a busy server) before
+    any route runs; the routes count every request they answer, so the guard counts these."""
+    router = servers["servers"]["router"]
+    requests = "aads_requests_total"
+
+    def refused_413() -> float:
+        return total(scrape(router), requests, protocol="v1", code="413")
+
+    before = refused_413()
+    head = b"POST /v1/models/aads:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 200000000\r\n\r\n"
+    out, _ = raw_exchange(port(servers), head)
+    assert out.startswith(b"HTTP/1.1 413")
+    assert refused_413() == before + 1
+    head = b"POST /v2/models/x/ready HTTP/1.1\r\nHost: x\r\nContent-Length: 200000000\r\n\r\n"
+    raw_exchange(port(servers), head)  # refused too, but not an inference request
+    assert total(scrape(router), requests, code="413") == before + 1
 
 
 @pytest.mark.slow
