@@ -100,6 +100,7 @@ def _one_loop(
 ) -> None:
     import aads.cli  # noqa: F401 - first: aads.monitor_cli's commands hang on aads.cli's app
     from aads.continual.lineage import chain, chain_text, links
+    from aads.continue_cli import lineage_cmd
     from aads.monitor_cli import feedback_import, feedback_review
     from aads.registry import Registry, adapter_model_name
     from pipelines.local import PipelineFailed, last_error, output_to, run_continuation_local
@@ -211,7 +212,8 @@ def _one_loop(
     child_version = cont.version.rsplit("/", 1)[-1]
     found = links(registry, model)
     result.lineage = chain_text(chain(found, child_version))
-    console.print(f"$ aads lineage --crop {crop}\n{result.lineage}")
+    console.print(f"$ aads lineage --crop {crop} --version {child_version}")
+    lineage_cmd(crop=crop, version=child_version, config=spec_path, tracking_uri=tracking_uri)
     adapters = {crop: f"models:/{model}/{child_version}"}
     with serve_locally(
         spec_text, router_uri, adapters, work / "serve-v2", tracking_uri=tracking_uri
