@@ -475,3 +475,35 @@ def test_the_continuation_pipeline_runs_locally_and_registers_the_child(
     child = registered["registry"].resolve(NAME, added[0])
     assert child.tags["parent_version"] == registered["v1"]  # the champion it continued
     assert child.tags["task"] == NEW and child.tags["gate"] == "passed"
+
+
+# --------------------------------------------------------------------------- OOD drift maths
+
+
+@pytest.mark.parametrize("covariance", ["shared_empirical", "diagonal", "per_class"])
+def test_the_task_feature_shift_is_measured_under_every_covariance(covariance, monkeypatch):
+    """Each image's shift, parent to child features, in the parent's Mahalanobis metric (with
+    per-class covariances, its nearest class's): a shift of the pooled threshold's square root
+    along a whitened axis reads 1.0."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from aads.continual import ood
+    from aads.ood.mahalanobis import MahalanobisEstimator
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (60, 4)), rng.normal(6, 1, (60, 4))])
+    est = MahalanobisEstimator(covariance, "raw").fit(x, np.repeat([0, 1], 60))
+    features = {"parent": x[:10], "child": x[:10] + 0.5}
+    monkeypatch.setattr(
+        ood, "adapter_features", lambda a, rows, root: SimpleNamespace(features=features[a.name])
+    )
+    pooled = 2.0
+    detector = SimpleNamespace(estimator=est, thresholds=SimpleNamespace(pooled=pooled))
+    parent = SimpleNamespace(name="parent", ood=detector)
+    shift = ood.task_feature_shift(parent, SimpleNamespace(name="child"), [None] * 10, Path())
+    precision = est.precision_ if est.precision_.ndim < 3 else est.precision_[0]
+    step = np.full(4, 0.5)
+    expected = (step**2 * precision).sum() if precision.ndim == 1 else step @ precision @ step
+    assert shift == pytest.approx(expected / pooled)
