@@ -167,10 +167,13 @@ def demo_cmd(
     ),
 ) -> None:
     """What `make demo` runs: synthesise data, run the pipeline locally, register in MLflow,
-    then serve what was registered and diagnose a few held-out images."""
+    serve what was registered and diagnose a few held-out images, then close a short field
+    loop (`pipelines.field_loop`): a disease the served version never saw is captured,
+    reviewed, labelled and learned by a continuation from ``candidate``."""
     from aads.config import load_config
     from aads.data.synth import synthesize
     from aads.mlflow_server import local_mlflow_server, server_command
+    from pipelines.field_loop import field_loop
 
     config = config_path(config)
     cfg = load_config(config)
@@ -182,6 +185,7 @@ def demo_cmd(
         run = _run_quietly(workdir, text, str(data), tracking_uri=tracking_uri)
         print_summary(run)
         serve_and_diagnose(cfg, text, run, data, workdir, tracking_uri)
+        field_loop(cfg, text, run, data, workdir, tracking_uri, console)
     browse = " ".join(server_command(workdir / "mlflow", 5000))
     console.print(f"Browse the registry: {browse}  (then open http://127.0.0.1:5000)")
     console.print(f"KFP outputs (model cards, reports, ROC curves): {run.run_dir}")

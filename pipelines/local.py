@@ -135,8 +135,6 @@ def run_local(
     echo: Callable[[str], None] | None = None,
 ) -> LocalRun:
     """Run the pipeline; `echo` gets one line per finished task (progress for terminals)."""
-    from kfp import local
-
     from pipelines.training import default_pipeline
 
     config = parse_config_text(config_text, "config")  # fail before any task on a bad spec
@@ -144,13 +142,41 @@ def run_local(
     for crop in crops:
         config.crop(crop)
     workdir = Path(workdir).resolve()
-    root = workdir / "kfp"
+    server = local_mlflow_server(workdir / "mlflow") if not tracking_uri else nullcontext()
+    start = time.perf_counter()
+    with server as started:
+        uri = tracking_uri or str(started)
+        run_dir, tasks = _run_pipeline(
+            default_pipeline(local=True),
+            workdir / "kfp",
+            echo,
+            config_yaml=config_text,
+            data_uri=str(data_uri),
+            crops=list(crops),
+            phases=list(phases or PHASE_NUMBERS),
+            tracking_uri=uri,
+            git_sha=git_sha,
+        )
+    run = summarise(run_dir, config, crops, uri, time.perf_counter() - start)
+    run.tasks = tasks
+    return run
+
+
+def _run_pipeline(
+    pipeline: Callable,
+    root: Path,
+    echo: Callable[[str], None] | None,
+    **arguments: object,
+) -> tuple[Path, list[tuple[str, float, str]]]:
+    """Run `pipeline` with kfp.local under `root`; return its run folder and timed tasks, or
+    raise `PipelineFailed` naming where its task outputs and logs are."""
+    from kfp import local
+
     root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     # GPU requests, node selectors and display names are for the cluster; say so once, here.
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
     warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
-    server = local_mlflow_server(workdir / "mlflow") if not tracking_uri else nullcontext()
     before = set(root.iterdir())
     timer = TaskTimer(echo)
     root_logger = logging.getLogger()
@@ -159,30 +185,77 @@ def run_local(
     # at INFO the later iterations' task lines still reach the timer.
     root_logger.setLevel(logging.INFO)
     root_logger.addFilter(timer)
-    start = time.perf_counter()
-    with server as started:
-        uri = tracking_uri or str(started)
-        try:
-            default_pipeline(local=True)(
-                config_yaml=config_text,
-                data_uri=str(data_uri),
-                crops=list(crops),
-                phases=list(phases or PHASE_NUMBERS),
-                tracking_uri=uri,
-                git_sha=git_sha,
-            )
-        except RuntimeError as err:
-            runs = sorted(set(root.iterdir()) - before)
-            where = runs[-1] if runs else root
-            reason = TaskTimer.ANSI.sub("", str(err))
-            raise PipelineFailed(f"{reason} (task outputs and logs under {where})") from None
-        finally:
-            root_logger.removeFilter(timer)
-            root_logger.setLevel(level)
-    seconds = time.perf_counter() - start
+    try:
+        pipeline(**arguments)
+    except RuntimeError as err:
+        runs = sorted(set(root.iterdir()) - before)
+        where = runs[-1] if runs else root
+        reason = TaskTimer.ANSI.sub("", str(err))
+        raise PipelineFailed(f"{reason} (task outputs and logs under {where})") from None
+    finally:
+        root_logger.removeFilter(timer)
+        root_logger.setLevel(level)
     (run_dir,) = sorted(set(root.iterdir()) - before)
-    run = summarise(run_dir, config, crops, uri, seconds)
-    run.tasks = timer.tasks
+    return run_dir, timer.tasks
+
+
+@dataclass
+class ContinuationRun:
+    """What a local run of the continuation pipeline decided."""
+
+    run_dir: Path
+    seconds: float
+    passed: bool | None = None
+    gate: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    version: str = ""  # ``<model>/<version>`` when the child was registered
+    tasks: list[tuple[str, float, str]] = field(default_factory=list)
+
+
+def run_continuation_local(
+    config_text: str,
+    data_uri: str,
+    workdir: Path,
+    *,
+    base: str,
+    crop: str,
+    classes: list[str] | None = None,
+    domain: str = "",
+    eval_uri: str = "",
+    tracking_uri: str,
+    git_sha: str = "",
+    echo: Callable[[str], None] | None = None,
+) -> ContinuationRun:
+    """Run the continuation pipeline (`pipelines.continuation`) with kfp.local, as `run_local`
+    runs the training pipeline; the gate's answer and the registered version come back from
+    the run's own outputs."""
+    from pipelines.continuation import default_pipeline
+
+    parse_config_text(config_text, "config")  # fail before any task on a bad spec
+    start = time.perf_counter()
+    run_dir, tasks = _run_pipeline(
+        default_pipeline(local=True),
+        Path(workdir).resolve() / "kfp",
+        echo,
+        data_uri=str(data_uri),
+        base=base,
+        crop=crop,
+        classes=",".join(classes or []),
+        domain=domain,
+        eval_uri=str(eval_uri),
+        config_yaml=config_text,
+        tracking_uri=tracking_uri,
+        git_sha=git_sha,
+    )
+    run = ContinuationRun(run_dir, time.perf_counter() - start, tasks=tasks)
+    for out in run_dir.rglob("executor_output.json"):
+        data = json.loads(out.read_text())
+        params = data.get("parameterValues", {})
+        if out.parent.name == "continue-adapter":
+            run.passed, run.gate = params.get("passed"), params.get("gate", "")
+            run.metrics = _metrics(data, "metrics")
+        elif out.parent.name == "register-continuation":
+            run.version = params.get("Output", "")
     return run
 
 

@@ -21,12 +21,14 @@ from typer.testing import CliRunner
 from aads.adapters import loading
 from aads.adapters.package import HEADS_FILE, read_meta, update_package
 from aads.cli import app
-from aads.config import PlatformConfig, parse_config
+from aads.config import PlatformConfig, SynthSettings, parse_config
 from aads.continual import BaseNotFound, ContinuationError, continue_from
+from aads.continual.data import EVAL_PREFIX, eval_data
 from aads.continual.lineage import chain, chain_text, links
+from aads.data.synth import synthesize
 from aads.registry import Registry
 from aads.tasks import TaskSpec, write_task
-from tests.continual_world import NEW, OLD, SPEC, ContinualWorld, build
+from tests.continual_world import DRAW, NEW, OLD, SPEC, ContinualWorld, build
 
 PREFIX = "continuation-adapter-"
 NAME = f"{PREFIX}tomato"  # own names: the session's MLflow server is shared by modules
@@ -51,6 +53,47 @@ def new_class_task() -> TaskSpec:
 
 def field_task() -> TaskSpec:
     return TaskSpec(kind="domain", crop="tomato", domain="field", classes=OLD)
+
+
+# --------------------------------------------------------------------------- evaluation sets
+
+
+@pytest.fixture(scope="module")
+def drawn_golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthesised set as `aads data synth` writes it: the layout marker and
+    ``<domain>/<crop>/<part>/<class>/<image>``."""
+    out = tmp_path_factory.mktemp("drawn-golden")
+    synthesize(
+        parse_config(DRAW),
+        out,
+        settings=SynthSettings(images_per_class=3, images_per_domain_class=2, image_size=32),
+    )
+    return out
+
+
+def test_a_synthesised_evaluation_set_is_read_in_its_own_layout(drawn_golden):
+    rows = eval_data(parse_config(DRAW), drawn_golden, "tomato")
+    tomato = {(r.domain, r.label) for r in rows if r.crop == "tomato"}
+    assert {("base", c) for c in [*OLD, NEW]} <= tomato and ("field", OLD[0]) in tomato
+    assert all(r.path.startswith(f"{EVAL_PREFIX}/") and r.path.count("/") == 5 for r in rows)
+
+
+def test_an_evaluation_set_of_crop_part_class_folders_without_the_marker_is_read(
+    drawn_golden, tmp_path
+):
+    """What a team keeps by hand: the synthesised tree without its marker, as links."""
+    for image in (drawn_golden / "field").rglob("*.jpg"):
+        link = tmp_path / image.relative_to(drawn_golden)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(image)
+    rows = eval_data(parse_config(DRAW), tmp_path, "tomato")
+    assert {r.domain for r in rows} == {"field"} and {r.part for r in rows} >= {"leaf"}
+
+
+def test_an_evaluation_set_of_domain_crop_class_folders_is_read(world):
+    rows = eval_data(world.config, world.evaluation, "tomato")
+    assert {(r.domain, r.crop) for r in rows} == {("base", "tomato"), ("base", "corn")}
+    assert {r.label for r in rows if r.crop == "tomato"} == {*OLD, "mosaic_virus"}
 
 
 # --------------------------------------------------------------------------- refused first
@@ -432,3 +475,35 @@ def test_the_continuation_pipeline_runs_locally_and_registers_the_child(
     child = registered["registry"].resolve(NAME, added[0])
     assert child.tags["parent_version"] == registered["v1"]  # the champion it continued
     assert child.tags["task"] == NEW and child.tags["gate"] == "passed"
+
+
+# --------------------------------------------------------------------------- OOD drift maths
+
+
+@pytest.mark.parametrize("covariance", ["shared_empirical", "diagonal", "per_class"])
+def test_the_task_feature_shift_is_measured_under_every_covariance(covariance, monkeypatch):
+    """Each image's shift, parent to child features, in the parent's Mahalanobis metric (with
+    per-class covariances, its nearest class's): a shift of the pooled threshold's square root
+    along a whitened axis reads 1.0."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from aads.continual import ood
+    from aads.ood.mahalanobis import MahalanobisEstimator
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (60, 4)), rng.normal(6, 1, (60, 4))])
+    est = MahalanobisEstimator(covariance, "raw").fit(x, np.repeat([0, 1], 60))
+    features = {"parent": x[:10], "child": x[:10] + 0.5}
+    monkeypatch.setattr(
+        ood, "adapter_features", lambda a, rows, root: SimpleNamespace(features=features[a.name])
+    )
+    pooled = 2.0
+    detector = SimpleNamespace(estimator=est, thresholds=SimpleNamespace(pooled=pooled))
+    parent = SimpleNamespace(name="parent", ood=detector)
+    shift = ood.task_feature_shift(parent, SimpleNamespace(name="child"), [None] * 10, Path())
+    precision = est.precision_ if est.precision_.ndim < 3 else est.precision_[0]
+    step = np.full(4, 0.5)
+    expected = (step**2 * precision).sum() if precision.ndim == 1 else step @ precision @ step
+    assert shift == pytest.approx(expected / pooled)

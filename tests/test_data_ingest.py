@@ -251,3 +251,25 @@ def test_ingest_of_nothing_usable_is_an_error_naming_where_the_reasons_are(tmp_p
     result = ingest(tmp_path, config=aliased_config())
     with pytest.raises(NothingIngested, match="1 of crops, classes or domains"):
         require_images(result, tmp_path / "out")
+
+
+def test_four_levels_under_folders_that_name_no_crop_are_domain_crop_class(tmp_path):
+    for i in range(3):
+        put(tmp_path, f"base/Pepper,_bell/healthy/{i}.jpg", jpeg_bytes(i))
+    result = ingest(tmp_path, config=aliased_config(aliases=["Pepper,_bell"]))
+    assert result.summary["layout"] == "crop-class"
+    assert {(r.domain, r.crop, r.label) for r in result.rows} == {("base", "pepper", "healthy")}
+
+
+def test_four_levels_under_crop_folders_stay_crop_part_class(tmp_path):
+    for i in range(3):
+        put(tmp_path, f"pepper/fruit/healthy/{i}.jpg", jpeg_bytes(i))
+    rows = ingest(tmp_path, config=aliased_config()).rows
+    assert {(r.crop, r.part, r.label) for r in rows} == {("pepper", "fruit", "healthy")}
+
+
+def test_five_levels_are_crop_part_class_under_domain_folders(tmp_path):
+    for i in range(3):
+        put(tmp_path, f"field/tomato/fruit/healthy/{i}.jpg", jpeg_bytes(i))
+    rows = ingest(tmp_path).rows
+    assert {(r.domain, r.crop, r.part) for r in rows} == {("field", "tomato", "fruit")}

@@ -21,7 +21,6 @@ from aads.adapters.package import AdapterMeta
 from aads.config import BASE_DOMAIN, CropSpec, PlatformConfig
 from aads.continual.base import ContinuationError
 from aads.data.ingest import IngestResult, ingest
-from aads.data.layout import detect_layout, slugify
 from aads.data.manifest import ManifestRow
 from aads.tasks import TASK_FILE, TaskSpec, read_task
 
@@ -177,34 +176,21 @@ def _check_batch(result: IngestResult, task: TaskSpec, data_dir: Path) -> None:
 
 
 def eval_data(config: PlatformConfig, eval_dir: Path, crop: str) -> list[ManifestRow]:
-    """The evaluation set's images (paths under EVAL_PREFIX/): ``<crop>/<class>/<image>`` for
-    the base domain, ``<domain>/<crop>/<class>/<image>`` for others, or PlantVillage's layout.
-    Images of crops or classes the config does not name are left out."""
+    """The evaluation set's images (paths under EVAL_PREFIX/), in any layout `aads data
+    ingest` reads (its marker file, ``crop/class``, ``crop/part/class``, PlantVillage's, each
+    optionally under one folder per domain), detected as ingest detects it. Images of crops,
+    classes or domains the config does not name are left out."""
     eval_dir = Path(eval_dir)
     if not eval_dir.is_dir():
         raise ContinuationError(f"--eval {eval_dir}: not a folder")
-    layout, domain_dirs = _eval_layout(eval_dir, config)
     try:
-        result = ingest(eval_dir, config=config, layout=layout, domain_dirs=domain_dirs)
+        result = ingest(eval_dir, config=config)
     except Exception as err:  # noqa: BLE001 - a LayoutError/BadInput says why
         raise ContinuationError(f"--eval {eval_dir}: {err}") from None
     rows = [replace(r, path=f"{EVAL_PREFIX}/{r.path}") for r in result.rows]
     if not any(r.crop == crop for r in rows):
         raise ContinuationError(f"--eval {eval_dir}: no usable images of crop '{crop}'")
     return rows
-
-
-def _eval_layout(root: Path, config: PlatformConfig) -> tuple[str, bool]:
-    files = [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")]
-    try:
-        layout, domains = detect_layout(root, files)
-    except Exception as err:  # noqa: BLE001
-        raise ContinuationError(f"--eval {root}: {err}") from None
-    if layout == "plantvillage":
-        return layout, domains
-    tops = {slugify(p.name) for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
-    crops = {c.name for c in config.crops} | {slugify(a) for c in config.crops for a in c.aliases}
-    return "crop-class", not tops <= crops
 
 
 def joined_root(work: Path, data_dir: Path, eval_dir: Path | None) -> Path:

@@ -15,7 +15,8 @@ Either way the drift is measured and written into the package's metrics, so nobo
 trust the carried statistics blind:
 
 - ``ood_task_feature_shift``: the task's images through parent and child, the mean squared
-  Mahalanobis distance (parent precision) between the two feature vectors of each image,
+  Mahalanobis distance (parent precision; with per-class covariances, that of the class the
+  parent finds nearest) between the two feature vectors of each image,
   divided by the parent's pooled threshold (1.0: the shift alone is as large as the radius an
   image may be from its class mean);
 - with an evaluation set, ``ood_old_score_ratio``: the mean own-class score of the evaluation
@@ -131,8 +132,11 @@ def task_feature_shift(parent: LoadedAdapter, child: LoadedAdapter, rows, root: 
     diff = b - a
     if precision.ndim == 1:
         squared = (diff**2 * precision).sum(1)
-    else:
+    elif precision.ndim == 2:
         squared = np.einsum("ij,jk,ik->i", diff, precision, diff)
+    else:  # per-class covariances: each image's shift in its nearest parent class's metric
+        nearest, _ = est.min_distance(before)
+        squared = np.einsum("ij,ijk,ik->i", diff, precision[nearest], diff)
     return float(squared.mean() / parent.ood.thresholds.pooled)
 
 

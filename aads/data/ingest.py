@@ -130,7 +130,12 @@ def ingest(
     """Label, check, de-duplicate, split and phase-assign every image under `root`."""
     settings = settings or (config.data if config else DataSettings())
     labelled, misplaced, empty_dirs, used_layout, used_domain_dirs = discover(
-        Path(root), layout, domain_dirs=domain_dirs, default_part=default_part, domain=domain
+        Path(root),
+        layout,
+        domain_dirs=domain_dirs,
+        default_part=default_part,
+        domain=domain,
+        names_crop=(lambda name: config.crop_named(name) is not None) if config else None,
     )
     rejects = [RejectRow(m.rel, "misplaced", m.why) for m in misplaced]
     rejects += [RejectRow(d, "empty_class", "folder holds no files") for d in empty_dirs]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -77,8 +78,16 @@ def _files(root: Path) -> list[Path]:
     )
 
 
-def detect_layout(root: Path, files: list[Path]) -> tuple[str, bool]:
-    """Return (layout, domain_dirs) for `root`, or raise naming what was seen."""
+def detect_layout(
+    root: Path, files: list[Path], names_crop: Callable[[str], bool] | None = None
+) -> tuple[str, bool]:
+    """Return (layout, domain_dirs) for `root`, or raise naming what was seen.
+
+    Four folder levels are either ``crop/part/class`` or ``domain/crop/class``; `names_crop`
+    (the config's crop names and aliases) tells them apart: when the top folders name no crop
+    and the folders under them do, the top level is one folder per domain. Without it, or when
+    the names do not say, four levels read as ``crop/part/class``.
+    """
     marker = root / LAYOUT_MARKER
     if marker.is_file():
         meta = json.loads(marker.read_text())
@@ -98,12 +107,28 @@ def detect_layout(root: Path, files: list[Path]) -> tuple[str, bool]:
     if depth == 3:
         return "crop-class", False
     if depth == 4:
+        if _domain_folders_over(root, files, names_crop):
+            return "crop-class", True
         return "crop-part-class", False
+    if depth == 5:
+        return "crop-part-class", True
     raise LayoutError(
         f"{root}: cannot infer the layout (most files are {depth} folders deep); pass "
         "--layout plantvillage|crop-class|crop-part-class and --domain-dirs if the top "
         "level is one folder per domain"
     )
+
+
+def _domain_folders_over(
+    root: Path, files: list[Path], names_crop: Callable[[str], bool] | None
+) -> bool:
+    """Whether four-level files are ``domain/crop/class`` (True) rather than
+    ``crop/part/class``: only when `names_crop` finds crops one level down and none at the top."""
+    if names_crop is None:
+        return False
+    rels = [p.relative_to(root).parts for p in files if len(p.relative_to(root).parts) == 4]
+    tops, seconds = {r[0] for r in rels}, {r[1] for r in rels}
+    return not any(names_crop(t) for t in tops) and any(names_crop(s) for s in seconds)
 
 
 def discover(
@@ -113,6 +138,7 @@ def discover(
     domain_dirs: bool | None = None,
     default_part: str = "leaf",
     domain: str = BASE_DOMAIN,
+    names_crop: Callable[[str], bool] | None = None,
 ) -> tuple[list[Labelled], list[Misplaced], list[str], str, bool]:
     """Walk `root` and label every file by its location.
 
@@ -124,7 +150,7 @@ def discover(
         raise LayoutError(f"{root}: not a directory")
     files = _files(root)
     if layout == "auto":
-        layout, detected_domains = detect_layout(root, files)
+        layout, detected_domains = detect_layout(root, files, names_crop)
         domain_dirs = detected_domains if domain_dirs is None else domain_dirs
     domain_dirs = bool(domain_dirs)
     depth = _LABEL_DEPTH[layout] + int(domain_dirs)

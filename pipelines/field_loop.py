@@ -1,0 +1,270 @@
+"""The end of `make demo`: a short field loop from the served version to its child.
+
+For each served crop whose spec holds a disease out of training (``ood_holdout``), with the
+parts a team runs: the router and predictor serve ``candidate`` (v1) with capture on into a
+folder; the held-out disease's test images are answered ``unknown`` and captured; ``aads
+feedback review`` clusters them; the demo plays the person who labels (it names every cluster
+with the disease's name, as a person renaming the review's cluster folders would); ``aads
+feedback import`` writes a ``classes`` batch; the KFP continuation pipeline, run locally as the
+training pipeline is, continues ``candidate`` on that batch with an evaluation set made of the
+run's own test-split images (links, in the layout the synthesiser writes); the gate against the
+parent decides; a passing child is registered with its lineage, served, and sent the same
+images. A refusal (before training, or by the gate) is printed with its reasons and ends the
+loop for that crop normally.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from aads.answer import Answer
+from aads.config import PlatformConfig
+from aads.data.manifest import ManifestRow, read_manifest
+
+
+@dataclass
+class LoopResult:
+    """What one crop's loop did (printed as it goes; returned for tests and timing)."""
+
+    crop: str
+    disease: str
+    images: list[Path] = field(default_factory=list)
+    before: list[Answer] = field(default_factory=list)
+    after: list[Answer] = field(default_factory=list)
+    captured: int = 0
+    batch: Path | None = None
+    passed: bool | None = None
+    gate: str = ""
+    child: str = ""  # ``<model>/<version>`` of the registered child
+    lineage: str = ""
+    stopped: str = ""  # why the loop ended before serving a child ('' when it did)
+    seconds: float = 0.0
+
+
+def manifest_rows(run_dir: Path) -> list[ManifestRow]:
+    """The training run's manifest (its preprocess step's output)."""
+    (manifest,) = Path(run_dir).glob("preprocess/manifest/manifest.csv")
+    return read_manifest(manifest)
+
+
+def field_loop(
+    cfg: PlatformConfig,
+    text: str,
+    run,  # noqa: ANN001 - pipelines.local.LocalRun
+    data: Path,
+    workdir: Path,
+    tracking_uri: str,
+    console: Console,
+) -> list[LoopResult]:
+    """The loop for every served crop with an ``ood_holdout`` disease (the module docstring)."""
+    rows = manifest_rows(run.run_dir)
+    results = []
+    for crop, registered in run.crops.items():
+        spec = cfg.crop(crop)
+        if not registered.version or not spec.ood_holdout or not run.router.version:
+            continue
+        start = time.perf_counter()
+        result = LoopResult(crop, spec.ood_holdout[0])
+        console.rule(f"field loop: {crop} meets {result.disease}, a disease v1 never saw")
+        try:
+            work = Path(workdir) / "field" / crop
+            _one_loop(cfg, text, rows, data, work, tracking_uri, console, result)
+        except typer.Exit:  # a CLI step printed its `error:` line; the loop ends here
+            result.stopped = result.stopped or "a step failed (its error is printed above)"
+        result.seconds = time.perf_counter() - start
+        if result.stopped:
+            console.print(f"[yellow]loop for {crop} ended:[/] {result.stopped}")
+        console.print(f"field loop for {crop}: {result.seconds:.0f} s")
+        results.append(result)
+    return results
+
+
+def _one_loop(
+    cfg: PlatformConfig,
+    text: str,
+    rows: list[ManifestRow],
+    data: Path,
+    work: Path,
+    tracking_uri: str,
+    console: Console,
+    result: LoopResult,
+) -> None:
+    import aads.cli  # noqa: F401 - first: aads.monitor_cli's commands hang on aads.cli's app
+    from aads.continual.lineage import chain, chain_text, links
+    from aads.continue_cli import lineage_cmd
+    from aads.monitor_cli import feedback_import, feedback_review
+    from aads.registry import Registry, adapter_model_name
+    from pipelines.local import PipelineFailed, last_error, output_to, run_continuation_local
+    from pipelines.submit import git_sha
+    from serving.local import predict_files, serve_locally
+
+    crop, disease = result.crop, result.disease
+    if work.exists():
+        shutil.rmtree(work)  # a fresh store: capture deduplicates by image, across runs too
+    work.mkdir(parents=True)
+    result.images = [
+        data / r.path for r in rows if r.crop == crop and r.label == disease and r.split == "test"
+    ]
+    if not result.images:
+        result.stopped = f"the run has no test images of {disease}"
+        return
+    registry = Registry(cfg.registry, tracking_uri=tracking_uri)
+    model = adapter_model_name(cfg.registry, crop)
+    v1 = registry.resolve(model, "candidate").version
+    v1_uri = f"models:/{model}/{v1}"
+    router_uri = f"models:/{cfg.registry.router_model_name}@candidate"
+    spec_path = work / "spec.yaml"
+    spec_path.write_text(_with_capture(text, work / "capture"), encoding="utf-8")
+    spec_text = spec_path.read_text(encoding="utf-8")
+
+    # a. v1 serves with capture on; the disease's photos arrive
+    console.print(
+        f"serving {crop} v{v1} (candidate) with capture into {work / 'capture'}; sending "
+        f"{len(result.images)} test photos of {disease} (crop named by the app)"
+    )
+    adapters = {crop: v1_uri}
+    with serve_locally(
+        spec_text, router_uri, adapters, work / "serve-v1", tracking_uri=tracking_uri
+    ) as served:
+        result.before = predict_files(served.router_url, result.images, crop_hint=crop)
+    # stopping the router flushes its capture queue (SIGTERM)
+    result.captured = len(list((work / "capture").rglob("*.json")))
+    unknown = sum(a.label == "unknown" for a in result.before)
+    console.print(
+        f"v{v1} answered {unknown} of {len(result.images)} `unknown`; "
+        f"{result.captured} image(s) captured"
+    )
+    if not result.captured:
+        result.stopped = "nothing was captured, so there is nothing to review"
+        return
+
+    # b. review, label, import: the CLI's own commands
+    console.print(f"$ aads feedback review --crop {crop} --since 1d --new-class {disease}")
+    feedback_review(
+        crop=crop,
+        since="1d",
+        config=spec_path,
+        package=v1_uri,
+        out=work / "review",
+        new_class=[disease],
+        tracking_uri=tracking_uri,
+    )
+    labelled = work / "labelled"
+    clusters = sorted(p for p in (work / "review" / "images").iterdir() if p.is_dir())
+    for cluster in clusters:
+        shutil.copytree(cluster, labelled / disease, dirs_exist_ok=True)
+    console.print(
+        f"the demo plays the person who labels: it names cluster(s) "
+        f"{', '.join(c.name for c in clusters)} '{disease}' (the review's folders, renamed "
+        f"into {labelled})"
+    )
+    console.print(f"$ aads feedback import --crop {crop} --folder {labelled}")
+    result.batch = work / "batch"
+    feedback_import(
+        crop=crop,
+        out=result.batch,
+        folder=labelled,
+        config=spec_path,
+        package=v1_uri,
+        tracking_uri=tracking_uri,
+    )
+
+    # c. continue from candidate through the KFP continuation pipeline
+    golden = evaluation_links(rows, data, crop, disease, work / "golden")
+    console.print(
+        f"continuing {crop} v{v1} (candidate) on the batch with the continuation pipeline "
+        f"(kfp.local); evaluation set: {golden} (the run's test images, as links)"
+    )
+    log = work / "continuation.log"
+    console.print(f"(task logs: {log})")
+    try:
+        with output_to(log) as echo:
+            cont = run_continuation_local(
+                spec_text,
+                str(result.batch),
+                work / "continuation",
+                base="candidate",
+                crop=crop,
+                eval_uri=str(golden),
+                tracking_uri=tracking_uri,
+                git_sha=git_sha(),
+                echo=echo,
+            )
+    except PipelineFailed as err:  # refused before training, or a step failed: say why
+        result.stopped = f"the continuation stopped: {last_error(log) or err}"
+        return
+    result.passed, result.gate, result.child = cont.passed, cont.gate, cont.version
+    console.print(f"continuation gate against v{v1}: {cont.gate}")
+    if not cont.version:
+        result.stopped = "the gate refused the child; nothing was registered"
+        return
+
+    # d. the child serves; the same photos again
+    child_version = cont.version.rsplit("/", 1)[-1]
+    found = links(registry, model)
+    result.lineage = chain_text(chain(found, child_version))
+    console.print(f"$ aads lineage --crop {crop} --version {child_version}")
+    lineage_cmd(crop=crop, version=child_version, config=spec_path, tracking_uri=tracking_uri)
+    adapters = {crop: f"models:/{model}/{child_version}"}
+    with serve_locally(
+        spec_text, router_uri, adapters, work / "serve-v2", tracking_uri=tracking_uri
+    ) as served:
+        result.after = predict_files(served.router_url, result.images, crop_hint=crop)
+    console.print(before_after_table(result, v1, child_version))
+
+
+def _with_capture(text: str, store: Path) -> str:
+    """The spec with capture on into `store`: every unknown kept, no sample of the others."""
+    spec = yaml.safe_load(text)
+    serving = spec.setdefault("serving", {})
+    serving["capture"] = {
+        **serving.get("capture", {}),
+        "enabled": True,
+        "store": str(store.resolve()),
+        "sample_rate": 0.0,
+    }
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+def evaluation_links(
+    rows: list[ManifestRow], data: Path, crop: str, disease: str, out: Path
+) -> Path:
+    """The evaluation set: links to the run's test images at their own paths
+    (``<domain>/<crop>/<part>/<class>/<image>``): `crop`'s known classes (old-class accuracy),
+    its other held-out diseases (near OOD) and the other crops (far OOD); never `disease`, whose
+    test images are the ones the batch was captured from."""
+    for r in rows:
+        if r.split != "test" or (r.crop == crop and r.label == disease):
+            continue
+        link = out / r.path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink((data / r.path).resolve(), link)
+    return out
+
+
+def _answer(a: Answer) -> str:
+    if a.error is not None:
+        return f"error: {a.error.message}"
+    if a.is_ood:
+        return "unknown" + (f" (nearest {a.ood.nearest_class})" if a.ood else "")
+    return a.label or "-"
+
+
+def before_after_table(result: LoopResult, v1: str, v2: str) -> Table:
+    table = Table(
+        "image", f"v{v1} answer", f"v{v2} answer", title=f"{result.disease}: before and after"
+    )
+    for path, before, after in zip(result.images, result.before, result.after, strict=True):
+        table.add_row(path.name, _answer(before), _answer(after))
+    named = sum(a.label == result.disease for a in result.after)
+    table.caption = f"v{v2} names {named} of {len(result.images)} {result.disease}"
+    return table
