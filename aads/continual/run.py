@@ -93,7 +93,7 @@ def plan_continuation(
     derived = task_config(config, task, parent.meta if parent else None)
     data = task_data(derived, task, Path(data_dir))
     evaluation = eval_data(derived, Path(eval_dir), task.crop) if eval_dir else []
-    if task.kind == "domain" and parent is not None and parent.meta.last_phase != "3":
+    if task.kind == "domain" and parent is not None and not parent.meta.has_domains:
         if not any(r.domain == "base" for r in evaluation if r.crop == task.crop):
             raise ContinuationError(
                 f"task.domain '{task.domain}' is the parent's first domain: CONEC-LoRA's domain "

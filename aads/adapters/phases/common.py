@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from aads.adapters.package import METRICS_DIR
+from aads.adapters.package import CLASS_STATS_FILE, METRICS_DIR, read_tensors
 from aads.backbone import Backbone, preprocess_image
 from aads.config import BASE_DOMAIN, TrainingSettings
 from aads.data.dataset import ManifestDataset, make_loader
 from aads.data.manifest import ManifestRow, select
 from aads.errors import BadInput
-from aads.metrics import save_confusion_matrix
+from aads.gaussians import SharedCovarianceGaussians
+from aads.metrics import classification_summary, save_confusion_matrix
 from aads.training import FitResult, make_train_loader
 
 if TYPE_CHECKING:
@@ -235,3 +236,34 @@ def write_phase_metrics(
     if src.is_dir():
         shutil.copytree(src, pkg_dir / METRICS_DIR, dirs_exist_ok=True)
     save_confusion_matrix(summary, pkg_dir / METRICS_DIR, name, title)
+
+
+def class_statistics(pkg: Path, classes: int) -> SharedCovarianceGaussians:
+    """The package's per-class feature statistics (classifier alignment needs them)."""
+    tensors = read_tensors(pkg, CLASS_STATS_FILE)
+    if tensors is None:
+        raise AdapterTrainingError(
+            f"{pkg} has no {CLASS_STATS_FILE}: it predates classifier alignment; retrain phase 1"
+        )
+    stats = SharedCovarianceGaussians.from_state_dict(tensors)
+    if stats.num_groups != classes:
+        raise AdapterTrainingError(
+            f"{pkg}: statistics for {stats.num_groups} classes but {classes} classes in the head"
+        )
+    return stats
+
+
+def per_class_accuracy(
+    network: nn.Module,
+    rows: list[ManifestRow],
+    root: Path,
+    classes: list[str],
+    backbone: Backbone,
+    settings: TrainingSettings,
+) -> dict[str, float]:
+    """Per-class test accuracy with predictions over every class the network knows."""
+    if not rows:
+        return {}
+    loader = image_loader(rows, root, classes, backbone, settings, train=False)
+    y_true, y_pred = predict(network, loader, backbone.device)
+    return classification_summary(y_true, y_pred, classes)["per_class_accuracy"]

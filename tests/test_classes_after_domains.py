@@ -1,0 +1,188 @@
+"""A champion that has learned a domain can still learn a new disease (issue 17's central
+operation): a `classes` continuation of a CONEC-LoRA package keeps the network frozen and
+learns the new class in the heads (`aads.adapters.phases.heads`), rehearsal-free.
+
+The parent is the continuation world's phase-1 package after a real `domain` continuation
+(phase 3, field); everything runs through `continue_from`, as the CLI and the pipeline do.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from aads.adapters import loading
+from aads.adapters.loading import load_adapter
+from aads.adapters.package import (
+    CLASS_STATS_FILE,
+    CONEC_FILE,
+    HEADS_FILE,
+    read_meta,
+    read_tensors,
+    update_package,
+)
+from aads.adapters.phases.common import AdapterTrainingError
+from aads.config import parse_config
+from aads.continual import ContinuationError, continue_from
+from aads.continual.data import learned_batches
+from aads.data.ingest import ingest
+from aads.ood.calibrate import adapter_features, calibrate_package
+from aads.tasks import TaskSpec
+from tests.continual_world import DRAW, NEW, OLD, ContinualWorld, build
+
+SECOND = "mosaic_virus"  # the world's hold-out disease, drawn but never trained on
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> ContinualWorld:
+    return build(tmp_path_factory)
+
+
+def classes_task(name: str = NEW) -> TaskSpec:
+    return TaskSpec(kind="classes", crop="tomato", classes=[name])
+
+
+def domain_task(name: str) -> TaskSpec:
+    return TaskSpec(kind="domain", crop="tomato", domain=name, classes=OLD)
+
+
+@pytest.fixture(scope="module")
+def with_field(world, tmp_path_factory) -> Path:
+    """The parent after a domain continuation: a phase-3 package, as every champion is."""
+    out = tmp_path_factory.mktemp("with-field")
+    result = continue_from(
+        world.config,
+        str(world.parent),
+        domain_task("field"),
+        world.field,
+        out,
+        eval_dir=world.evaluation,
+    )
+    assert read_meta(result.package).last_phase == "3"
+    return result.package
+
+
+@pytest.fixture(scope="module")
+def child(world, with_field, tmp_path_factory) -> Path:
+    """The phase-3 package continued with a classes task (the new disease's images only)."""
+    out = tmp_path_factory.mktemp("heads-child")
+    result = continue_from(
+        world.config,
+        str(with_field),
+        classes_task(),
+        world.new_class,
+        out,
+        eval_dir=world.evaluation,
+    )
+    return result.package
+
+
+def test_phase_3_carries_the_class_statistics_a_later_classes_task_aligns_on(world, with_field):
+    parent, carried = (
+        read_tensors(world.parent, CLASS_STATS_FILE),
+        read_tensors(with_field, CLASS_STATS_FILE),
+    )
+    assert carried is not None and set(carried) == set(parent)
+    assert all(torch.equal(carried[k], parent[k]) for k in parent)
+
+
+def test_a_classes_task_after_a_domain_is_learned_in_the_heads(child):
+    meta = read_meta(child)
+    assert meta.classes == [*OLD, NEW]
+    assert meta.domains == ["base", "field"] and meta.has_domains
+    assert [p.phase for p in meta.phases] == ["1", "3", "2"]
+    record = meta.phases[-1]
+    assert record.added == [NEW] and record.task == "0"
+    assert record.metrics["learned_in_heads"] == 1.0
+    assert learned_batches(meta) == (OLD, [[NEW]])
+
+
+def test_every_domain_head_has_the_new_rows_and_later_heads_keep_their_old_rows(with_field, child):
+    before, after = read_tensors(with_field, CONEC_FILE), read_tensors(child, CONEC_FILE)
+    assert after["heads.1.weight"].shape[0] == len(OLD) + 1
+    assert torch.equal(after["heads.1.weight"][: len(OLD)], before["heads.1.weight"])
+    assert torch.equal(after["heads.1.bias"][: len(OLD)], before["heads.1.bias"])
+    base = read_tensors(child, HEADS_FILE)
+    assert torch.equal(base["head.0.weight"], after["heads.0.weight"])
+    assert torch.equal(after["heads.1.weight"][len(OLD) :], after["heads.0.weight"][len(OLD) :])
+    frozen = [k for k in before if not k.startswith("heads.")]  # shared, late sets, selector
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+
+
+def test_the_child_loads_and_names_the_new_disease(world, child):
+    adapter = load_adapter(child, world.config.storage, device="cpu")
+    assert adapter.conec is not None and adapter.conec.num_domains == 2
+    rows = ingest(world.new_class, config=parse_config(DRAW), layout="crop-class").rows
+    assert adapter.ood is not None and adapter.ood.classes == [*OLD, NEW]
+    served = adapter_features(adapter, rows, world.new_class)  # selector routing, as served
+    named = float((served.logits.argmax(1) == len(OLD)).mean())
+    assert named > 0.5, f"only {named:.2f} of the new disease's images are named"
+
+
+def test_the_child_continues_with_another_classes_task_and_a_domain_task(world, child, tmp_path):
+    drawn = world.parent.parent / "drawn" / "base" / "tomato" / "leaf" / SECOND
+    second = tmp_path / "second" / "tomato" / SECOND
+    shutil.copytree(drawn, second)
+    grand = continue_from(
+        world.config, str(child), classes_task(SECOND), tmp_path / "second", tmp_path / "g1"
+    ).package
+    meta = read_meta(grand)
+    assert meta.classes == [*OLD, NEW, SECOND] and [p.phase for p in meta.phases][-1] == "2"
+    assert learned_batches(meta) == (OLD, [[NEW], [SECOND]])
+    night = continue_from(
+        world.config,
+        str(child),
+        domain_task("night"),
+        world.field,
+        tmp_path / "g2",
+        eval_dir=world.evaluation,
+    ).package
+    meta = read_meta(night)
+    assert meta.domains == ["base", "field", "night"] and meta.last_phase == "3"
+    assert meta.classes == [*OLD, NEW] and learned_batches(meta) == (OLD, [[NEW]])
+    assert read_tensors(night, CONEC_FILE)["heads.2.weight"].shape[0] == len(OLD) + 1
+
+
+def test_the_child_is_recalibrated_on_images_of_every_class(world, child, tmp_path):
+    pkg = shutil.copytree(child, tmp_path / "pkg")
+    drawn, config = world.parent.parent / "drawn", parse_config(DRAW)
+    calibrate_package(config, pkg, ingest(drawn, config=config).rows, drawn, loco=False)
+    assert load_adapter(pkg, config.storage, device="cpu").ood.classes == [*OLD, NEW]
+
+
+@pytest.fixture
+def no_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a backbone was loaded before the input was refused")
+
+    monkeypatch.setattr(loading, "package_backbone", refuse)
+
+
+@pytest.mark.usefixtures("no_backbone")
+def test_a_known_class_after_a_domain_is_refused_before_training(world, with_field, tmp_path):
+    with pytest.raises(ContinuationError, match=r"\['early_blight'\] already known"):
+        continue_from(
+            world.config,
+            str(with_field),
+            classes_task("early_blight"),
+            world.new_class,
+            tmp_path / "o",
+        )
+
+
+@pytest.mark.usefixtures("no_backbone")
+def test_a_domain_package_without_class_statistics_is_refused_before_training(
+    world, with_field, tmp_path
+):
+    bare = shutil.copytree(with_field, tmp_path / "bare")
+
+    def drop(staging: Path, meta):
+        (staging / CLASS_STATS_FILE).unlink()
+        return meta
+
+    update_package(bare, drop)
+    with pytest.raises(AdapterTrainingError, match="carries no class_stats"):
+        continue_from(world.config, str(bare), classes_task(), world.new_class, tmp_path / "o")
