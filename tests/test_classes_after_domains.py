@@ -8,11 +8,16 @@ The parent is the continuation world's phase-1 package after a real `domain` con
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
+import urllib.request
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from typer.testing import CliRunner
 
 from aads.adapters import loading
 from aads.adapters.loading import load_adapter
@@ -25,13 +30,17 @@ from aads.adapters.package import (
     update_package,
 )
 from aads.adapters.phases.common import AdapterTrainingError
-from aads.config import parse_config
+from aads.cli import app
+from aads.config import PlatformConfig, parse_config
 from aads.continual import ContinuationError, continue_from
 from aads.continual.data import learned_batches
 from aads.data.ingest import ingest
 from aads.ood.calibrate import adapter_features, calibrate_package
-from aads.tasks import TaskSpec
-from tests.continual_world import DRAW, NEW, OLD, ContinualWorld, build
+from aads.registry import Registry
+from aads.tasks import TaskSpec, write_task
+from serving.local import start_server
+from tests.conftest import free_port
+from tests.continual_world import DRAW, NEW, OLD, SPEC, ContinualWorld, build
 
 SECOND = "mosaic_virus"  # the world's hold-out disease, drawn but never trained on
 
@@ -107,7 +116,10 @@ def test_every_domain_head_has_the_new_rows_and_later_heads_keep_their_old_rows(
     assert torch.equal(after["heads.1.bias"][: len(OLD)], before["heads.1.bias"])
     base = read_tensors(child, HEADS_FILE)
     assert torch.equal(base["head.0.weight"], after["heads.0.weight"])
-    assert torch.equal(after["heads.1.weight"][len(OLD) :], after["heads.0.weight"][len(OLD) :])
+    new_rows = after["heads.1.weight"][len(OLD) :]  # present, and competing with nothing
+    assert not new_rows.any() and torch.isclose(
+        after["heads.1.bias"][len(OLD)], before["heads.1.bias"].mean()
+    )
     frozen = [k for k in before if not k.startswith("heads.")]  # shared, late sets, selector
     assert all(torch.equal(before[k], after[k]) for k in frozen)
 
@@ -186,3 +198,81 @@ def test_a_domain_package_without_class_statistics_is_refused_before_training(
     update_package(bare, drop)
     with pytest.raises(AdapterTrainingError, match="carries no class_stats"):
         continue_from(world.config, str(bare), classes_task(), world.new_class, tmp_path / "o")
+
+
+def test_a_real_predictor_process_serves_the_child_and_names_the_new_disease(
+    world, child, tmp_path
+):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    port = free_port()
+    server = start_server(
+        "serving.predictor",
+        ["--adapter", f"tomato={child}", "--spec", str(spec)],
+        tmp_path / "predictor.log",
+        port=port,
+        timeout_s=120,
+    )
+    images = sorted((world.new_class / "tomato" / NEW).glob("*.jpg"))[:4]
+    body = {
+        "instances": [{"image": {"b64": base64.b64encode(p.read_bytes()).decode()}} for p in images]
+    }
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/models/tomato:predict",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answers = json.loads(response.read())["predictions"]
+    finally:
+        server.stop()
+    assert len(answers) == len(images)
+    print(answers[0])
+    assert any(a.get("label") == NEW or a.get("class") == NEW for a in answers), answers
+
+
+def test_continuing_a_champion_with_domains_registers_a_child_that_knows_the_disease(
+    world, with_field, mlflow_server, tmp_path
+):
+    prefix = "after-domains-adapter-"  # own names: the session's MLflow server is shared
+    spec = {
+        **SPEC,
+        "registry": {
+            "tracking_uri": mlflow_server,
+            "experiment": "after-domains-test",
+            "artifact_store": "s3://aads/mlflow",
+            "adapter_model_prefix": prefix,
+        },
+        "storage": {"cache_dir": str(tmp_path / "cache")},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    config = PlatformConfig.model_validate(spec)
+    registry = Registry(config.registry, tracking_uri=mlflow_server)
+    name = f"{prefix}tomato"
+    v1 = registry.register_package(
+        with_field,
+        name=name,
+        tags={"gate": "passed"},
+        description="# v1",
+        metrics={},
+        kfp_run_id="after-domains-v1",
+    )
+    registry.promote(name, v1.version)
+    batch = shutil.copytree(world.new_class, tmp_path / "batch")
+    write_task(batch, classes_task())
+    result = CliRunner().invoke(
+        app,
+        [
+            *("train", "continue", "--data", str(batch), "--eval", str(world.evaluation)),
+            *("--out", str(tmp_path / "v2"), "--register", "--config", str(tmp_path / "spec.yaml")),
+            *("-o", "json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    child = registry.resolve(name, json.loads(result.stdout)["registered"]["version"])
+    assert child.tags["parent_version"] == v1.version and child.tags["task_kind"] == "classes"
+    fetched = registry.download(name, child.version, tmp_path / "fetched")
+    meta = read_meta(fetched)
+    assert meta.classes == [*OLD, NEW] and meta.domains == ["base", "field"]
+    assert load_adapter(fetched, config.storage, device="cpu").conec.num_domains == 2
