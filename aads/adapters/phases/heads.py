@@ -68,8 +68,9 @@ def later_domain_rows(head: nn.Linear, new_classes: int) -> nn.Linear:
     bacterial_spot photos the parent got right; fitting the new rows on the class statistics
     against the frozen old rows named 3 to 9 and took the same 10 (and up to 5 healthy).
     Rows that do not compete kept every old answer in that domain (the base domain names the
-    new class either way: the selector sends base photos to head 0). A later `domain` task that shows the new class
-    under its condition trains them (its head starts from the newest).
+    new class either way: the selector sends base photos to head 0). A later `domain` task
+    that shows the new class under its condition trains them (its head starts from the
+    newest).
     """
     return grow_head(head, new_classes).requires_grad_(False)
 
