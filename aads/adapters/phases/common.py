@@ -24,7 +24,7 @@ from aads.data.dataset import ManifestDataset, make_loader
 from aads.data.manifest import ManifestRow, select
 from aads.errors import BadInput
 from aads.gaussians import SharedCovarianceGaussians
-from aads.metrics import classification_summary, save_confusion_matrix
+from aads.metrics import average_forgetting, classification_summary, save_confusion_matrix
 from aads.training import FitResult, make_train_loader
 
 if TYPE_CHECKING:
@@ -267,3 +267,20 @@ def per_class_accuracy(
     loader = image_loader(rows, root, classes, backbone, settings, train=False)
     y_true, y_pred = predict(network, loader, backbone.device)
     return classification_summary(y_true, y_pred, classes)["per_class_accuracy"]
+
+
+def class_task_metrics(
+    summary: dict, history: list[dict[str, float]], old_classes: list[str]
+) -> dict[str, float]:
+    """A classes phase's package metrics: pooled test accuracy, old classes' accuracy before
+    and after (per-class `history`, first entry before the first task), retention, forgetting."""
+    before, after = history[0], history[-1]
+    old_before = mean([before[c] for c in old_classes if c in before])
+    old_after = mean([after[c] for c in old_classes if c in after])
+    return {
+        "phase2_test_accuracy": summary["accuracy"],
+        "phase2_old_accuracy_before": old_before,
+        "phase2_old_accuracy_after": old_after,
+        "phase2_retention": old_after / old_before if old_before > 0 else float("nan"),
+        "phase2_forgetting": average_forgetting(history, old_classes),
+    }

@@ -44,6 +44,7 @@ from aads.adapters.phases.common import (
     AdapterTrainingError,
     accuracy,
     class_statistics,
+    class_task_metrics,
     domain_rows,
     image_loader,
     mean,
@@ -54,7 +55,7 @@ from aads.adapters.phases.common import (
 )
 from aads.config import BASE_DOMAIN, PlatformConfig
 from aads.data.manifest import ManifestRow
-from aads.metrics import average_forgetting, classification_summary
+from aads.metrics import classification_summary
 
 
 def later_domain_rows(head: nn.Linear, new_classes: int) -> nn.Linear:
@@ -157,17 +158,8 @@ def learn_classes_in_heads(
     state.use_selector()
     y_true, y_pred = predict(network, loader(test_rows), backbone.device)
     summary = classification_summary(y_true, y_pred, classes)
-    old_before = mean([before[c] for c in old_classes if c in before])
-    old_after = mean([after[c] for c in old_classes if c in after])
     meta.classes = classes
-    meta.metrics = {
-        **meta.metrics,
-        "phase2_test_accuracy": summary["accuracy"],
-        "phase2_old_accuracy_before": old_before,
-        "phase2_old_accuracy_after": old_after,
-        "phase2_retention": old_after / old_before if old_before > 0 else float("nan"),
-        "phase2_forgetting": average_forgetting(history, old_classes),
-    }
+    meta.metrics = {**meta.metrics, **class_task_metrics(summary, history, old_classes)}
     meta.manifest_sha256 = manifest_sha256 or meta.manifest_sha256
     base_head = heads.heads[0]
     return write_package(

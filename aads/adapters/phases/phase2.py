@@ -35,6 +35,7 @@ from aads.adapters.phases.common import (
     PhaseData,
     best_metric,
     class_statistics,
+    class_task_metrics,
     domain_rows,
     image_loader,
     incremental_cross_entropy,
@@ -52,7 +53,7 @@ from aads.backbone import Backbone, resolve_lora_targets
 from aads.config import BASE_DOMAIN, CropSpec, PlatformConfig, TrainingSettings
 from aads.data.manifest import ManifestRow
 from aads.features import backbone_signature
-from aads.metrics import average_forgetting, classification_summary
+from aads.metrics import classification_summary
 from aads.progress import Progress
 from aads.training import EpochCallback
 
@@ -222,19 +223,8 @@ def train_phase2(
         backbone.device,
     )
     summary = classification_summary(y_true, y_pred, classes)
-    old_before = mean([before[c] for c in old_classes if c in before])
-    old_after = mean([history[-1][c] for c in old_classes if c in history[-1]])
     meta.classes = classes
-    meta.metrics = {
-        **meta.metrics,
-        **{
-            "phase2_test_accuracy": summary["accuracy"],
-            "phase2_old_accuracy_before": old_before,
-            "phase2_old_accuracy_after": old_after,
-            "phase2_retention": old_after / old_before if old_before > 0 else float("nan"),
-            "phase2_forgetting": average_forgetting(history, old_classes),
-        },
-    }
+    meta.metrics = {**meta.metrics, **class_task_metrics(summary, history, old_classes)}
     meta.manifest_sha256 = manifest_sha256 or meta.manifest_sha256
     return write_package(
         PackageContents(
