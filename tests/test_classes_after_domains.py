@@ -14,6 +14,8 @@ import shutil
 import urllib.request
 from pathlib import Path
 
+import mlflow.pyfunc
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -276,3 +278,12 @@ def test_continuing_a_champion_with_domains_registers_a_child_that_knows_the_dis
     meta = read_meta(fetched)
     assert meta.classes == [*OLD, NEW] and meta.domains == ["base", "field"]
     assert load_adapter(fetched, config.storage, device="cpu").conec.num_domains == 2
+    (tmp_path / "pyfunc").mkdir()
+    with pytest.MonkeyPatch.context() as env:  # loaded as MLflow users load it
+        env.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+        model = mlflow.pyfunc.load_model(
+            f"models:/{name}@candidate", dst_path=str(tmp_path / "pyfunc")
+        )
+    images = [p.read_bytes() for p in sorted((world.new_class / "tomato" / NEW).glob("*.jpg"))]
+    answers = model.predict(pd.DataFrame({"image": images[:4]}))
+    assert len(answers) == 4 and all("error" not in a for a in answers), answers
