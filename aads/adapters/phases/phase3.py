@@ -246,7 +246,7 @@ def _check_package_phase(meta: AdapterMeta, from_pkg: Path, conec: CONECSettings
         )
     continues = meta.has_domains  # a classes task after a domain keeps the CONEC state
     has_conec = (Path(from_pkg) / CONEC_FILE).is_file()
-    if continues != has_conec or (meta.last_phase == "3") > continues:
+    if continues != has_conec or (meta.last_phase == "3" and not continues):
         raise AdapterTrainingError(
             f"{from_pkg} is inconsistent: last phase {meta.last_phase}, domains {meta.domains}, "
             f"{CONEC_FILE} {'present' if has_conec else 'absent'}"
