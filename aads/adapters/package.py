@@ -42,7 +42,7 @@ from torch import nn
 
 from aads.atomic import atomic_dir, atomic_write, atomic_write_text
 from aads.backbone import Backbone, load_backbone
-from aads.config import BackboneSettings, StorageSettings
+from aads.config import BASE_DOMAIN, BackboneSettings, StorageSettings
 from aads.errors import BadInput
 from aads.features import backbone_signature
 from aads.storage import CHECKSUM_FILE, StorageError, verify_checksums, write_checksums
@@ -130,6 +130,13 @@ class AdapterMeta(BaseModel):
     @property
     def last_phase(self) -> str:
         return self.phases[-1].phase if self.phases else "0"
+
+    @property
+    def has_domains(self) -> bool:
+        """Whether the package has learned a domain (CONEC-LoRA), whatever came after: the
+        one answer to "is this network CONEC-routed" (a classes task after a domain is a
+        phase-2 record on a CONEC package, so the last phase does not say it)."""
+        return self.domains != [BASE_DOMAIN]
 
 
 @dataclass

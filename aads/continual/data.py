@@ -69,12 +69,6 @@ def check_task(task: TaskSpec, parent: AdapterMeta | None) -> None:
                 "classes task adds new diseases only (a known class under new conditions is a "
                 "domain task)"
             )
-        if parent.last_phase == "3":
-            raise ContinuationError(
-                "task.kind 'classes': the parent has learned domains "
-                f"{parent.domains[1:]} (CONEC-LoRA); new classes after a domain task are not "
-                "supported, continue from a version before its first domain"
-            )
         learned_batches(parent)
         return
     if task.domain in parent.domains:

@@ -3,7 +3,8 @@
 Order matters: everything that can be refused is refused before a backbone is loaded (the
 base's checksums and backbone, the task against what the base knows, every image of the
 batch, the evaluation set); then the phase the task stands for runs with the same code as the
-full pipeline (classes: phase 2, SD-LoRA; domain: phase 3, CONEC-LoRA; base: phase 1, DoRA)
+full pipeline (classes: phase 2, SD-LoRA, or on a parent that has learned domains the heads;
+domain: phase 3, CONEC-LoRA; base: phase 1, DoRA)
 on the task's images only; then the OOD check is carried forward or re-estimated
 (`aads.continual.ood`), the child is measured beside its parent on the same images and gated
 (`aads.continual.gate`), and the report is written (`aads.continual.report`).
@@ -93,7 +94,7 @@ def plan_continuation(
     derived = task_config(config, task, parent.meta if parent else None)
     data = task_data(derived, task, Path(data_dir))
     evaluation = eval_data(derived, Path(eval_dir), task.crop) if eval_dir else []
-    if task.kind == "domain" and parent is not None and parent.meta.last_phase != "3":
+    if task.kind == "domain" and parent is not None and not parent.meta.has_domains:
         if not any(r.domain == "base" for r in evaluation if r.crop == task.crop):
             raise ContinuationError(
                 f"task.domain '{task.domain}' is the parent's first domain: CONEC-LoRA's domain "

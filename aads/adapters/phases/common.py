@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from aads.adapters.package import METRICS_DIR
+from aads.adapters.package import CLASS_STATS_FILE, METRICS_DIR, read_tensors
 from aads.backbone import Backbone, preprocess_image
 from aads.config import BASE_DOMAIN, TrainingSettings
 from aads.data.dataset import ManifestDataset, make_loader
 from aads.data.manifest import ManifestRow, select
 from aads.errors import BadInput
-from aads.metrics import save_confusion_matrix
+from aads.gaussians import SharedCovarianceGaussians
+from aads.metrics import average_forgetting, classification_summary, save_confusion_matrix
 from aads.training import FitResult, make_train_loader
 
 if TYPE_CHECKING:
@@ -235,3 +236,51 @@ def write_phase_metrics(
     if src.is_dir():
         shutil.copytree(src, pkg_dir / METRICS_DIR, dirs_exist_ok=True)
     save_confusion_matrix(summary, pkg_dir / METRICS_DIR, name, title)
+
+
+def class_statistics(pkg: Path, classes: int) -> SharedCovarianceGaussians:
+    """The package's per-class feature statistics (classifier alignment needs them)."""
+    tensors = read_tensors(pkg, CLASS_STATS_FILE)
+    if tensors is None:
+        raise AdapterTrainingError(
+            f"{pkg} has no {CLASS_STATS_FILE}: it predates classifier alignment; retrain phase 1"
+        )
+    stats = SharedCovarianceGaussians.from_state_dict(tensors)
+    if stats.num_groups != classes:
+        raise AdapterTrainingError(
+            f"{pkg}: statistics for {stats.num_groups} classes but {classes} classes in the head"
+        )
+    return stats
+
+
+def per_class_accuracy(
+    network: nn.Module,
+    rows: list[ManifestRow],
+    root: Path,
+    classes: list[str],
+    backbone: Backbone,
+    settings: TrainingSettings,
+) -> dict[str, float]:
+    """Per-class test accuracy with predictions over every class the network knows."""
+    if not rows:
+        return {}
+    loader = image_loader(rows, root, classes, backbone, settings, train=False)
+    y_true, y_pred = predict(network, loader, backbone.device)
+    return classification_summary(y_true, y_pred, classes)["per_class_accuracy"]
+
+
+def class_task_metrics(
+    summary: dict, history: list[dict[str, float]], old_classes: list[str]
+) -> dict[str, float]:
+    """A classes phase's package metrics: pooled test accuracy, old classes' accuracy before
+    and after (per-class `history`, first entry before the first task), retention, forgetting."""
+    before, after = history[0], history[-1]
+    old_before = mean([before[c] for c in old_classes if c in before])
+    old_after = mean([after[c] for c in old_classes if c in after])
+    return {
+        "phase2_test_accuracy": summary["accuracy"],
+        "phase2_old_accuracy_before": old_before,
+        "phase2_old_accuracy_after": old_after,
+        "phase2_retention": old_after / old_before if old_before > 0 else float("nan"),
+        "phase2_forgetting": average_forgetting(history, old_classes),
+    }

@@ -34,23 +34,26 @@ from aads.adapters.phases.common import (
     AdapterTrainingError,
     PhaseData,
     best_metric,
+    class_statistics,
+    class_task_metrics,
     domain_rows,
     image_loader,
     incremental_cross_entropy,
     mean,
+    per_class_accuracy,
     phase_rows,
     predict,
     require_images,
     val_accuracy,
     write_phase_metrics,
 )
+from aads.adapters.phases.heads import learn_classes_in_heads
 from aads.adapters.sd_lora.model import SDLoRA, apply_sd_lora, sd_lora_layers, sd_lora_state_dict
 from aads.backbone import Backbone, resolve_lora_targets
 from aads.config import BASE_DOMAIN, CropSpec, PlatformConfig, TrainingSettings
 from aads.data.manifest import ManifestRow
 from aads.features import backbone_signature
-from aads.gaussians import SharedCovarianceGaussians
-from aads.metrics import average_forgetting, classification_summary
+from aads.metrics import classification_summary
 from aads.progress import Progress
 from aads.training import EpochCallback
 
@@ -79,10 +82,16 @@ def check_phase2_inputs(
     meta = read_meta(from_pkg)
     if meta.crop != crop:
         raise AdapterTrainingError(f"{from_pkg} is an adapter for '{meta.crop}', not '{crop}'")
-    if meta.last_phase not in ("1", "2"):
+    if meta.last_phase not in ("1", "2", "3"):
         raise AdapterTrainingError(
-            f"{from_pkg} has finished phase {meta.last_phase}; phase 2 continues a phase-1 or "
-            "phase-2 package"
+            f"{from_pkg} has finished phase {meta.last_phase}; phase 2 continues a phase-1, "
+            "phase-2 or phase-3 package"
+        )
+    if meta.has_domains and read_tensors(from_pkg, CLASS_STATS_FILE) is None:
+        raise AdapterTrainingError(
+            f"{from_pkg} has learned domains {meta.domains[1:]} but carries no "
+            f"{CLASS_STATS_FILE} (made before phase 3 carried them): new classes after a "
+            "domain are learned in the heads from those statistics; retrain it with the pipeline"
         )
     if meta.classes[: len(spec.phase1_classes)] != list(spec.phase1_classes):
         raise AdapterTrainingError(
@@ -115,6 +124,18 @@ def train_phase2(
     """Learn every pending phase-2 batch of `crop` and write the new package to `out_dir`;
     `on_epoch_end` sees every epoch of every task as it ends."""
     tasks, classes = check_phase2_inputs(config, crop, rows, from_pkg)
+    if read_meta(from_pkg).has_domains:  # CONEC wraps the projections: the heads learn it
+        return learn_classes_in_heads(
+            config,
+            crop,
+            rows,
+            data_root,
+            from_pkg,
+            out_dir,
+            tasks,
+            classes,
+            manifest_sha256=manifest_sha256,
+        )
     spec, sd_settings = config.crop(crop), config.adapter.sd_lora
     settings = config.training.phase2
     prev = load_adapter(
@@ -131,10 +152,10 @@ def train_phase2(
         apply_sd_lora(
             model, resolve_lora_targets(model, list(range(backbone.depth)), sd_settings.modules)
         )
-    stats = _class_statistics(from_pkg, len(classes))
+    stats = class_statistics(from_pkg, len(classes))
     old_classes = list(spec.phase1_classes)
     test_rows = domain_rows(rows, crop, BASE_DOMAIN, classes, "test")
-    before = _per_class(prev.network, test_rows, data_root, classes, backbone, settings)
+    before = per_class_accuracy(prev.network, test_rows, data_root, classes, backbone, settings)
     history = [before]
     method = SDLoRA(model, sd_settings)
 
@@ -174,7 +195,7 @@ def train_phase2(
         )
         align_head(head, stats, seed=settings.seed + task)
         test_rows = domain_rows(rows, crop, BASE_DOMAIN, classes, "test")
-        after = _per_class(network, test_rows, data_root, classes, backbone, settings)
+        after = per_class_accuracy(network, test_rows, data_root, classes, backbone, settings)
         history.append(after)
         task_metrics = {
             **outcome.report,  # rank, folded_layers
@@ -202,19 +223,8 @@ def train_phase2(
         backbone.device,
     )
     summary = classification_summary(y_true, y_pred, classes)
-    old_before = mean([before[c] for c in old_classes if c in before])
-    old_after = mean([history[-1][c] for c in old_classes if c in history[-1]])
     meta.classes = classes
-    meta.metrics = {
-        **meta.metrics,
-        **{
-            "phase2_test_accuracy": summary["accuracy"],
-            "phase2_old_accuracy_before": old_before,
-            "phase2_old_accuracy_after": old_after,
-            "phase2_retention": old_after / old_before if old_before > 0 else float("nan"),
-            "phase2_forgetting": average_forgetting(history, old_classes),
-        },
-    }
+    meta.metrics = {**meta.metrics, **class_task_metrics(summary, history, old_classes)}
     meta.manifest_sha256 = manifest_sha256 or meta.manifest_sha256
     return write_package(
         PackageContents(
@@ -262,34 +272,3 @@ def _batch_setup(
         eval_fn=val_accuracy(val_loader, backbone.device),
         extra_parameters=list(grown.parameters()),
     )
-
-
-def _class_statistics(pkg: Path, classes: int) -> SharedCovarianceGaussians:
-    tensors = read_tensors(pkg, CLASS_STATS_FILE)
-    if tensors is None:
-        raise AdapterTrainingError(
-            f"{pkg} has no {CLASS_STATS_FILE}: it predates classifier alignment; retrain phase 1"
-        )
-    stats = SharedCovarianceGaussians.from_state_dict(tensors)
-    if stats.num_groups != classes:
-        raise AdapterTrainingError(
-            f"{pkg}: statistics for {stats.num_groups} classes but {classes} classes in the head"
-        )
-    return stats
-
-
-def _per_class(
-    network: nn.Module,
-    rows: list[ManifestRow],
-    root: Path,
-    classes: list[str],
-    backbone: Backbone,
-    settings: TrainingSettings,
-) -> dict[str, float]:
-    """Per-class test accuracy with predictions over every class the network knows."""
-    if not rows:
-        return {}
-    loader = image_loader(rows, root, classes, backbone, settings, train=False)
-    y_true, y_pred = predict(network, loader, backbone.device)
-    summary = classification_summary(y_true, y_pred, classes)
-    return summary["per_class_accuracy"]

@@ -35,6 +35,7 @@ from aads.adapters.conec.model import (
 from aads.adapters.loading import LoadedAdapter, load_adapter
 from aads.adapters.method import TaskSetup, train_task
 from aads.adapters.package import (
+    CLASS_STATS_FILE,
     CONEC_FILE,
     SD_LORA_FILE,
     AdapterMeta,
@@ -95,7 +96,7 @@ def check_phase3_inputs(
         )
     for domain in pending:
         _checkdomain_rows(phase_rows(rows, crop, "3", domain), domain, crop, meta.classes)
-    if meta.last_phase != "3" and not domain_rows(rows, crop, BASE_DOMAIN, meta.classes, "train"):
+    if not meta.has_domains and not domain_rows(rows, crop, BASE_DOMAIN, meta.classes, "train"):
         raise AdapterTrainingError(
             f"crop '{crop}' has no base-domain train images of {meta.classes}: the domain "
             "selector needs them for its base-domain statistics"
@@ -197,6 +198,8 @@ def train_phase3(
             dora_from=from_pkg,
             sd_lora=read_tensors(from_pkg, SD_LORA_FILE),
             conec=conec_state_dict(state, heads),
+            # Base-domain class statistics, carried: a later classes task aligns head 0 on them.
+            class_stats=read_tensors(from_pkg, CLASS_STATS_FILE),
             extra=lambda d: write_phase_metrics(
                 from_pkg, d, summary, "phase3_test", f"{crop}: phase 3, all domains (test)"
             ),
@@ -241,9 +244,9 @@ def _check_package_phase(meta: AdapterMeta, from_pkg: Path, conec: CONECSettings
             f"{from_pkg} has finished phase {meta.last_phase}; phase 3 continues a phase-1, "
             "phase-2 or phase-3 package"
         )
-    continues = meta.last_phase == "3"
+    continues = meta.has_domains  # a classes task after a domain keeps the CONEC state
     has_conec = (Path(from_pkg) / CONEC_FILE).is_file()
-    if continues != has_conec or continues == (meta.domains == [BASE_DOMAIN]):
+    if continues != has_conec or (meta.last_phase == "3" and not continues):
         raise AdapterTrainingError(
             f"{from_pkg} is inconsistent: last phase {meta.last_phase}, domains {meta.domains}, "
             f"{CONEC_FILE} {'present' if has_conec else 'absent'}"
