@@ -30,6 +30,9 @@ from aads.training import FitResult, make_train_loader
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
+    from aads.adapters.conec.model import ConecHeads, ConecState
+    from aads.adapters.package import AdapterMeta
+
 
 class AdapterTrainingError(BadInput):
     """A phase that cannot start with this data, config or previous package."""
@@ -284,3 +287,34 @@ def class_task_metrics(
         "phase2_retention": old_after / old_before if old_before > 0 else float("nan"),
         "phase2_forgetting": average_forgetting(history, old_classes),
     }
+
+
+def write_conec_package(
+    meta: AdapterMeta,
+    state: ConecState,
+    heads: ConecHeads,
+    from_pkg: Path,
+    out_dir: Path,
+    *,
+    class_stats: dict[str, torch.Tensor] | None,
+    extra: Callable[[Path], None],
+) -> Path:
+    """The package of a CONEC-routed network (phase 3, and classes learned in its heads): head 0
+    also as ``head.0`` in the heads file (what a non-CONEC loader reads), every head, late set
+    and the selector in the CONEC tensors, the parent's DoRA and SD-LoRA as they were."""
+    from aads.adapters.conec.model import conec_state_dict
+    from aads.adapters.package import SD_LORA_FILE, PackageContents, write_package
+
+    base_head = heads.heads[0]
+    return write_package(
+        PackageContents(
+            meta=meta,
+            heads={"head.0.weight": base_head.weight, "head.0.bias": base_head.bias},
+            dora_from=from_pkg,
+            sd_lora=read_tensors(from_pkg, SD_LORA_FILE),
+            conec=conec_state_dict(state, heads),
+            class_stats=class_stats,
+            extra=extra,
+        ),
+        out_dir,
+    )

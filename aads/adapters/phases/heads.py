@@ -31,14 +31,9 @@ from torch import nn
 
 from aads.adapters.alignment import add_class_statistics, align_head
 from aads.adapters.classifier import grow_head
-from aads.adapters.conec.model import conec_state_dict
 from aads.adapters.loading import load_adapter
 from aads.adapters.package import (
-    SD_LORA_FILE,
-    PackageContents,
     PhaseRecord,
-    read_tensors,
-    write_package,
 )
 from aads.adapters.phases.common import (
     AdapterTrainingError,
@@ -51,6 +46,7 @@ from aads.adapters.phases.common import (
     per_class_accuracy,
     phase_rows,
     predict,
+    write_conec_package,
     write_phase_metrics,
 )
 from aads.config import BASE_DOMAIN, PlatformConfig
@@ -161,18 +157,14 @@ def learn_classes_in_heads(
     meta.classes = classes
     meta.metrics = {**meta.metrics, **class_task_metrics(summary, history, old_classes)}
     meta.manifest_sha256 = manifest_sha256 or meta.manifest_sha256
-    base_head = heads.heads[0]
-    return write_package(
-        PackageContents(
-            meta=meta,
-            heads={"head.0.weight": base_head.weight, "head.0.bias": base_head.bias},
-            dora_from=from_pkg,
-            sd_lora=read_tensors(from_pkg, SD_LORA_FILE),
-            conec=conec_state_dict(state, heads),
-            class_stats=stats.state_dict(),
-            extra=lambda d: write_phase_metrics(
-                from_pkg, d, summary, "phase2_test", f"{crop}: phase 2 in the heads (test)"
-            ),
-        ),
+    return write_conec_package(
+        meta,
+        state,
+        heads,
+        from_pkg,
         out_dir,
+        class_stats=stats.state_dict(),
+        extra=lambda d: write_phase_metrics(
+            from_pkg, d, summary, "phase2_test", f"{crop}: phase 2 in the heads (test)"
+        ),
     )

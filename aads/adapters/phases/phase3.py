@@ -30,20 +30,16 @@ from aads.adapters.conec.model import (
     ConecState,
     apply_conec,
     boundary_features,
-    conec_state_dict,
 )
 from aads.adapters.loading import LoadedAdapter, load_adapter
 from aads.adapters.method import TaskSetup, train_task
 from aads.adapters.package import (
     CLASS_STATS_FILE,
     CONEC_FILE,
-    SD_LORA_FILE,
     AdapterMeta,
-    PackageContents,
     PhaseRecord,
     read_meta,
     read_tensors,
-    write_package,
 )
 from aads.adapters.phases.common import (
     AdapterTrainingError,
@@ -56,6 +52,7 @@ from aads.adapters.phases.common import (
     phase_rows,
     predict,
     val_accuracy,
+    write_conec_package,
     write_phase_metrics,
 )
 from aads.backbone import Backbone
@@ -190,21 +187,17 @@ def train_phase3(
     summary, metrics = _final_metrics(network, state, tests, evaluate, before, history)
     meta.metrics = {**meta.metrics, **metrics}
     meta.manifest_sha256 = manifest_sha256 or meta.manifest_sha256
-    base_head = heads.heads[0]
-    return write_package(
-        PackageContents(
-            meta=meta,
-            heads={"head.0.weight": base_head.weight, "head.0.bias": base_head.bias},
-            dora_from=from_pkg,
-            sd_lora=read_tensors(from_pkg, SD_LORA_FILE),
-            conec=conec_state_dict(state, heads),
-            # Base-domain class statistics, carried: a later classes task aligns head 0 on them.
-            class_stats=read_tensors(from_pkg, CLASS_STATS_FILE),
-            extra=lambda d: write_phase_metrics(
-                from_pkg, d, summary, "phase3_test", f"{crop}: phase 3, all domains (test)"
-            ),
-        ),
+    return write_conec_package(
+        meta,
+        state,
+        heads,
+        from_pkg,
         out_dir,
+        # Base-domain class statistics, carried: a later classes task aligns head 0 on them.
+        class_stats=read_tensors(from_pkg, CLASS_STATS_FILE),
+        extra=lambda d: write_phase_metrics(
+            from_pkg, d, summary, "phase3_test", f"{crop}: phase 3, all domains (test)"
+        ),
     )
 
 
