@@ -507,3 +507,57 @@ def test_the_task_feature_shift_is_measured_under_every_covariance(covariance, m
     step = np.full(4, 0.5)
     expected = (step**2 * precision).sum() if precision.ndim == 1 else step @ precision @ step
     assert shift == pytest.approx(expected / pooled)
+
+
+def test_carried_per_class_covariances_fit_a_new_class_its_own_or_the_old_classes_pooled_one():
+    """A class added with enough images gets its own Ledoit-Wolf covariance, as the estimator
+    fits one; a thinner one the count-weighted mean of the old classes' covariances."""
+    import numpy as np
+
+    from aads.continual.ood import _new_class_precisions
+    from aads.ood.mahalanobis import MahalanobisEstimator, own_class_precision
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (30, 4)), rng.normal(5, 2, (10, 4))])
+    est = MahalanobisEstimator("per_class", "raw").fit(x, np.repeat([0, 1], [30, 10]))
+    new = np.concatenate([rng.normal(-5, 1, (6, 4)), rng.normal(9, 1, (1, 4))])
+    grown = _new_class_precisions(est.state_dict(), new, np.repeat([0, 1], [6, 1]), 2, 2)
+    precision = grown["precision"]
+    assert precision.shape == (4, 4, 4)
+    np.testing.assert_allclose(precision[:2], est.precision_)
+    np.testing.assert_allclose(precision[2], own_class_precision(new[:6]))
+    pooled = (30 * np.linalg.inv(est.precision_[0]) + 10 * np.linalg.inv(est.precision_[1])) / 40
+    np.testing.assert_allclose(precision[3], np.linalg.inv(pooled), rtol=1e-6)
+    assert grown["fallback_classes"].tolist() == [3]
+
+
+def test_near_ood_does_not_apply_once_the_task_learned_the_last_held_out_disease():
+    """As the whole-pipeline gate: a check that cannot apply never fails, even where anything
+    not measured fails."""
+    from aads.continual.data import task_config
+    from aads.continual.gate import Measurement, continuation_gate, ood_applicability
+
+    config = spec_with(lambda s: s["gate"].update(not_measured="fail"))
+    parent_meta = phase1_meta(OLD)
+    derived = task_config(
+        config, TaskSpec(kind="classes", crop="tomato", classes=["mosaic_virus"]), parent_meta
+    )
+    why = ood_applicability(derived, "tomato")
+    assert set(why) == {"near_ood_auroc"}  # corn is still there: far-OOD applies
+    measured = {"new_task_accuracy": 1.0, "old_accuracy": 0.9, "far_ood_auroc": 0.95}
+    parent = Measurement({**measured, "new_task_accuracy": float("nan")})
+    gate = continuation_gate(parent, Measurement(measured), config.gate, why)
+    near = next(c for c in gate.checks if c.metric == "near_ood_auroc_change")
+    assert near.outcome == "not applicable" and gate.passed
+    assert not continuation_gate(parent, Measurement(measured), config.gate).passed
+
+
+def phase1_meta(classes: list[str]):
+    """A phase-1 parent's record of what it learned (no backbone: the metadata only)."""
+    from aads.adapters.package import AdapterMeta, PhaseRecord
+
+    return AdapterMeta.model_construct(
+        crop="tomato",
+        classes=classes,
+        phases=[PhaseRecord.model_construct(phase="1", task="", added=classes)],
+    )

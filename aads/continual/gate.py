@@ -12,7 +12,10 @@ keeps for measuring (the evaluation set) and the task's own held-out images:
   diseases and other crops) at most ``max_ood_auroc_drop`` below the parent's.
 
 Without an evaluation set the old-class and OOD checks are "not measured", and
-``gate.not_measured`` decides (it fails by default: nothing unmeasured ships).
+``gate.not_measured`` decides (it fails by default: nothing unmeasured ships). As in the
+whole-pipeline gate, an OOD check that cannot apply is "not applicable" and never fails:
+near-OOD when the crop's spec holds out no disease the child still does not know (the task may
+have just learned the last one), far-OOD when the spec names no other crop.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from aads.adapters.loading import LoadedAdapter
-from aads.config import GateSettings
+from aads.config import GateSettings, PlatformConfig
 from aads.data.manifest import ManifestRow
-from aads.gate import GateCheck, GateResult, _check
+from aads.gate import GateCheck, GateResult, _check, _not_applicable
 from aads.ood.calibrate import adapter_features
 from aads.ood.evaluation import ood_metrics
 
@@ -111,8 +114,16 @@ def measure(adapter: LoadedAdapter, rows: EvalRows, root: Path) -> Measurement:
     return out
 
 
-def continuation_gate(parent: Measurement, child: Measurement, gate: GateSettings) -> GateResult:
-    """The checks in the module's docstring; a difference is measured only where both are."""
+def continuation_gate(
+    parent: Measurement,
+    child: Measurement,
+    gate: GateSettings,
+    not_applicable: dict[str, str] | None = None,
+) -> GateResult:
+    """The checks in the module's docstring; a difference is measured only where both are.
+    `not_applicable` names the OOD measures (``near_ood_auroc``, ``far_ood_auroc``) that cannot
+    apply, with why (`ood_applicability`)."""
+    not_applicable = not_applicable or {}
     limits = gate.continuation
     checks: list[GateCheck] = [
         _check(
@@ -132,9 +143,23 @@ def continuation_gate(parent: Measurement, child: Measurement, gate: GateSetting
         ("near-OOD AUROC vs parent", "near_ood_auroc", limits.max_ood_auroc_drop),
         ("far-OOD AUROC vs parent", "far_ood_auroc", limits.max_ood_auroc_drop),
     ):
+        if key in not_applicable:
+            checks.append(_not_applicable(name, f"{key}_change", -allowed, not_applicable[key]))
+            continue
         before, after = parent.get(key), child.get(key)
         change = None if before is None or after is None else after - before
         # `_check` passes value >= minimum: the change must be at least -allowed.
         check = _check(name, f"{key}_change", change, -allowed, gate)
         checks.append(check)
     return GateResult(passed=all(c.outcome != "failed" for c in checks), checks=checks)
+
+
+def ood_applicability(config: PlatformConfig, crop: str) -> dict[str, str]:
+    """The OOD measures that cannot apply to `crop`'s continuation under `config` (the spec
+    derived for the task, whose hold-outs no longer list what the child learned), with why."""
+    why: dict[str, str] = {}
+    if not config.crop(crop).ood_holdout:
+        why["near_ood_auroc"] = f"the spec holds out no disease of {crop} the child does not know"
+    if len(config.crops) < 2:
+        why["far_ood_auroc"] = "the spec names no other crop"
+    return why

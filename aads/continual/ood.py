@@ -31,12 +31,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from aads.adapters.loading import LoadedAdapter
 from aads.adapters.package import OOD_DIR, AdapterMeta, update_package
 from aads.config import OODSettings
 from aads.continual.base import ContinuationError
 from aads.data.manifest import ManifestRow
+from aads.gaussians import pinvh
 from aads.ood.calibrate import FeatureSet, adapter_features
 from aads.ood.detector import (
     CalibrationRecord,
@@ -44,8 +46,37 @@ from aads.ood.detector import (
     OODDetector,
     save_detector,
 )
-from aads.ood.mahalanobis import MahalanobisEstimator
+from aads.ood.mahalanobis import MIN_PER_CLASS_SAMPLES, MahalanobisEstimator, own_class_precision
 from aads.ood.thresholds import ClassThresholds, fit_thresholds
+
+
+def _new_class_precisions(
+    state: dict[str, np.ndarray], x: np.ndarray, index: np.ndarray, n_old: int, n_new: int
+) -> dict[str, np.ndarray]:
+    """Per-class covariances for the added classes, by the estimator's own rule: a class with
+    `MIN_PER_CLASS_SAMPLES` images gets its own Ledoit-Wolf covariance, a thinner one the old
+    classes' pooled covariance (their count-weighted mean: the within-class covariance the
+    parent's classes share), listed as a fallback class."""
+    old_precision = state["precision"][:n_old]
+    counts = state["counts"][:n_old].astype(np.float64)
+    covariances = np.stack([_pinvh(p) for p in old_precision])
+    pooled = _pinvh(np.tensordot(counts / counts.sum(), covariances, axes=1))
+    precisions, fallback = [], list(state["fallback_classes"].astype(int))
+    for i in range(n_new):
+        own = x[index == i]
+        if len(own) >= MIN_PER_CLASS_SAMPLES:
+            precisions.append(own_class_precision(own))
+        else:
+            precisions.append(pooled)
+            fallback.append(n_old + i)
+    return {
+        "precision": np.concatenate([old_precision, np.stack(precisions)]),
+        "fallback_classes": np.asarray(fallback, dtype=np.int64),
+    }
+
+
+def _pinvh(matrix: np.ndarray) -> np.ndarray:
+    return pinvh(torch.from_numpy(np.ascontiguousarray(matrix, dtype=np.float64))).numpy()
 
 
 def carried_detector(
@@ -62,11 +93,6 @@ def carried_detector(
     if classes[: len(old)] != old:
         raise ContinuationError(f"the child's classes {classes} do not extend the parent's {old}")
     est = parent.estimator
-    if est.covariance == "per_class":
-        raise ContinuationError(
-            "adapter.ood.covariance per_class cannot be carried forward (each class needs its "
-            "own covariance from its images): give an evaluation set with --eval"
-        )
     new = classes[len(old) :]
     state = est.state_dict()
     values, sources = parent.thresholds.values, list(parent.thresholds.source)
@@ -85,6 +111,8 @@ def carried_detector(
             "means": np.concatenate([state["means"], means]),
             "counts": np.concatenate([state["counts"], fitted]).astype(np.int64),
         }
+        if est.covariance == "per_class":
+            state |= _new_class_precisions(state, x, index, len(old), len(new))
         grown = MahalanobisEstimator.from_state_dict(
             state, est.covariance, est.feature_space, est.relative
         )
@@ -114,6 +142,7 @@ def carried_detector(
         **{
             **parent.record.model_dump(exclude={"classes", "per_class", "fitted", "evaluation"}),
             "classes": classes,
+            "covariance_fallback_classes": [classes[i] for i in est.fallback_classes_],
             "per_class": {c: per_class[c] for c in classes},
         }
     )

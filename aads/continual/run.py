@@ -36,7 +36,13 @@ from aads.continual.data import (
     task_config,
     task_data,
 )
-from aads.continual.gate import Measurement, continuation_gate, eval_rows, measure
+from aads.continual.gate import (
+    Measurement,
+    continuation_gate,
+    eval_rows,
+    measure,
+    ood_applicability,
+)
 from aads.continual.report import against_parent, write_report
 from aads.data.manifest import ManifestRow
 from aads.gate import GateResult, adapter_gate
@@ -352,7 +358,12 @@ def _gate(plan: Plan, pkg: Path, root: Path, drift: dict[str, float], recalibrat
     if plan.parent is not None:
         parent = load_adapter(plan.parent.path, config.storage, device=device, dtype=dtype)
         parent_measure = measure(parent, rows, root)
-        gate = continuation_gate(parent_measure, child_measure, config.gate)
+        gate = continuation_gate(
+            parent_measure,
+            child_measure,
+            config.gate,
+            ood_applicability(config, plan.task.crop),
+        )
     else:
         parent_measure = Measurement()
         gate = adapter_gate(child.meta, config)

@@ -107,7 +107,7 @@ class MahalanobisEstimator:
                     self.fallback_classes_.append(c)
                     precisions.append(shared)
                 else:
-                    precisions.append(_precision("per_class", _one_group(xt[yt == c]))[0])
+                    precisions.append(own_class_precision(xt[yt == c]))
             self.precision_ = np.stack(precisions)
         else:
             self.precision_, self.shrinkage_ = _precision(self.covariance, stats)
@@ -237,6 +237,13 @@ def _precision(kind: str, stats: SharedCovarianceGaussians) -> tuple[np.ndarray,
         "empirical" if kind == "shared_empirical" else "ledoit_wolf"
     )
     return precision.numpy(), shrinkage
+
+
+def own_class_precision(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """One class's Ledoit-Wolf precision from its own (transformed) features: what
+    ``per_class`` fits for a class with `MIN_PER_CLASS_SAMPLES` or more, and what a carried
+    calibration fits for a class a continuation added."""
+    return _precision("per_class", _one_group(torch.as_tensor(x, dtype=torch.float64)))[0]
 
 
 def _one_group(x: torch.Tensor) -> SharedCovarianceGaussians:
