@@ -202,6 +202,7 @@ def test_a_domain_package_without_class_statistics_is_refused_before_training(
         continue_from(world.config, str(bare), classes_task(), world.new_class, tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_a_real_predictor_process_serves_the_child_and_names_the_new_disease(
     world, child, tmp_path
 ):

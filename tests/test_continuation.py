@@ -450,6 +450,7 @@ def test_the_compiled_continuation_pipeline_matches_the_code(tmp_path):
 
 
 @pytest.mark.timeout(1500)
+@pytest.mark.slow
 def test_the_continuation_pipeline_runs_locally_and_registers_the_child(
     world, registered, mlflow_server
 ):

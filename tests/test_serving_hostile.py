@@ -394,6 +394,7 @@ def test_a_declared_body_over_the_limit_is_413_before_it_is_sent(servers):
     good_answer(servers)
 
 
+@pytest.mark.slow
 def test_a_request_refused_before_its_route_is_still_counted_on_metrics(servers):
     """The guard answers some refusals (a declared body over the limit, a busy server) before
     any route runs; the routes count every request they answer, so the guard counts these."""

@@ -275,6 +275,7 @@ def test_a_stopped_router_closes_its_capture_writer_after_writing_what_it_holds(
     assert any(r.sha256 == sha for r in captured(world, "capture-b", UNKNOWN_CROP))
 
 
+@pytest.mark.slow
 def test_a_canary_predictor_labels_its_own_stage_timings_canary(world):
     """The router labels answers by the route it took; a predictor cannot see the route, so a
     canary's predictor is told (the chart sets AADS_VARIANT on a canary's pods)."""
@@ -302,6 +303,7 @@ def test_a_canary_predictor_labels_its_own_stage_timings_canary(world):
     assert total(samples, stage, variant="champion") == 0
 
 
+@pytest.mark.slow
 def test_a_predictor_refuses_a_variant_it_does_not_know_before_loading_anything(world):
     tmp = world["tmp"]
     with pytest.raises(ServingFailed, match=r"--variant \(or \$AADS_VARIANT\) must be one of"):
