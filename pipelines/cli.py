@@ -216,11 +216,10 @@ def serve_and_diagnose(cfg, text: str, run, data: Path, workdir: Path, tracking_
 
 def held_out_images(run_dir: Path, data: Path, crops: list[str]) -> list[Path]:
     """One base-domain test-split image per crop, from the run's own manifest."""
-    from aads.data.manifest import read_manifest
+    from pipelines.field_loop import manifest_rows
 
-    (manifest,) = run_dir.glob("preprocess/manifest/manifest.csv")
     picked: dict[str, Path] = {}
-    for row in read_manifest(manifest):
+    for row in manifest_rows(run_dir):
         if row.split == "test" and row.domain == "base" and row.phase == "1" and row.crop in crops:
             picked.setdefault(row.crop, data / row.path)
     return [picked[c] for c in crops if c in picked]

@@ -123,8 +123,8 @@ def _one_loop(
     v1_uri = f"models:/{model}/{v1}"
     router_uri = f"models:/{cfg.registry.router_model_name}@candidate"
     spec_path = work / "spec.yaml"
-    spec_path.write_text(_with_capture(text, work / "capture"), encoding="utf-8")
-    spec_text = spec_path.read_text(encoding="utf-8")
+    spec_text = _with_capture(text, work / "capture")
+    spec_path.write_text(spec_text, encoding="utf-8")
 
     # a. v1 serves with capture on; the disease's photos arrive
     console.print(
