@@ -864,7 +864,3 @@ _add_plugins()
 
 def main() -> None:  # pragma: no cover - console script entry
     app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()

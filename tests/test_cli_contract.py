@@ -157,6 +157,19 @@ def test_version_prints_the_installed_version():
     assert result.stdout.strip() == f"aads {version('aads')}"
 
 
+def test_python_dash_m_aads_runs_the_same_command():
+    """Where the console script is not on PATH (a bare venv, a container's `python -m`)."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    done = subprocess.run(
+        [sys.executable, "-m", "aads", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == f"aads {version('aads')}"
+
+
 def test_outside_the_repository_the_packaged_demo_spec_is_used(no_config_dir):
     result = invoke("config", "validate")
     assert result.exit_code == 0, result.output

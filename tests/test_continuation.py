@@ -266,6 +266,73 @@ def test_without_an_evaluation_set_the_ood_check_is_carried_and_its_drift_measur
     assert old_checks[0].outcome == "not measured"
 
 
+def test_an_evaluation_set_thinner_than_the_parents_check_carries_it(world, tmp_path):
+    """8 evaluation images a class (about 5 to fit on) against the parent's 11: re-estimating
+    on them would trade the parent's statistics for noisier ones, so they only measure."""
+    result = continue_from(
+        world.config,
+        str(world.parent),
+        new_class_task(),
+        world.new_class,
+        tmp_path / "out",
+        eval_dir=world.evaluation,
+    )
+    meta = read_meta(result.package)
+    assert meta.ood is not None and meta.ood["carried_from_parent"] == 1.0
+    assert "ood_old_score_ratio" in meta.ood  # measured on the evaluation set
+
+
+@pytest.fixture(scope="module")
+def thick_golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An evaluation set of 24 images a class: more to fit on than the parent's check had."""
+    from tests.continual_world import _copy
+
+    tmp = tmp_path_factory.mktemp("thick-golden")
+    drawn, golden = tmp / "drawn", tmp / "golden"
+    synthesize(
+        parse_config(DRAW), drawn, settings=SynthSettings(images_per_class=24, image_size=32)
+    )
+    _copy(drawn, golden / "base", "base", "tomato", OLD)
+    _copy(drawn, golden / "base", "base", "corn", ["healthy", "common_rust"])
+    return golden
+
+
+def test_an_evaluation_set_as_large_as_the_parents_check_re_estimates_it(
+    world, thick_golden, tmp_path
+):
+    result = continue_from(
+        world.config,
+        str(world.parent),
+        new_class_task(),
+        world.new_class,
+        tmp_path / "out",
+        eval_dir=thick_golden,
+    )
+    meta = read_meta(result.package)
+    parent = json.loads((world.parent / "ood" / "calibration.json").read_text())
+    record = json.loads((result.package / "ood" / "calibration.json").read_text())
+    assert meta.ood is not None and "carried_from_parent" not in meta.ood
+    for name in OLD:
+        fitted = record["per_class"][name]["fit_samples"]
+        assert fitted >= parent["per_class"][name]["fit_samples"]
+
+
+def test_a_config_that_says_carry_carries_the_check_past_any_evaluation_set(
+    world, thick_golden, tmp_path
+):
+    config = spec_with(lambda s: s.update(continuation={"ood": "carry"}))
+    result = continue_from(
+        config,
+        str(world.parent),
+        new_class_task(),
+        world.new_class,
+        tmp_path / "out",
+        eval_dir=thick_golden,
+    )
+    meta = read_meta(result.package)
+    assert meta.ood is not None and meta.ood["carried_from_parent"] == 1.0
+
+
 def test_a_continuation_that_forgets_is_refused_by_the_gate(world, tmp_path):
     # A learning rate that wrecks what the old classes relied on.
     config = spec_with(lambda s: s["training"]["phase2"].update(lr=9.0))
@@ -562,3 +629,48 @@ def phase1_meta(classes: list[str]):
         classes=classes,
         phases=[PhaseRecord.model_construct(phase="1", task="", added=classes)],
     )
+
+
+def _carried_thin_new_class(covariance: str, val_images: int):
+    """A parent fitted on two well-sampled classes, carried forward with a third class learned
+    from 12 training photos and `val_images` validation photos; returns the child's detector
+    and fresh photos of the new class."""
+    import numpy as np
+
+    from aads.config import OODSettings
+    from aads.continual.ood import carried_detector
+    from aads.ood.calibrate import FeatureSet
+    from aads.ood.detector import fit_detector
+
+    rng = np.random.default_rng(3)
+    settings = OODSettings.model_validate(
+        {"covariance": covariance, "feature_space": "raw", "threshold": {"min_samples": 5}}
+    )
+    old = np.concatenate([rng.normal(0, 1, (80, 6)), rng.normal(8, 1, (80, 6))])
+    labels = np.repeat([0, 1], 80)
+    parent = fit_detector(old[::2], labels[::2], old[1::2], labels[1::2], ["a", "b"], settings)
+    draw = lambda n: rng.normal(-8, 2, (n, 6))  # noqa: E731 - the new class, wider than the old
+    fit = FeatureSet(draw(12), np.zeros((12, 3)), np.full(12, 2))
+    val = FeatureSet(draw(val_images), np.zeros((val_images, 3)), np.full(val_images, 2))
+    return carried_detector(parent, ["a", "b", "c"], fit, val, settings), draw(400)
+
+
+@pytest.mark.parametrize("covariance", ["shared_ledoit_wolf", "per_class"])
+def test_a_new_class_with_one_validation_photo_is_thresholded_on_held_out_training_photos(
+    covariance,
+):
+    """One validation score sets a threshold near the class's median (half its photos would be
+    answered unknown); its training photos, each scored against the class fitted without it,
+    give the held-out scores a threshold needs."""
+    detector, fresh = _carried_thin_new_class(covariance, val_images=1)
+    calibration = detector.record.per_class["c"]
+    assert calibration.leave_one_out_samples == 12
+    assert calibration.calibration_samples == 13 and calibration.source == "class"
+    accepted = ~detector.detect(fresh).is_ood
+    assert accepted.mean() >= 0.85
+
+
+def test_a_new_class_with_enough_validation_photos_is_thresholded_on_them_alone():
+    detector, _ = _carried_thin_new_class("per_class", val_images=6)
+    calibration = detector.record.per_class["c"]
+    assert calibration.leave_one_out_samples == 0 and calibration.calibration_samples == 6

@@ -79,6 +79,12 @@ SPEC = {
         "not_measured": "pass",
         "continuation": {"min_new_task_accuracy": 0.0, "max_ood_auroc_drop": 1.0},
     },
+    # The OOD check is re-estimated on the evaluation set (v1's held-out images, 4-5 a class)
+    # instead of carried (`auto` carries on so thin a set). At these random features, the
+    # carried check names 4 of 10 canary photos (measured): the new class is wider than the old
+    # ones, and a photo nearer an old class's mean than its own is rejected by that class's
+    # tighter threshold. `auto` and `carry` are tested in test_continuation and test_demo_loop.
+    "continuation": {"ood": "re_estimate"},
     "router": TINY,
     "adapter": {
         "backbone": {**TINY, "device": "cpu"},

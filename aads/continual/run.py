@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from aads.adapters.package import (
+    OOD_DIR,
     AdapterMeta,
     ContinuationRecord,
     backbone_settings_record,
@@ -271,9 +273,9 @@ def _record_lineage(pkg: Path, plan: Plan) -> None:
 
 
 def _carry_ood(plan: Plan, pkg: Path, root: Path) -> tuple[dict[str, float], bool]:
-    """Re-estimate the OOD check on task + evaluation images (when together they show every
-    class the child knows), else carry the parent's; measure the drift either way
-    (`aads.continual.ood`). Returns the drift numbers and whether it was re-estimated."""
+    """Re-estimate the OOD check on task + evaluation images or carry the parent's, as
+    ``continuation.ood`` says (`_re_estimates`; why: `aads.continual.ood`); measure the drift
+    either way. Returns the drift numbers and whether it was re-estimated."""
     from aads.adapters.loading import load_adapter
     from aads.continual.ood import (
         carried_detector,
@@ -287,13 +289,8 @@ def _carry_ood(plan: Plan, pkg: Path, root: Path) -> tuple[dict[str, float], boo
     device, dtype = config.adapter.backbone.device, config.adapter.backbone.dtype
     train = [r for r in plan.rows if r.split == "train"]
     classes = read_meta(pkg).classes
-    seen = {
-        r.label
-        for r in [*plan.rows, *plan.evaluation]
-        if r.crop == plan.task.crop and r.split == "train"
-    }
     carry = plan.parent is not None and plan.parent.meta.ood is not None
-    recalibrate = (bool(plan.evaluation) and set(classes) <= seen) or not carry
+    recalibrate = not carry or _re_estimates(plan, classes)
     if recalibrate:
         calibrate_package(config, pkg, [*plan.rows, *plan.evaluation], root, loco=False)
     else:
@@ -323,6 +320,28 @@ def _carry_ood(plan: Plan, pkg: Path, root: Path) -> tuple[dict[str, float], boo
         ]
         drift |= old_class_drift(parent, child, old, root)
     return drift, recalibrate
+
+
+def _re_estimates(plan: Plan, classes: list[str]) -> bool:
+    """Whether ``continuation.ood`` re-estimates the child's OOD check rather than carrying the
+    parent's: never for ``carry``; for ``re_estimate`` whenever the task's and the evaluation
+    set's training splits show every class; for ``auto`` only when they also fit every class on
+    as many images as the parent's check was fitted on."""
+    from aads.ood.detector import load_detector
+
+    mode = plan.config.continuation.ood
+    fitted = Counter(
+        r.label
+        for r in [*plan.rows, *plan.evaluation]
+        if r.crop == plan.task.crop and r.split == "train"
+    )
+    if mode == "carry" or not plan.evaluation or not all(fitted[c] for c in classes):
+        return False
+    if mode == "re_estimate":
+        return True
+    detector = load_detector(plan.parent.path / OOD_DIR) if plan.parent else None
+    parent = detector.record.per_class.items() if detector else ()
+    return all(fitted[c] >= cal.fit_samples for c, cal in parent)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,12 @@ class ClassCalibration(BaseModel):
     threshold: float
     source: str = Field(description="'class' (its own scores) or 'pooled' (too few of its own)")
     fit_samples: int
-    calibration_samples: int
+    calibration_samples: int = Field(description="held-out scores its threshold was set on")
+    leave_one_out_samples: int = Field(
+        0,
+        description="of those, training images scored against the class fitted without them "
+        "(a class a continuation added from a few photos; see aads.continual.ood)",
+    )
 
 
 class CalibrationRecord(BaseModel):
