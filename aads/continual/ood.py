@@ -62,11 +62,28 @@ from aads.ood.mahalanobis import MIN_PER_CLASS_SAMPLES, MahalanobisEstimator, ow
 from aads.ood.thresholds import POOLED, ClassThresholds, fit_thresholds
 
 
+def own_covariance_minimum(settings: OODSettings) -> int:
+    """How many training photos a class a continuation adds needs for its own covariance.
+
+    The estimator fits one from `MIN_PER_CLASS_SAMPLES` (2), which is harmless where classes
+    have dozens of images; a class learned from a few captured photos is another matter.
+    Measured on the demo's field loop (pepper + anthracnose, v1's check carried): the new class
+    fitted on 2 photos with its own Ledoit-Wolf covariance cost far-OOD AUROC 0.272 against
+    the parent, with the old classes' pooled covariance 0.003. So it takes as many photos as
+    a class needs for a threshold of its own (``threshold.min_samples``)."""
+    return max(MIN_PER_CLASS_SAMPLES, settings.threshold.min_samples)
+
+
 def _new_class_precisions(
-    state: dict[str, np.ndarray], x: np.ndarray, index: np.ndarray, n_old: int, n_new: int
+    state: dict[str, np.ndarray],
+    x: np.ndarray,
+    index: np.ndarray,
+    n_old: int,
+    n_new: int,
+    min_own: int,
 ) -> dict[str, np.ndarray]:
-    """Per-class covariances for the added classes, by the estimator's own rule: a class with
-    `MIN_PER_CLASS_SAMPLES` images gets its own Ledoit-Wolf covariance, a thinner one the old
+    """Per-class covariances for the added classes: a class with `min_own` images
+    (`own_covariance_minimum`) gets its own Ledoit-Wolf covariance, a thinner one the old
     classes' pooled covariance (their count-weighted mean: the within-class covariance the
     parent's classes share), listed as a fallback class."""
     old_precision = state["precision"][:n_old]
@@ -74,7 +91,7 @@ def _new_class_precisions(
     precisions, fallback = [], list(state["fallback_classes"].astype(int))
     for i in range(n_new):
         own = x[index == i]
-        if len(own) >= MIN_PER_CLASS_SAMPLES:
+        if len(own) >= min_own:
             precisions.append(own_class_precision(own))
         else:
             precisions.append(pooled)
@@ -91,17 +108,18 @@ def _with_leave_one_out(
     index: np.ndarray,
     scores: np.ndarray,
     score_index: np.ndarray,
-    min_samples: int,
+    settings: OODSettings,
     n_old: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`scores` (new classes' validation scores, class `score_index`) plus, for each new class
-    with fewer than `min_samples` of them, the leave-one-out scores of its training images
-    (`features` of new class `index`; see the module's docstring). Returns the scores, their
+    with fewer than ``threshold.min_samples`` of them, the leave-one-out scores of its training
+    images (`features` of new class `index`; see the module's docstring). Returns the scores, their
     classes and how many leave-one-out scores each class got."""
     state = grown.state_dict()
     held_out = np.zeros(len(grown.means_) - n_old, dtype=np.int64)
     per_class = grown.precision_.ndim == 3
     pooled = _pooled_precision(state, n_old) if per_class else None
+    min_samples, min_own = settings.threshold.min_samples, own_covariance_minimum(settings)
     extra, extra_index = [], []
     for i in range(len(held_out)):
         own = features[index == i]
@@ -113,7 +131,7 @@ def _with_leave_one_out(
             one = {**state, "means": rest.mean(0, keepdims=True), "counts": np.asarray([len(rest)])}
             one["fallback_classes"] = np.zeros(0, dtype=np.int64)
             if pooled is not None:  # per-class covariances: the estimator's own rule, as fitted
-                thick = len(rest) >= MIN_PER_CLASS_SAMPLES
+                thick = len(rest) >= min_own
                 one["precision"] = (own_class_precision(rest) if thick else pooled)[None]
             est = MahalanobisEstimator.from_state_dict(
                 one, grown.covariance, grown.feature_space, grown.relative
@@ -190,7 +208,8 @@ def carried_detector(
             "counts": np.concatenate([state["counts"], fitted]).astype(np.int64),
         }
         if est.covariance == "per_class":
-            state |= _new_class_precisions(state, x, index, len(old), len(new))
+            min_own = own_covariance_minimum(settings)
+            state |= _new_class_precisions(state, x, index, len(old), len(new), min_own)
         grown = MahalanobisEstimator.from_state_dict(
             state, est.covariance, est.feature_space, est.relative
         )
@@ -199,13 +218,7 @@ def carried_detector(
         scores = grown.score_samples(calibration.features[keep])
         own = scores[np.arange(len(scores)), calibration.labels[keep]]
         own, own_index, held_out = _with_leave_one_out(
-            grown,
-            fit.features,
-            index,
-            own,
-            cal_index[keep],
-            settings.threshold.min_samples,
-            len(old),
+            grown, fit.features, index, own, cal_index[keep], settings, len(old)
         )
         added = _new_thresholds(own, own_index, len(new), settings, parent.thresholds.pooled)
         values = np.concatenate([values, added.values])
