@@ -51,6 +51,18 @@ def new_class_task() -> TaskSpec:
     return TaskSpec(kind="classes", crop="tomato", classes=[NEW])
 
 
+def continued(world, tmp_path: Path, *, config: PlatformConfig | None = None, eval_dir=None):
+    """The new-class task continued from the world's parent into ``tmp_path/out``."""
+    return continue_from(
+        config or world.config,
+        str(world.parent),
+        new_class_task(),
+        world.new_class,
+        tmp_path / "out",
+        eval_dir=eval_dir,
+    )
+
+
 def field_task() -> TaskSpec:
     return TaskSpec(kind="domain", crop="tomato", domain="field", classes=OLD)
 
@@ -228,14 +240,7 @@ def test_a_base_tampered_with_in_the_object_store_is_refused(world, fresh_bucket
 
 
 def test_a_classes_task_learns_only_the_new_class_and_records_its_parent(world, tmp_path):
-    result = continue_from(
-        world.config,
-        str(world.parent),
-        new_class_task(),
-        world.new_class,
-        tmp_path / "out",
-        eval_dir=world.evaluation,
-    )
+    result = continued(world, tmp_path, eval_dir=world.evaluation)
     meta = read_meta(result.package)
     assert meta.classes == [*OLD, NEW]
     assert [p.phase for p in meta.phases] == ["1", "2"]
@@ -251,9 +256,7 @@ def test_a_classes_task_learns_only_the_new_class_and_records_its_parent(world, 
 
 def test_without_an_evaluation_set_the_ood_check_is_carried_and_its_drift_measured(world, tmp_path):
     config = spec_with(lambda s: s["gate"].update(not_measured="pass"))
-    result = continue_from(
-        config, str(world.parent), new_class_task(), world.new_class, tmp_path / "out"
-    )
+    result = continued(world, tmp_path, config=config)
     meta = read_meta(result.package)
     assert meta.ood is not None and meta.ood["carried_from_parent"] == 1.0
     assert meta.metrics["ood_task_feature_shift"] > 0
@@ -269,14 +272,7 @@ def test_without_an_evaluation_set_the_ood_check_is_carried_and_its_drift_measur
 def test_an_evaluation_set_thinner_than_the_parents_check_carries_it(world, tmp_path):
     """8 evaluation images a class (about 5 to fit on) against the parent's 11: re-estimating
     on them would trade the parent's statistics for noisier ones, so they only measure."""
-    result = continue_from(
-        world.config,
-        str(world.parent),
-        new_class_task(),
-        world.new_class,
-        tmp_path / "out",
-        eval_dir=world.evaluation,
-    )
+    result = continued(world, tmp_path, eval_dir=world.evaluation)
     meta = read_meta(result.package)
     assert meta.ood is not None and meta.ood["carried_from_parent"] == 1.0
     assert "ood_old_score_ratio" in meta.ood  # measured on the evaluation set
@@ -300,14 +296,7 @@ def thick_golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_an_evaluation_set_as_large_as_the_parents_check_re_estimates_it(
     world, thick_golden, tmp_path
 ):
-    result = continue_from(
-        world.config,
-        str(world.parent),
-        new_class_task(),
-        world.new_class,
-        tmp_path / "out",
-        eval_dir=thick_golden,
-    )
+    result = continued(world, tmp_path, eval_dir=thick_golden)
     meta = read_meta(result.package)
     parent = json.loads((world.parent / "ood" / "calibration.json").read_text())
     record = json.loads((result.package / "ood" / "calibration.json").read_text())
@@ -321,14 +310,7 @@ def test_a_config_that_says_carry_carries_the_check_past_any_evaluation_set(
     world, thick_golden, tmp_path
 ):
     config = spec_with(lambda s: s.update(continuation={"ood": "carry"}))
-    result = continue_from(
-        config,
-        str(world.parent),
-        new_class_task(),
-        world.new_class,
-        tmp_path / "out",
-        eval_dir=thick_golden,
-    )
+    result = continued(world, tmp_path, config=config, eval_dir=thick_golden)
     meta = read_meta(result.package)
     assert meta.ood is not None and meta.ood["carried_from_parent"] == 1.0
 
@@ -336,14 +318,7 @@ def test_a_config_that_says_carry_carries_the_check_past_any_evaluation_set(
 def test_a_continuation_that_forgets_is_refused_by_the_gate(world, tmp_path):
     # A learning rate that wrecks what the old classes relied on.
     config = spec_with(lambda s: s["training"]["phase2"].update(lr=9.0))
-    result = continue_from(
-        config,
-        str(world.parent),
-        new_class_task(),
-        world.new_class,
-        tmp_path / "out",
-        eval_dir=world.evaluation,
-    )
+    result = continued(world, tmp_path, config=config, eval_dir=world.evaluation)
     assert not result.gate.passed
     failed = [c.metric for c in result.gate.checks if c.outcome == "failed"]
     assert "old_accuracy_change" in failed
