@@ -3,7 +3,8 @@
 Each KFP component in ``components/`` parses its parameters, calls one function here and
 writes what it returns into KFP artifacts; the same functions run under `kfp.local`, in the
 component image on a cluster, and in tests. Adapter phases run through the one phase runner
-(`aads.runner`), which the CLI, the demo and TrainJobs use too. Outputs are whole folders
+(`aads.runner`), which the CLI, the demo and TrainJobs use too; the router trains through
+`run_router` here, which the CLI and the demo call as well. Outputs are whole folders
 staged beside their place and renamed into it (`aads.atomic`), so a retried or killed task
 never leaves half an artifact that the next task would read.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aads.adapters.package import AdapterMeta, read_meta, verify_package
 from aads.atomic import atomic_dir
@@ -21,11 +23,12 @@ from aads.data.ingest import ingest, write_ingest_outputs
 from aads.errors import BadInput
 from aads.gate import GateResult, adapter_gate, router_gate
 from aads.headline import Headline
-from aads.phases import Phase
+from aads.phases import ROUTER, Phase
 from aads.phases import get as get_phase
 from aads.progress import Progress
 from aads.runner import (
     DATA_URI_KEY,
+    ManifestInputs,
     log_manifest,
     manifest_inputs,
     phase_numbers,
@@ -35,6 +38,10 @@ from aads.runner import (
 from aads.storage import fetch_dir_cached
 from aads.tracking import GATE_DETAIL_TAG, GATE_TAG, RunRef, step_run
 from aads.trainjob import TrainerPlacement
+
+if TYPE_CHECKING:
+    from aads.backbone import Backbone
+    from aads.features import FeatureTable
 
 
 class StepError(BadInput):
@@ -120,6 +127,8 @@ def close_pipeline_run_step(
 
 @dataclass(frozen=True)
 class RouterOutcome:
+    """A trained router: its metrics and the gate's verdict on them."""
+
     metrics: dict[str, float]
     gate: GateResult
 
@@ -132,11 +141,27 @@ def train_router_step(
     tracking: RunRef | None = None,
     progress: Progress | None = None,
 ) -> RouterOutcome:
-    """Train the crop router, gate it; with `tracking`, its MLflow run (settings, epochs,
-    dataset, metrics, confusion matrices, gate verdict)."""
-    from aads.router import train_router
-
+    """The pipeline's router step: `run_router` on the manifest folder the preprocess step
+    wrote (its rows, its images fetched and cached when remote, its hash and source)."""
     data = manifest_inputs(config, manifest_dir)
+    return run_router(config, data, out_dir, tracking=tracking, progress=progress)
+
+
+def run_router(
+    config: PlatformConfig,
+    data: ManifestInputs,
+    out_dir: Path,
+    *,
+    features: FeatureTable | None = None,
+    backbone: Backbone | None = None,
+    tracking: RunRef | None = None,
+    progress: Progress | None = None,
+) -> RouterOutcome:
+    """The one way the crop router trains (the pipeline's step, ``aads train router``,
+    ``aads demo``): fit its heads on `data`'s rows of the configured crops (features from
+    its images, or the cached `features` of `backbone`), write it to `out_dir` atomically,
+    gate it. With `tracking` (the pipeline's parent run) its MLflow run nests under it:
+    settings, the dataset, every epoch, metrics, confusion matrices, the gate's verdict."""
     params = step_params(
         config,
         backbone=config.router,
@@ -144,14 +169,18 @@ def train_router_step(
         crops=config.crop_names,
         parts=config.parts,
     )
-    with step_run(config.registry, tracking, "router", run_name="router", params=params) as run:
+    with step_run(
+        config.registry, tracking, ROUTER.name, run_name=ROUTER.name, params=params
+    ) as run:
         log_manifest(run, config, data, [r for r in data.rows if r.crop in config.crop_names])
         with atomic_dir(Path(out_dir)) as tmp:
-            result = train_router(
+            result = ROUTER.train(
                 config,
                 data.rows,
                 data.data_root,
                 tmp,
+                features=features,
+                backbone=backbone,
                 progress=progress,
                 on_epoch_end=run.log_epoch,
             )
@@ -442,8 +471,9 @@ def register_router_step(
         description=router_card(meta, metrics, gate, kfp_run_id=kfp_run_id, git_sha=git_sha),
         metrics=metrics,
         kfp_run_id=kfp_run_id,
-        run_id=_registry_run(config, tracking, "router", ""),
+        run_id=_registry_run(config, tracking, ROUTER.name, ""),
     )
 
 
-ROUTER_TAGS = ("test_crop_accuracy", "test_part_accuracy")
+ROUTER_TAGS = ROUTER.headline_metrics
+"""The router's headline numbers, carried as ``metric.*`` tags by a registered version."""
