@@ -12,13 +12,15 @@ never leaves half an artifact that the next task would read.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aads.adapters.package import AdapterMeta, read_meta, verify_package
 from aads.atomic import atomic_dir
-from aads.config import PlatformConfig
+from aads.cluster import TRACKING_URI_ENV
+from aads.config import PlatformConfig, parse_config_text
 from aads.data.ingest import ingest, write_ingest_outputs
 from aads.errors import BadInput
 from aads.gate import GateResult, adapter_gate, router_gate
@@ -36,7 +38,7 @@ from aads.runner import (
     step_params,
 )
 from aads.storage import fetch_dir_cached
-from aads.tracking import GATE_DETAIL_TAG, GATE_TAG, RunRef, step_run
+from aads.tracking import GATE_DETAIL_TAG, GATE_TAG, RunRef, run_ref, step_run
 from aads.trainjob import TrainerPlacement
 
 if TYPE_CHECKING:
@@ -46,6 +48,37 @@ if TYPE_CHECKING:
 
 class StepError(BadInput):
     """A step that cannot run with these inputs; the message says which input and why."""
+
+
+# --------------------------------------------------------------------------- components
+
+
+@dataclass(frozen=True)
+class ComponentInputs:
+    """What every KFP component reads the same way at its entry point."""
+
+    config: PlatformConfig  # the `config` parameter (the spec's YAML text), validated
+    tracking_uri: str | None  # the parameter, else MLFLOW_TRACKING_URI, else None (the spec's)
+    tracking: RunRef | None  # the pipeline's parent run; None for a step run on its own
+
+
+def component_inputs(
+    config: str,
+    environ: Mapping[str, str],
+    *,
+    tracking_uri: str = "",
+    mlflow_run: Any = None,
+) -> ComponentInputs:
+    """The spec, the MLflow server and the parent run of a component from its parameters and
+    its pod's `environ` (``MLFLOW_TRACKING_URI`` from a Kubernetes Secret): `mlflow_run` is
+    the component's ``Input[Artifact]`` naming the pipeline's parent run, or None. Here and not
+    in ``components/``: KFP runs a component's body on its own, where `aads` is importable but
+    the ``components`` package is not (importing it needs the KFP SDK's decorators)."""
+    return ComponentInputs(
+        parse_config_text(config, "config parameter"),
+        tracking_uri or environ.get(TRACKING_URI_ENV) or None,
+        run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, environ),
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -75,7 +108,7 @@ def open_pipeline_run_step(
     config: PlatformConfig,
     config_text: str,
     *,
-    tracking_uri: str,
+    tracking_uri: str | None,
     kfp_run_id: str,
     data_uri: str,
     crops: list[str],
@@ -113,7 +146,12 @@ def open_pipeline_run_step(
 
 
 def close_pipeline_run_step(
-    config: PlatformConfig, *, tracking_uri: str, kfp_run_id: str, succeeded: bool, message: str
+    config: PlatformConfig,
+    *,
+    tracking_uri: str | None,
+    kfp_run_id: str,
+    succeeded: bool,
+    message: str,
 ) -> str:
     """End the parent run with the pipeline's outcome and a summary of every crop."""
     from aads.tracking import Tracker
