@@ -243,7 +243,7 @@ def _train_router(config, rows, data_root, out_dir, **kwargs: Any) -> Any:
 
 ROUTER = RouterStage(
     name="router",
-    method="two linear heads on frozen backbone features, with a crop-level OOD check",
+    method="two linear heads (crop, plant part) on frozen backbone features",
     purpose="routes a photo to its crop and names the plant part",
     train=_train_router,
     summary=(
