@@ -213,12 +213,12 @@ class RouterStage:
     Not a `Phase`: the router trains once for all crops (no crop, no previous package), may
     be handed a feature cache another step computed, and returns its training record rather
     than a package folder, so it cannot share `TrainFn`; nor does it have a phase number,
-    continual tasks or retention. What it shares with the phases is read from here: the MLflow
-    step and `config.training` section (`name`), the words a model card uses (`method`,
-    `purpose`), the headline numbers (`summary`) and its training function.
+    continual tasks or retention. What it shares with the phases is read from here: its MLflow
+    step's name (`name`), the words a model card uses (`method`, `purpose`), the headline
+    numbers (`summary`) and its training function.
     """
 
-    name: str  # the MLflow step, the `config.training` section, a run's name
+    name: str  # the MLflow step and its run's name, the demo's folder for the router
     method: str  # how it decides, in words (the model card)
     purpose: str  # what it answers, in words (the model card)
     train: RouterTrainFn
