@@ -557,14 +557,16 @@ def train_router_cmd(
     output: OutputOpt = Output.table,
 ) -> None:
     """Fit the crop and part heads on frozen router-backbone features."""
-    from aads.router import train_router
+    from aads.runner import ManifestInputs
+    from aads.steps import run_router
 
     cfg = _config(config)
-    rows, root, _ = _training_inputs(manifest, data_root)
+    rows, root, digest = _training_inputs(manifest, data_root)
+    inputs = ManifestInputs(rows, root, digest, str(root))
     with progress_bar("router features") as progress:
-        result = train_router(cfg, rows, root, out, progress=progress)
-    data = {"router": result.out_dir, "metrics": result.metrics}
-    emit(console, output, data, _metrics_table(f"router -> {result.out_dir}", result.metrics))
+        outcome = run_router(cfg, inputs, out, progress=progress)
+    data = {"router": out, "metrics": outcome.metrics}
+    emit(console, output, data, _metrics_table(f"router -> {out}", outcome.metrics))
 
 
 def _train_phase(

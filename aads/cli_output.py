@@ -13,12 +13,16 @@ from __future__ import annotations
 import json
 import math
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from aads.answer import Answer
 
 
 class Output(StrEnum):
@@ -63,6 +67,25 @@ def print_table(console: Console, table: Table) -> None:
         table.title = None
     out = plain if not console.is_terminal else Console(width=needed.maximum, file=console.file)
     out.print(table, width=needed.maximum)
+
+
+def answer_cell(answer: Answer) -> str:
+    """What one image's answer says, in one table cell (rich markup): its class, ``unknown``
+    with why (the reason, or the nearest known class), a scouted photo's verdict, or the
+    error's message. Every table of answers shows them through this (`aads predict`, the
+    demo's field loop), so an answer reads the same wherever it is printed. Text that came
+    from the answer is escaped: a bracket in a message or label is printed, not styled."""
+    if answer.error is not None:
+        return f"[red]error: {escape(answer.error.message)}[/]"
+    if answer.scouting is not None:
+        verdict = answer.scouting.verdict
+        scouting = f"scouting: {verdict.status}, {verdict.regions} regions"
+        return f"{escape(answer.label or '-')} ({escape(scouting)})"
+    if answer.is_ood:
+        nearest = answer.ood.nearest_class if answer.ood else ""
+        why = answer.reason or (f"nearest: {nearest}" if nearest else "")
+        return "[yellow]unknown[/]" + (f" ({escape(why)})" if why else "")
+    return escape(answer.label or "-")
 
 
 def _plain(value: Any) -> Any:

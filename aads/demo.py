@@ -3,10 +3,11 @@
 `aads demo` runs this (`make demo` runs the KFP pipeline itself, locally: `aads pipeline
 demo`); the benchmarks use it to measure the training flow without a pipeline around it. Each
 step is the same public function a user or a pipeline step calls (adapter phases through the
-one phase runner, `aads.runner.run_phase`); the demo only chains them and times them, and it
-writes a JSON summary so the run can be checked by a machine as well as read by a person.
-Given a folder of real images (``aads demo --data DIR``) it skips the synthetic data and runs
-the same steps on them; `benchmarks/real.py` measures the pipeline that way on PlantVillage.
+one phase runner, `aads.runner.run_phase`; the router through `aads.steps.run_router`); the
+demo only chains them and times them, and it writes a JSON summary so the run can be checked
+by a machine as well as read by a person. Given a folder of real images (``aads demo --data
+DIR``) it skips the synthetic data and runs the same steps on them; `benchmarks/real.py`
+measures the pipeline that way on PlantVillage.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from aads.data.manifest import ManifestRow
 from aads.data.synth import synthesize
 from aads.features import FeatureTable, extract_manifest_features, save_features
 from aads.ood.calibrate import calibrate_package
-from aads.phases import PHASES, Phase
+from aads.phases import PHASES, ROUTER, Phase
 from aads.progress import Progress
-from aads.router import train_router
-from aads.runner import run_phase
+from aads.runner import ManifestInputs, run_phase
+from aads.steps import run_router
 
 T = TypeVar("T")
 ProgressFactory = Callable[[str], AbstractContextManager[Progress]]
@@ -85,6 +86,7 @@ def run_demo(
     manifest_dir = workdir / "manifest"
     features_path = workdir / "features" / "router.safetensors"
     models = workdir / "models"
+    router_dir = models / ROUTER.name
     steps = _Steps(console)
 
     def synth() -> tuple[str, dict, None]:
@@ -121,15 +123,9 @@ def run_demo(
         return text, {"feature_dim": dim, "images_per_second": rate}, (backbone, table)
 
     def router_step(backbone: Backbone, table: FeatureTable) -> tuple[str, dict, None]:
-        result = train_router(
-            config, rows, data_dir, models / "router", features=table, backbone=backbone
-        )
-        m = result.metrics
-        text = (
-            f"crop accuracy {m.get('test_crop_accuracy', float('nan')):.3f}, "
-            f"part accuracy {m.get('test_part_accuracy', float('nan')):.3f} (test)"
-        )
-        return text, m, None
+        data = ManifestInputs(rows, data_dir, digest, str(data_dir))
+        outcome = run_router(config, data, router_dir, features=table, backbone=backbone)
+        return f"{ROUTER.line(outcome.metrics)} (test)", outcome.metrics, None
 
     def adapter_step(crop: str, phase: Phase, previous: Path | None) -> tuple[str, dict, Path]:
         out = models / crop / phase.name
@@ -187,7 +183,7 @@ def run_demo(
         "workdir": str(workdir.resolve()),
         "manifest": str(manifest_dir / "manifest.csv"),
         "features": str(features_path),
-        "router": str(models / "router"),
+        "router": str(router_dir),
         "adapters": packages,
         "metrics": crop_metrics,
         "steps": steps.steps,

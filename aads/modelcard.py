@@ -18,7 +18,7 @@ from pathlib import Path
 from aads import headline
 from aads.adapters.package import AdapterMeta
 from aads.gate import GateResult
-from aads.phases import PHASES
+from aads.phases import PHASES, ROUTER
 from aads.phases import get as get_phase
 
 DINOV3_LICENCE = (
@@ -330,12 +330,14 @@ def router_card(
     settings = meta.get("backbone_settings") or {}
     source = str(settings.get("source", "")) if isinstance(settings, Mapping) else ""
     crops, parts = meta.get("crops") or [], meta.get("parts") or []
+    purpose = ROUTER.purpose[:1].upper() + ROUTER.purpose[1:]
     lines = [
         "# AADS crop router",
         "",
-        f"Routes a photo to one of the crops {', '.join(map(str, crops))} and names the plant "
-        f"part ({', '.join(map(str, parts))}) with two linear heads on frozen `{source}` "
-        "features; a photo of no known crop is answered *unknown* by its crop-level OOD check.",
+        f"{purpose}: crops {', '.join(map(str, crops))}; parts {', '.join(map(str, parts))}.",
+        "",
+        f"Method: {ROUTER.method} (`{source}`); a photo of no known crop is answered *unknown* "
+        "by its crop-level OOD check.",
         "",
         f"Backbone licence: {backbone_licence(source)}.",
         "",

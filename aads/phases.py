@@ -6,7 +6,8 @@ name and settings section, which crop field lists its tasks, whether it continue
 package, its metrics, the function that trains it) is an entry here, and every other module
 (the runner, the KFP pipeline and component, the CLI, the demo, TrainJobs, the model card, the
 gate) reads this table instead of comparing phase strings. A fourth method is one folder under
-``aads/adapters/`` (its ``config.py`` and model) plus one `Phase` entry.
+``aads/adapters/`` (its ``config.py`` and model) plus one `Phase` entry. The crop router,
+trained once for every crop before the adapters, has its entry beside the table (`ROUTER`).
 
 This module imports no torch: the training functions are imported when a phase trains.
 """
@@ -101,10 +102,14 @@ class Phase:
 
     def line(self, metrics: Mapping[str, float]) -> str:
         """The numbers a person wants from this phase, in one line."""
-        nan = float("nan")
-        return ", ".join(
-            f"{label} {metrics.get(key, nan):{fmt}}" for label, key, fmt in self.summary
-        )
+        return summary_line(self.summary, metrics)
+
+
+def summary_line(summary: tuple[tuple[str, str, str], ...], metrics: Mapping[str, float]) -> str:
+    """``label value, label value``: each (label, metric, format) of `summary` from `metrics`
+    (nan where the metric was not measured)."""
+    nan = float("nan")
+    return ", ".join(f"{label} {metrics.get(key, nan):{fmt}}" for label, key, fmt in summary)
 
 
 def _lazy(module: str, function: str, *, with_previous: bool) -> TrainFn:
@@ -173,10 +178,80 @@ PHASES: tuple[Phase, ...] = (DORA, SD_LORA, CONEC_LORA)
 """Every phase, in the order a crop adapter learns them."""
 
 NUMBERS: tuple[str, ...] = tuple(p.number for p in PHASES)
+"""The phase numbers a user passes (``--phase``, the pipeline's `phases` parameter)."""
 
 BY_TASK_KIND: dict[str, Phase] = {"base": DORA, "classes": SD_LORA, "domain": CONEC_LORA}
 """The phase that learns each kind of task (`aads.tasks.TaskKind`): a continuation runs it."""
-"""The phase numbers a user passes (``--phase``, the pipeline's `phases` parameter)."""
+
+
+# --------------------------------------------------------------------------- the router
+
+
+class RouterTrainFn(Protocol):
+    """Fit the router's heads on `rows` of every configured crop (features computed from the
+    images under `data_root`, or the cached `features` of `backbone`) and write the router to
+    `out_dir`; returns its `aads.router.RouterTrainingResult` (metrics, epoch history)."""
+
+    def __call__(
+        self,
+        config: PlatformConfig,
+        rows: list[ManifestRow],
+        data_root: Path,
+        out_dir: Path,
+        *,
+        features: Any = None,  # aads.features.FeatureTable (torch: not imported here)
+        backbone: Any = None,  # aads.backbone.Backbone
+        progress: Progress | None = None,
+        on_epoch_end: Callable[..., None] | None = None,
+    ) -> Any: ...
+
+
+@dataclass(frozen=True)
+class RouterStage:
+    """The crop router's entry beside the phase table: what it is and how it trains.
+
+    Not a `Phase`: the router trains once for all crops (no crop, no previous package), may
+    be handed a feature cache another step computed, and returns its training record rather
+    than a package folder, so it cannot share `TrainFn`; nor does it have a phase number,
+    continual tasks or retention. What it shares with the phases is read from here: its MLflow
+    step's name (`name`), the words a model card uses (`method`, `purpose`), the headline
+    numbers (`summary`) and its training function.
+    """
+
+    name: str  # the MLflow step and its run's name, the demo's folder for the router
+    method: str  # how it decides, in words (the model card)
+    purpose: str  # what it answers, in words (the model card)
+    train: RouterTrainFn
+    summary: tuple[tuple[str, str, str], ...] = ()  # (label, metric, format) for one line
+
+    @property
+    def headline_metrics(self) -> tuple[str, ...]:
+        """The metrics a person reads first (a registered version's ``metric.*`` tags)."""
+        return tuple(key for _, key, _ in self.summary)
+
+    def line(self, metrics: Mapping[str, float]) -> str:
+        """The numbers a person wants from the router, in one line."""
+        return summary_line(self.summary, metrics)
+
+
+def _train_router(config, rows, data_root, out_dir, **kwargs: Any) -> Any:
+    """`aads.router.train_router`, imported (torch) when the router first trains."""
+    from aads.router.training import train_router
+
+    return train_router(config, rows, data_root, out_dir, **kwargs)
+
+
+ROUTER = RouterStage(
+    name="router",
+    method="two linear heads (crop, plant part) on frozen backbone features",
+    purpose="routes a photo to its crop and names the plant part",
+    train=_train_router,
+    summary=(
+        ("crop accuracy", "test_crop_accuracy", ".3f"),
+        ("part accuracy", "test_part_accuracy", ".3f"),
+    ),
+)
+"""The crop router, trained before every crop's adapter phases."""
 
 
 def get(phase: Phase | str) -> Phase:

@@ -3,7 +3,8 @@
 Each KFP component in ``components/`` parses its parameters, calls one function here and
 writes what it returns into KFP artifacts; the same functions run under `kfp.local`, in the
 component image on a cluster, and in tests. Adapter phases run through the one phase runner
-(`aads.runner`), which the CLI, the demo and TrainJobs use too. Outputs are whole folders
+(`aads.runner`), which the CLI, the demo and TrainJobs use too; the router trains through
+`run_router` here, which the CLI and the demo call as well. Outputs are whole folders
 staged beside their place and renamed into it (`aads.atomic`), so a retried or killed task
 never leaves half an artifact that the next task would read.
 """
@@ -11,21 +12,25 @@ never leaves half an artifact that the next task would read.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aads.adapters.package import AdapterMeta, read_meta, verify_package
 from aads.atomic import atomic_dir
-from aads.config import PlatformConfig
+from aads.cluster import TRACKING_URI_ENV
+from aads.config import PlatformConfig, parse_config_text
 from aads.data.ingest import ingest, write_ingest_outputs
 from aads.errors import BadInput
 from aads.gate import GateResult, adapter_gate, router_gate
 from aads.headline import Headline
-from aads.phases import Phase
+from aads.phases import ROUTER, Phase
 from aads.phases import get as get_phase
 from aads.progress import Progress
 from aads.runner import (
     DATA_URI_KEY,
+    ManifestInputs,
     log_manifest,
     manifest_inputs,
     phase_numbers,
@@ -33,12 +38,47 @@ from aads.runner import (
     step_params,
 )
 from aads.storage import fetch_dir_cached
-from aads.tracking import GATE_DETAIL_TAG, GATE_TAG, RunRef, step_run
+from aads.tracking import GATE_DETAIL_TAG, GATE_TAG, RunRef, run_ref, step_run
 from aads.trainjob import TrainerPlacement
+
+if TYPE_CHECKING:
+    from aads.backbone import Backbone
+    from aads.features import FeatureTable
 
 
 class StepError(BadInput):
     """A step that cannot run with these inputs; the message says which input and why."""
+
+
+# --------------------------------------------------------------------------- components
+
+
+@dataclass(frozen=True)
+class ComponentInputs:
+    """What every KFP component reads the same way at its entry point."""
+
+    config: PlatformConfig  # the `config` parameter (the spec's YAML text), validated
+    tracking_uri: str | None  # the parameter, else MLFLOW_TRACKING_URI, else None (the spec's)
+    tracking: RunRef | None  # the pipeline's parent run; None for a step run on its own
+
+
+def component_inputs(
+    config: str,
+    environ: Mapping[str, str],
+    *,
+    tracking_uri: str = "",
+    mlflow_run: Any = None,
+) -> ComponentInputs:
+    """The spec, the MLflow server and the parent run of a component from its parameters and
+    its pod's `environ` (``MLFLOW_TRACKING_URI`` from a Kubernetes Secret): `mlflow_run` is
+    the component's ``Input[Artifact]`` naming the pipeline's parent run, or None. Here and not
+    in ``components/``: KFP runs a component's body on its own, where `aads` is importable but
+    the ``components`` package is not (importing it needs the KFP SDK's decorators)."""
+    return ComponentInputs(
+        parse_config_text(config, "config parameter"),
+        tracking_uri or environ.get(TRACKING_URI_ENV) or None,
+        run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, environ),
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -68,7 +108,7 @@ def open_pipeline_run_step(
     config: PlatformConfig,
     config_text: str,
     *,
-    tracking_uri: str,
+    tracking_uri: str | None,
     kfp_run_id: str,
     data_uri: str,
     crops: list[str],
@@ -106,7 +146,12 @@ def open_pipeline_run_step(
 
 
 def close_pipeline_run_step(
-    config: PlatformConfig, *, tracking_uri: str, kfp_run_id: str, succeeded: bool, message: str
+    config: PlatformConfig,
+    *,
+    tracking_uri: str | None,
+    kfp_run_id: str,
+    succeeded: bool,
+    message: str,
 ) -> str:
     """End the parent run with the pipeline's outcome and a summary of every crop."""
     from aads.tracking import Tracker
@@ -120,6 +165,8 @@ def close_pipeline_run_step(
 
 @dataclass(frozen=True)
 class RouterOutcome:
+    """A trained router: its metrics and the gate's verdict on them."""
+
     metrics: dict[str, float]
     gate: GateResult
 
@@ -132,11 +179,27 @@ def train_router_step(
     tracking: RunRef | None = None,
     progress: Progress | None = None,
 ) -> RouterOutcome:
-    """Train the crop router, gate it; with `tracking`, its MLflow run (settings, epochs,
-    dataset, metrics, confusion matrices, gate verdict)."""
-    from aads.router import train_router
-
+    """The pipeline's router step: `run_router` on the manifest folder the preprocess step
+    wrote (its rows, its images fetched and cached when remote, its hash and source)."""
     data = manifest_inputs(config, manifest_dir)
+    return run_router(config, data, out_dir, tracking=tracking, progress=progress)
+
+
+def run_router(
+    config: PlatformConfig,
+    data: ManifestInputs,
+    out_dir: Path,
+    *,
+    features: FeatureTable | None = None,
+    backbone: Backbone | None = None,
+    tracking: RunRef | None = None,
+    progress: Progress | None = None,
+) -> RouterOutcome:
+    """The one way the crop router trains (the pipeline's step, ``aads train router``,
+    ``aads demo``): fit its heads on `data`'s rows of the configured crops (features from
+    its images, or the cached `features` of `backbone`), write it to `out_dir` atomically,
+    gate it. With `tracking` (the pipeline's parent run) its MLflow run nests under it:
+    settings, the dataset, every epoch, metrics, confusion matrices, the gate's verdict."""
     params = step_params(
         config,
         backbone=config.router,
@@ -144,14 +207,18 @@ def train_router_step(
         crops=config.crop_names,
         parts=config.parts,
     )
-    with step_run(config.registry, tracking, "router", run_name="router", params=params) as run:
+    with step_run(
+        config.registry, tracking, ROUTER.name, run_name=ROUTER.name, params=params
+    ) as run:
         log_manifest(run, config, data, [r for r in data.rows if r.crop in config.crop_names])
         with atomic_dir(Path(out_dir)) as tmp:
-            result = train_router(
+            result = ROUTER.train(
                 config,
                 data.rows,
                 data.data_root,
                 tmp,
+                features=features,
+                backbone=backbone,
                 progress=progress,
                 on_epoch_end=run.log_epoch,
             )
@@ -442,8 +509,9 @@ def register_router_step(
         description=router_card(meta, metrics, gate, kfp_run_id=kfp_run_id, git_sha=git_sha),
         metrics=metrics,
         kfp_run_id=kfp_run_id,
-        run_id=_registry_run(config, tracking, "router", ""),
+        run_id=_registry_run(config, tracking, ROUTER.name, ""),
     )
 
 
-ROUTER_TAGS = ("test_crop_accuracy", "test_part_accuracy")
+ROUTER_TAGS = ROUTER.headline_metrics
+"""The router's headline numbers, carried as ``metric.*`` tags by a registered version."""

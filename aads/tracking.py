@@ -46,6 +46,7 @@ from aads.cluster import TRACKING_URI_ENV
 from aads.config import RegistrySettings
 from aads.errors import Unavailable
 from aads.mlflow_connection import MlflowConnection, MlflowError
+from aads.phases import ROUTER
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -207,19 +208,20 @@ class Tracker(MlflowConnection):
         return run_id
 
     def _summary(self, children: Sequence[Run], kfp_run_id: str) -> dict[str, tuple[str, str]]:
-        """crop (or "router") -> (gate verdict, "name/version" registered by this KFP run)."""
+        """crop (or "router", `ROUTER.name`) -> (gate verdict, "name/version" registered by
+        this KFP run)."""
         verdicts: dict[str, tuple[str, str]] = {}
         for child in children:
             tags = child.data.tags
             if GATE_TAG in tags:
-                verdicts[tags.get(CROP_TAG) or "router"] = (tags[GATE_TAG], "")
+                verdicts[tags.get(CROP_TAG) or ROUTER.name] = (tags[GATE_TAG], "")
         versions = self.call(
             "list the versions this run registered",
             lambda: self.client.search_model_versions(f"tag.{KFP_RUN_TAG} = '{kfp_run_id}'"),
         )
         prefix = self.settings.adapter_model_prefix
         for mv in versions:
-            crop = mv.name.removeprefix(prefix) if mv.name.startswith(prefix) else "router"
+            crop = mv.name.removeprefix(prefix) if mv.name.startswith(prefix) else ROUTER.name
             verdict = verdicts.get(crop, ("passed", ""))[0]
             verdicts[crop] = (verdict, f"{mv.name}/{mv.version}")
         return dict(sorted(verdicts.items()))

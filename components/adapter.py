@@ -40,11 +40,10 @@ def train_adapter_phase(
     import os
     from pathlib import Path
 
-    from aads.config import parse_config_text
-    from aads.steps import train_phase_step
-    from aads.tracking import run_ref
+    from aads.steps import component_inputs, train_phase_step
     from aads.trainjob import TrainerPlacement
 
+    step = component_inputs(config, os.environ, tracking_uri=tracking_uri, mlflow_run=mlflow_run)
     trainer = None
     if trainer_nodes > 0:
         trainer = TrainerPlacement.from_pod(
@@ -55,14 +54,14 @@ def train_adapter_phase(
             env=os.environ,
         )
     numbers = train_phase_step(
-        parse_config_text(config, "config parameter"),
+        step.config,
         Path(manifest.path),
         crop,
         phase,
         Path(previous.path) if previous is not None else None,
         Path(adapter.path),
         phases=[str(p) for p in phases],
-        tracking=run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, os.environ),
+        tracking=step.tracking,
         trainer=trainer,
     )
     adapter.metadata.update({"crop": crop, "phase": phase})
@@ -85,17 +84,16 @@ def calibrate_ood(
     import os
     from pathlib import Path
 
-    from aads.config import parse_config_text
     from aads.reporting import roc_curves
-    from aads.steps import calibrate_step
-    from aads.tracking import run_ref
+    from aads.steps import calibrate_step, component_inputs
 
+    step = component_inputs(config, os.environ, tracking_uri=tracking_uri, mlflow_run=mlflow_run)
     numbers = calibrate_step(
-        parse_config_text(config, "config parameter"),
+        step.config,
         Path(manifest.path),
         Path(adapter.path),
         Path(calibrated.path),
-        tracking=run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, os.environ),
+        tracking=step.tracking,
     )
     for name, value in numbers.items():
         if value == value:  # KFP metrics must be numbers, NaN is not
@@ -125,17 +123,16 @@ def evaluate_adapter(
     from collections import namedtuple
     from pathlib import Path
 
-    from aads.config import parse_config_text
     from aads.reporting import last_confusion
-    from aads.steps import evaluate_step
-    from aads.tracking import run_ref
+    from aads.steps import component_inputs, evaluate_step
 
+    step = component_inputs(config, os.environ, tracking_uri=tracking_uri, mlflow_run=mlflow_run)
     result = evaluate_step(
-        parse_config_text(config, "config parameter"),
+        step.config,
         Path(adapter.path),
         kfp_run_id=kfp_run_id,
         git_sha=git_sha,
-        tracking=run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, os.environ),
+        tracking=step.tracking,
     )
     for name, value in result.metrics.items():
         metrics.log_metric(name, value)

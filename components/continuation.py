@@ -27,11 +27,12 @@ def continue_adapter(
     from collections import namedtuple
     from pathlib import Path
 
-    from aads.config import parse_config_text
     from aads.continual.step import continuation_step
+    from aads.steps import component_inputs
 
+    step = component_inputs(config, os.environ, tracking_uri=tracking_uri)
     result = continuation_step(
-        parse_config_text(config, "config parameter"),
+        step.config,
         data_uri=data_uri,
         base=base,
         out_dir=Path(continuation.path),
@@ -39,7 +40,7 @@ def continue_adapter(
         classes=classes,
         domain=domain,
         eval_uri=eval_uri,
-        tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None,
+        tracking_uri=step.tracking_uri,
     )
     Path(model_card.path).write_text(result.card, encoding="utf-8")
     for name, value in result.metrics.items():
@@ -57,13 +58,14 @@ def register_continuation(
     import os
     from pathlib import Path
 
-    from aads.config import parse_config_text
     from aads.continual.step import register_step
+    from aads.steps import component_inputs
 
+    step = component_inputs(config, os.environ, tracking_uri=tracking_uri)
     return register_step(
-        parse_config_text(config, "config parameter"),
+        step.config,
         Path(continuation.path),
-        tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None,
+        tracking_uri=step.tracking_uri,
         kfp_run_id=kfp_run_id,
         git_sha=git_sha,
     )

@@ -23,18 +23,16 @@ def register_adapter(
     import os
     from pathlib import Path
 
-    from aads.config import parse_config_text
-    from aads.steps import register_adapter_step
-    from aads.tracking import run_ref
+    from aads.steps import component_inputs, register_adapter_step
 
-    cfg = parse_config_text(config, "config parameter")
+    step = component_inputs(config, os.environ, tracking_uri=tracking_uri, mlflow_run=mlflow_run)
     version = register_adapter_step(
-        cfg,
+        step.config,
         Path(adapter.path),
-        tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None,
+        tracking_uri=step.tracking_uri,
         kfp_run_id=kfp_run_id,
         git_sha=git_sha,
-        tracking=run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, os.environ),
+        tracking=step.tracking,
     )
     return f"{version.name}/{version.version}"
 
@@ -52,18 +50,16 @@ def register_router(
     import os
     from pathlib import Path
 
-    from aads.config import parse_config_text
-    from aads.steps import register_router_step
-    from aads.tracking import run_ref
+    from aads.steps import component_inputs, register_router_step
 
-    cfg = parse_config_text(config, "config parameter")
+    step = component_inputs(config, os.environ, tracking_uri=tracking_uri, mlflow_run=mlflow_run)
     version = register_router_step(
-        cfg,
+        step.config,
         Path(router.path),
-        tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None,
+        tracking_uri=step.tracking_uri,
         kfp_run_id=kfp_run_id,
         git_sha=git_sha,
-        tracking=run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, os.environ),
+        tracking=step.tracking,
     )
     return f"{version.name}/{version.version}"
 

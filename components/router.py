@@ -22,16 +22,11 @@ def train_router(
     from collections import namedtuple
     from pathlib import Path
 
-    from aads.config import parse_config_text
-    from aads.steps import train_router_step
-    from aads.tracking import run_ref
+    from aads.steps import component_inputs, train_router_step
 
-    cfg = parse_config_text(config, "config parameter")
+    step = component_inputs(config, os.environ, tracking_uri=tracking_uri, mlflow_run=mlflow_run)
     outcome = train_router_step(
-        cfg,
-        Path(manifest.path),
-        Path(router.path),
-        tracking=run_ref(tracking_uri, mlflow_run.path if mlflow_run else None, os.environ),
+        step.config, Path(manifest.path), Path(router.path), tracking=step.tracking
     )
     for name, value in outcome.metrics.items():
         metrics.log_metric(name, value)

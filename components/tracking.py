@@ -23,13 +23,13 @@ def open_pipeline_run(
     import os
     from pathlib import Path
 
-    from aads.config import parse_config_text
-    from aads.steps import open_pipeline_run_step
+    from aads.steps import component_inputs, open_pipeline_run_step
 
+    step = component_inputs(config, os.environ, tracking_uri=tracking_uri)
     opened = open_pipeline_run_step(
-        parse_config_text(config, "config parameter"),
+        step.config,
         config,
-        tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""),
+        tracking_uri=step.tracking_uri,
         kfp_run_id=kfp_run_id,
         data_uri=data_uri,
         crops=[str(c) for c in crops],
@@ -54,12 +54,13 @@ def close_pipeline_run(
     import os
 
     from aads.cluster import spec_text
-    from aads.config import parse_config_text
-    from aads.steps import close_pipeline_run_step
+    from aads.steps import close_pipeline_run_step, component_inputs
 
+    spec = spec_text(config_uri, config_yaml)
+    step = component_inputs(spec, os.environ, tracking_uri=tracking_uri)
     close_pipeline_run_step(
-        parse_config_text(spec_text(config_uri, config_yaml), "config"),
-        tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""),
+        step.config,
+        tracking_uri=step.tracking_uri,
         kfp_run_id=kfp_run_id,
         succeeded=status.state == "SUCCEEDED",
         message=status.error_message or "",

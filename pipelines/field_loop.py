@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aads.answer import Answer
+from aads.cli_output import answer_cell
 from aads.config import PlatformConfig
 from aads.data.manifest import ManifestRow, read_manifest
 
@@ -251,20 +252,12 @@ def evaluation_links(
     return out
 
 
-def _answer(a: Answer) -> str:
-    if a.error is not None:
-        return f"error: {a.error.message}"
-    if a.is_ood:
-        return "unknown" + (f" (nearest {a.ood.nearest_class})" if a.ood else "")
-    return a.label or "-"
-
-
 def before_after_table(result: LoopResult, v1: str, v2: str) -> Table:
     table = Table(
         "image", f"v{v1} answer", f"v{v2} answer", title=f"{result.disease}: before and after"
     )
     for path, before, after in zip(result.images, result.before, result.after, strict=True):
-        table.add_row(path.name, _answer(before), _answer(after))
+        table.add_row(path.name, answer_cell(before), answer_cell(after))
     named = sum(a.label == result.disease for a in result.after)
     table.caption = f"v{v2} names {named} of {len(result.images)} {result.disease}"
     return table

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from aads.answer import Answer
 from aads.cli import ConfigOpt, reports_errors
+from aads.cli_output import answer_cell
 from aads.errors import NotFound
 
 console = Console()
@@ -46,23 +47,17 @@ def routed_to(answer: Answer) -> str:
 def answers_table(images: list[str], answers: list[Answer], title: str = "diagnosis") -> Table:
     table = Table("image", "routed to", "answer", "conf.", "OOD dist. / thr.", "model", title=title)
     for name, a in zip(images, answers, strict=True):
+        answer = answer_cell(a)
         if a.error is not None:
-            table.add_row(name, routed_to(a), f"[red]{a.error.message}[/]", "-", "-", "-")
+            table.add_row(name, routed_to(a), answer, "-", "-", "-")
             continue
         if a.scouting is not None:
-            verdict = a.scouting.verdict
-            label = f"{a.label} (scouting: {verdict.status}, {verdict.regions} regions)"
-            table.add_row(name, "scouting", label, f"{a.confidence or 0:.2f}", "-", "-")
+            table.add_row(name, "scouting", answer, f"{a.confidence or 0:.2f}", "-", "-")
             continue
-        if a.is_ood:
-            why = a.reason or (f"nearest: {a.ood.nearest_class}" if a.ood else "")
-            label = f"[yellow]unknown[/] ({why})"
-        else:
-            label = a.label or "-"
         ood = f"{a.ood.distance:.0f} / {a.ood.threshold:.0f}" if a.ood else "-"
         model = a.model
         shown = f"v{model.version}" if model and model.version else ("router" if not model else "-")
-        table.add_row(name, routed_to(a), label, f"{a.confidence or 0:.2f}", ood, shown)
+        table.add_row(name, routed_to(a), answer, f"{a.confidence or 0:.2f}", ood, shown)
     return table
 
 

@@ -39,13 +39,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from aads.config import ServingSettings
 from aads.errors import AADSError, BadInput, TooLarge, Unavailable, http_status
 from aads.telemetry import observe_request
+from serving.routes import PROBE_PATHS, inference_protocol
 
 log = logging.getLogger("aads.serving.http")
 
 FD_RESERVE = 256
 """Descriptors kept free of client connections: model files, sockets to predictors, logs."""
-EXEMPT_PATHS = ("/v2/health/", "/metrics")
-"""Probes and metrics are never refused for load (a busy server is not a dead one)."""
 
 
 def raise_fd_limit() -> int:
@@ -310,7 +309,7 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         limits = self.settings()
-        exempt = scope["path"].startswith(EXEMPT_PATHS) or scope["path"] == "/"
+        exempt = scope["path"] in PROBE_PATHS
         try:
             declared = _declared_length(scope, limits)
             if not exempt and self.requests >= limits.max_concurrent_requests:
@@ -366,15 +365,6 @@ class RequestGuard:
         finally:
             self.requests -= counted
             self.body_bytes -= state["reserved"]
-
-
-def inference_protocol(path: str) -> str | None:
-    """``v1`` or ``v2`` for an inference route's path (`serving.routes`), else None."""
-    if path.startswith("/v1/models/") and path.endswith(":predict"):
-        return "v1"
-    if path.startswith("/v2/models/") and path.endswith("/infer"):
-        return "v2"
-    return None
 
 
 def _count_refusal(path: str, status: int, limits: ServingSettings) -> None:

@@ -42,6 +42,7 @@ from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import metrics_handler
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from aads.answer import Answer, capped
 from aads.errors import AADSError, BadInput, NotFound, Unavailable, http_status
@@ -80,6 +81,37 @@ class ModelNameConvertor(Convertor):
 
 
 register_url_convertor("model", ModelNameConvertor())
+
+
+# --------------------------------------------------------------------------- paths
+
+LIVE_PATHS = ("/", "/v2/health/live")
+READY_PATH = "/v2/health/ready"
+METRICS_PATH = "/metrics"
+PROBE_PATHS = frozenset({*LIVE_PATHS, READY_PATH, METRICS_PATH})
+"""Liveness, readiness and metrics: never refused for load (`serving.http`), since a busy
+server is not a dead one."""
+
+V2_MODEL_PATHS = (
+    "/v2/models/{model_name:model}",
+    "/v2/models/{model_name:model}/versions/{model_version:model}",
+)
+INFERENCE_PATHS: dict[str, Protocol] = {
+    "/v1/models/{model_name:model}:predict": "v1",
+    **{f"{model}/infer": "v2" for model in V2_MODEL_PATHS},
+}
+"""Every inference route and its protocol: `register_routes` adds them from here, and a
+request the connection guards refuse before its route runs is counted by the same table
+(`inference_protocol`)."""
+
+_INFERENCE_MATCHERS = tuple(
+    (compile_path(path)[0], protocol) for path, protocol in INFERENCE_PATHS.items()
+)
+
+
+def inference_protocol(path: str) -> Protocol | None:
+    """``v1`` or ``v2`` for a path an inference route answers, else None."""
+    return next((protocol for regex, protocol in _INFERENCE_MATCHERS if regex.match(path)), None)
 
 
 # --------------------------------------------------------------------------- errors
@@ -229,23 +261,21 @@ def register_routes(app: FastAPI, surface: Surface) -> None:
 
         return infer
 
-    add("/", live, "GET", include_in_schema=False)
-    add("/metrics", metrics_handler, "GET", include_in_schema=False)
-    add("/v2/health/live", live, "GET")
-    add("/v2/health/ready", ready, "GET")
+    for path in LIVE_PATHS:
+        add(path, live, "GET", include_in_schema=path != "/")
+    add(READY_PATH, ready, "GET")
+    add(METRICS_PATH, metrics_handler, "GET", include_in_schema=False)
     add("/v2", server_metadata, "GET")
     add("/v2/", server_metadata, "GET", include_in_schema=False)
     add("/v2/models", models, "GET")
     add("/v1/models", models, "GET")
     add("/v1/models/{model_name:model}", v1_status, "GET")
-    add("/v1/models/{model_name:model}:predict", inference("v1"), "POST", openapi_extra=V1_DOC)
-    for prefix in (
-        "/v2/models/{model_name:model}",
-        "/v2/models/{model_name:model}/versions/{model_version:model}",
-    ):
-        add(prefix, model_metadata, "GET")
-        add(f"{prefix}/ready", model_ready, "GET")
-        add(f"{prefix}/infer", inference("v2"), "POST", openapi_extra=V2_DOC)
+    for model in V2_MODEL_PATHS:
+        add(model, model_metadata, "GET")
+        add(f"{model}/ready", model_ready, "GET")
+    docs: dict[Protocol, dict[str, Any]] = {"v1": V1_DOC, "v2": V2_DOC}
+    for path, protocol in INFERENCE_PATHS.items():
+        add(path, inference(protocol), "POST", openapi_extra=docs[protocol])
     if surface.repository is not None:
         repository = surface.repository
 

@@ -15,10 +15,11 @@ import torch
 from aads import headline
 from aads.adapters.package import AdapterMeta, PackageContents, PhaseRecord, write_package
 from aads.config import GateSettings, parse_config
-from aads.gate import adapter_gate
+from aads.gate import adapter_gate, router_gate
 from aads.metrics import classification_summary, save_confusion_matrix, wilson_interval
-from aads.modelcard import backbone_licence, model_card
+from aads.modelcard import backbone_licence, model_card, router_card
 from aads.ood.evaluation import save_roc
+from aads.phases import ROUTER
 from aads.reporting import html_report
 
 SPEC = {
@@ -263,3 +264,18 @@ def test_the_roc_curve_marks_the_calibrated_operating_point(tmp_path):
     assert payload["operating_point"] == {"fpr": 0.06, "tpr": 0.7}
     assert "operating_point" not in json.loads(plain["json"].read_text())["curves"]["near-OOD"]
     assert marked["png"].read_bytes() != plain["png"].read_bytes()
+
+
+def test_the_router_card_says_what_it_routes_how_under_which_licence_and_the_gate():
+    meta = {
+        "crops": ["tomato", "corn"],
+        "parts": ["leaf", "fruit"],
+        "backbone_settings": {"source": "facebook/dinov3-vits16-pretrain-lvd1689m"},
+    }
+    metrics = {"test_crop_accuracy": 0.97, "test_part_accuracy": 0.91}
+    gate = router_gate(metrics, GateSettings())
+    card = router_card(meta, metrics, gate, kfp_run_id="run-1", git_sha="abc")
+    assert "crops tomato, corn; parts leaf, fruit" in card
+    assert ROUTER.method in card and "dinov3-vits16" in card
+    assert backbone_licence("facebook/dinov3-vits16-pretrain-lvd1689m") in card
+    assert f"Gate: **{gate.verdict}**" in card and "0.9700" in card

@@ -1,12 +1,15 @@
-"""The phase table and the one runner: every entry point trains a phase through `run_phase`,
-bad inputs are refused before anything trains, and a further method is one table entry."""
+"""The phase table and the one runner: every entry point trains a phase through `run_phase`
+(and the router through `run_router`), bad inputs are refused before anything trains, and a
+further method is one table entry."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from aads import phases
@@ -14,10 +17,18 @@ from aads.adapters.package import read_meta, update_package, verify_package
 from aads.atomic import atomic_dir
 from aads.cli import app
 from aads.config import ConfigError
+from aads.data.ingest import ingest, write_ingest_outputs
 from aads.errors import BadInput, exit_code
 from aads.phases import PHASES, Phase, UnknownPhase
-from aads.runner import PhaseInputError, check_inputs, phase_numbers, run_phase
-from aads.steps import StepError, train_phase_step
+from aads.router import RouterError, load_router
+from aads.runner import (
+    ManifestInputs,
+    PhaseInputError,
+    check_inputs,
+    phase_numbers,
+    run_phase,
+)
+from aads.steps import ROUTER_TAGS, StepError, run_router, train_phase_step
 
 
 def test_each_phase_has_its_own_number_name_and_settings_section():
@@ -151,3 +162,54 @@ def test_a_further_method_is_one_table_entry_the_runner_runs(trained, tmp_path):
     assert IDENTITY.params(trained.config, "tomato").keys() == {"backbone"}  # no own settings
     with pytest.raises(PhaseInputError, match="identity"):
         run_phase(trained.config, IDENTITY, "tomato", trained.rows, trained.data, None, tmp_path)
+
+
+# --------------------------------------------------------------------------- the router
+
+
+def test_the_router_has_its_entry_beside_the_phases_with_its_step_and_headline_numbers():
+    assert phases.ROUTER.name == "router" and phases.ROUTER not in PHASES
+    assert phases.ROUTER.headline_metrics == ("test_crop_accuracy", "test_part_accuracy")
+    assert ROUTER_TAGS == phases.ROUTER.headline_metrics  # a registered version's metric tags
+    line = phases.ROUTER.line({"test_crop_accuracy": 0.95, "test_part_accuracy": 0.5})
+    assert line == "crop accuracy 0.950, part accuracy 0.500"
+    assert phases.ROUTER.line({}) == "crop accuracy nan, part accuracy nan"
+
+
+@pytest.mark.slow
+def test_the_router_runner_writes_the_router_and_gates_it(trained, tmp_path):
+    out = tmp_path / "router"
+    data = ManifestInputs(trained.rows, trained.data, "", str(trained.data))
+    outcome = run_router(trained.config, data, out)
+    assert load_router(out).crops == trained.config.crop_names
+    assert [c.metric for c in outcome.gate.checks] == ["test_crop_accuracy"]
+    assert outcome.metrics == json.loads((out / "router.json").read_text())["metrics"]
+    assert [p.name for p in tmp_path.iterdir()] == ["router"]  # no staging folder left
+
+
+@pytest.mark.slow
+def test_a_router_that_fails_to_train_leaves_the_earlier_router_in_place(trained, tmp_path):
+    out = tmp_path / "router"
+    shutil.copytree(trained.router, out)
+    before = (out / "router.json").read_text()
+    no_corn = [r for r in trained.rows if r.crop != "corn"]
+    with pytest.raises(RouterError, match="corn"):
+        run_router(trained.config, ManifestInputs(no_corn, trained.data, "", ""), out)
+    assert (out / "router.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["router"]
+
+
+@pytest.mark.slow
+def test_aads_train_router_trains_through_the_router_runner(trained, tmp_path):
+    manifest = tmp_path / "manifest"
+    write_ingest_outputs(ingest(trained.data, config=trained.config), manifest)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(trained.config.model_dump(mode="json")))
+    out = tmp_path / "models" / "router"
+    args = ["train", "router", "--config", config, "--manifest", manifest / "manifest.csv"]
+    result = CliRunner().invoke(app, [*map(str, args), "--out", str(out), "--output", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["router"] == str(out) and report["metrics"]["test_crop_accuracy"] >= 0
+    assert load_router(out).crops == trained.config.crop_names
+    assert [p.name for p in out.parent.iterdir()] == ["router"]

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
-from aads.answer import Answer, ModelRef, OODVerdict, Routing
+from aads.answer import Answer, ErrorEntry, ModelRef, OODVerdict, Routing
 from aads.cli import app
 from aads.config import RegistrySettings
 from aads.errors import NotFound
@@ -82,6 +82,36 @@ def test_an_image_of_no_known_crop_is_not_shown_as_routed_to_a_crop():
     assert "not one of the known crops" in cat
     leaf = next(r for r in rows if "leaf.jpg" in r)
     assert "corn 0.97 (leaf)" in leaf and "healthy" in leaf and "v3" in leaf
+
+
+def _rendered(table) -> list[str]:
+    console = Console(record=True, width=200)
+    console.print(table)
+    return console.export_text().splitlines()
+
+
+def test_an_answer_reads_the_same_in_predict_and_in_the_field_loops_before_and_after():
+    from pipelines.field_loop import LoopResult, before_after_table
+    from serving.cli import answers_table
+
+    unknown = Answer(
+        label="unknown", is_ood=True, confidence=0.4, crop="tomato",
+        ood=OODVerdict(distance=90, threshold=40, nearest_class="leaf_mold"),
+    )  # fmt: skip
+    known = Answer(label="mosaic_virus", is_ood=False, confidence=0.9, crop="tomato")
+    loop = LoopResult("tomato", "mosaic_virus", [Path("a.png")], [unknown], [known])
+    (row,) = [r for r in _rendered(before_after_table(loop, "1", "2")) if "a.png" in r]
+    (served,) = [r for r in _rendered(answers_table(["a.png"], [unknown])) if "a.png" in r]
+    assert "unknown (nearest: leaf_mold)" in row and "mosaic_virus" in row
+    assert "unknown (nearest: leaf_mold)" in served
+
+
+def test_an_error_answer_shows_its_message_verbatim_brackets_included():
+    from serving.cli import answers_table
+
+    error = Answer.failed(ErrorEntry(code=400, message="field [image]: not a PNG [/]"))
+    (row,) = [r for r in _rendered(answers_table(["x.png"], [error])) if "x.png" in r]
+    assert "error: field [image]: not a PNG [/]" in row
 
 
 @pytest.mark.parametrize("command", ["serve", "predict"])
