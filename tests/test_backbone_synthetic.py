@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def short_recipe(monkeypatch):
-    """The real recipe takes a minute; the mechanics are the same with a tiny one."""
+    """The real recipe takes minutes; the mechanics are the same with a tiny one."""
     monkeypatch.setattr(
         synthetic_module,
         "PretrainRecipe",

@@ -4,7 +4,7 @@ synthetic plants (``synthetic:mini``, ``synthetic:dinov2_mini``).
 Why: the real DINOv3 weights cannot be downloaded here, and a randomly initialised ViT is a
 poor stand-in for a foundation model: its features barely separate lesion patterns (a linear
 probe on frozen `random:tiny` features: 0.29 on tomato's 6 demo diseases, chance 0.17;
-`synthetic:mini`: 0.60), so adapter training,
+`synthetic:mini` pretrained by recipe v2: 0.60), so adapter training,
 continual-learning comparisons and OOD calibration measured on it would mean nothing.
 
 So, like a foundation model, this backbone is pretrained once on *other* data: a fixed set of
