@@ -14,7 +14,9 @@ apple, cucumber), supervised on (crop, disease) over random crops and mirror ima
 textures, colours), not the target classes, so downstream phases still have to learn their own
 classes and can still forget them.
 
-The weights are a pure function of (preset, seed, image size, recipe version); they are built
+The weights are meant to be a pure function of (preset, seed, image size, recipe version);
+not yet: the probe head's initial weights come from the process's unseeded random state, so two
+pretrainings differ (see the README's demo facts). They are built
 on first use and cached as a ``save_pretrained`` directory under the storage cache, written to
 a temporary folder and renamed so concurrent first uses cannot leave a half-written model.
 """
