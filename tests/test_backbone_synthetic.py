@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def short_recipe(monkeypatch):
-    """The real recipe takes a minute; the mechanics are the same with a tiny one."""
+    """The real recipe takes minutes; the mechanics are the same with a tiny one."""
     monkeypatch.setattr(
         synthetic_module,
         "PretrainRecipe",
@@ -78,3 +78,23 @@ def test_a_dinov2_preset_pretrains_and_loads_as_dinov2(short_recipe, tmp_path):
     random = load_backbone(BackboneSettings(source="random:dinov2_tiny", image_size=28))
     w = "encoder.layer.0.attention.q_proj.weight"
     assert not torch.equal(backbone.model.state_dict()[w], random.model.state_dict()[w])
+
+
+def test_pretraining_views_crop_each_image_on_its_own():
+    image = torch.rand(1, 3, 32, 32)
+    views = synthetic_module.augment(
+        image.repeat(6, 1, 1, 1), torch.Generator().manual_seed(0), 0.35
+    )
+    assert views.shape == (6, 3, 32, 32)
+    assert all(not torch.allclose(views[i], views[j]) for i in range(6) for j in range(i + 1, 6))
+
+
+def test_pretraining_views_of_the_whole_image_are_the_image_or_its_mirror():
+    image = torch.rand(1, 3, 32, 32)
+    views = synthetic_module.augment(
+        image.repeat(16, 1, 1, 1), torch.Generator().manual_seed(0), min_area=1.0
+    )
+    same = [torch.allclose(v, image[0], atol=1e-5) for v in views]
+    mirrored = [torch.allclose(v, image[0].flip(-1), atol=1e-5) for v in views]
+    assert all(s or m for s, m in zip(same, mirrored, strict=True))
+    assert any(same) and any(mirrored)

@@ -18,7 +18,7 @@ runner = CliRunner()
 def small_config(tmp_path: Path, demo_config_path: Path) -> Path:
     """The demo spec with fewer, smaller images so CLI tests run in seconds."""
     spec = yaml.safe_load(demo_config_path.read_text())
-    # random:tiny instead of the demo's synthetic:mini: no pretraining minute in unit tests.
+    # random:tiny instead of the demo's synthetic:mini: no pretraining minutes in unit tests.
     spec["router"] = {"source": "random:tiny", "image_size": 32}
     spec["adapter"]["backbone"] = {"source": "random:tiny", "image_size": 32}
     spec["data"]["synth"] = {

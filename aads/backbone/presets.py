@@ -40,7 +40,7 @@ def _tiny() -> PretrainedConfig:
 
 
 def _mini() -> PretrainedConfig:
-    """Small enough to pretrain on CPU in a minute (`synthetic:mini`), deep enough (4 blocks)
+    """Small enough to pretrain on CPU in minutes (`synthetic:mini`), deep enough (4 blocks)
     for CONEC's shared/per-domain split to mean something."""
     from transformers import DINOv3ViTConfig
 
