@@ -2,15 +2,21 @@
 
 For each served crop whose spec holds a disease out of training (``ood_holdout``), with the
 parts a team runs: the router and predictor serve ``candidate`` (v1) with capture on into a
-folder; the held-out disease's test images are answered ``unknown`` and captured; ``aads
-feedback review`` clusters them; the demo plays the person who labels (it names every cluster
-with the disease's name, as a person renaming the review's cluster folders would); ``aads
-feedback import`` writes a ``classes`` batch; the KFP continuation pipeline, run locally as the
-training pipeline is, continues ``candidate`` on that batch with an evaluation set made of the
-run's own test-split images (links, in the layout the synthesiser writes); the gate against the
-parent decides; a passing child is registered with its lineage, served, and sent the same
-images. A refusal (before training, or by the gate) is printed with its reasons and ends the
-loop for that crop normally.
+folder; photos of the held-out disease arrive from the field (the run's images of it outside
+the test split: never trained on, since the disease is held out) and those answered
+``unknown`` are captured; ``aads feedback review`` clusters them; the demo plays the person who
+labels (it names every cluster with the disease's name, as a person renaming the review's
+cluster folders would); ``aads feedback import`` writes a ``classes`` batch; the KFP
+continuation pipeline, run locally as the training pipeline is, continues ``candidate`` on
+that batch with an evaluation set made of the run's own test-split images of everything else
+(links, in the layout the synthesiser writes); the gate against the parent decides; a passing
+child is registered with its lineage and served, and the disease's test photos, which neither
+version saw, are sent to v1 and to the child: the before/after table. A refusal (before
+training, or by the gate) is printed with its reasons and ends the loop for that crop normally.
+
+Why field photos and test photos apart: a handful of captured test photos (3 to 5 of 8) left
+the child one photo to be measured on and the gate's new-task accuracy a coin toss, and the
+before/after then showed photos the child had trained on.
 """
 
 from __future__ import annotations
@@ -38,9 +44,11 @@ class LoopResult:
 
     crop: str
     disease: str
-    images: list[Path] = field(default_factory=list)
-    before: list[Answer] = field(default_factory=list)
-    after: list[Answer] = field(default_factory=list)
+    images: list[Path] = field(default_factory=list)  # the disease's test photos
+    before: list[Answer] = field(default_factory=list)  # v1's answers to them
+    after: list[Answer] = field(default_factory=list)  # the child's
+    arrived: list[Path] = field(default_factory=list)  # its field photos (outside the test split)
+    answered: list[Answer] = field(default_factory=list)  # v1's answers to those, captured
     captured: int = 0
     batch: Path | None = None
     passed: bool | None = None
@@ -112,11 +120,11 @@ def _one_loop(
     if work.exists():
         shutil.rmtree(work)  # a fresh store: capture deduplicates by image, across runs too
     work.mkdir(parents=True)
-    result.images = [
-        data / r.path for r in rows if r.crop == crop and r.label == disease and r.split == "test"
-    ]
-    if not result.images:
-        result.stopped = f"the run has no test images of {disease}"
+    photos = [r for r in rows if r.crop == crop and r.label == disease]
+    result.images = [data / r.path for r in photos if r.split == "test"]
+    result.arrived = [data / r.path for r in photos if r.split != "test"]
+    if not result.images or not result.arrived:
+        result.stopped = f"the run has no test images of {disease}, or none outside its test split"
         return
     registry = Registry(cfg.registry, tracking_uri=tracking_uri)
     model = adapter_model_name(cfg.registry, crop)
@@ -127,21 +135,21 @@ def _one_loop(
     spec_text = _with_capture(text, work / "capture")
     spec_path.write_text(spec_text, encoding="utf-8")
 
-    # a. v1 serves with capture on; the disease's photos arrive
+    # a. v1 serves with capture on; the disease's photos arrive from the field
     console.print(
-        f"serving {crop} v{v1} (candidate) with capture into {work / 'capture'}; sending "
-        f"{len(result.images)} test photos of {disease} (crop named by the app)"
+        f"serving {crop} v{v1} (candidate) with capture into {work / 'capture'}; "
+        f"{len(result.arrived)} photos of {disease} arrive from the field (crop named by the app)"
     )
     adapters = {crop: v1_uri}
     with serve_locally(
         spec_text, router_uri, adapters, work / "serve-v1", tracking_uri=tracking_uri
     ) as served:
-        result.before = predict_files(served.router_url, result.images, crop_hint=crop)
+        result.answered = predict_files(served.router_url, result.arrived, crop_hint=crop)
     # stopping the router flushes its capture queue (SIGTERM)
     result.captured = len(list((work / "capture").rglob("*.json")))
-    unknown = sum(a.label == "unknown" for a in result.before)
+    unknown = sum(a.label == "unknown" for a in result.answered)
     console.print(
-        f"v{v1} answered {unknown} of {len(result.images)} `unknown`; "
+        f"v{v1} answered {unknown} of {len(result.arrived)} `unknown`; "
         f"{result.captured} image(s) captured"
     )
     if not result.captured:
@@ -209,17 +217,21 @@ def _one_loop(
         result.stopped = "the gate refused the child; nothing was registered"
         return
 
-    # d. the child serves; the same photos again
+    # d. the disease's test photos, which neither version saw: v1's answers, then the child's
     child_version = cont.version.rsplit("/", 1)[-1]
     found = links(registry, model)
     result.lineage = chain_text(chain(found, child_version))
     console.print(f"$ aads lineage --crop {crop} --version {child_version}")
     lineage_cmd(crop=crop, version=child_version, config=spec_path, tracking_uri=tracking_uri)
-    adapters = {crop: f"models:/{model}/{child_version}"}
-    with serve_locally(
-        spec_text, router_uri, adapters, work / "serve-v2", tracking_uri=tracking_uri
-    ) as served:
-        result.after = predict_files(served.router_url, result.images, crop_hint=crop)
+    console.print(
+        f"sending {len(result.images)} test photos of {disease} to v{v1} and to the child"
+    )
+    for version, out in ((v1, "before"), (child_version, "after")):
+        adapters = {crop: f"models:/{model}/{version}"}
+        with serve_locally(
+            text, router_uri, adapters, work / f"serve-{out}", tracking_uri=tracking_uri
+        ) as served:
+            setattr(result, out, predict_files(served.router_url, result.images, crop_hint=crop))
     console.print(before_after_table(result, v1, child_version))
 
 
@@ -241,8 +253,9 @@ def evaluation_links(
 ) -> Path:
     """The evaluation set: links to the run's test images at their own paths
     (``<domain>/<crop>/<part>/<class>/<image>``): `crop`'s known classes (old-class accuracy),
-    its other held-out diseases (near OOD) and the other crops (far OOD); never `disease`, whose
-    test images are the ones the batch was captured from."""
+    its other held-out diseases (near OOD) and the other crops (far OOD); never `disease`'s
+    (the before/after's photos: the gate measures the new class on the batch's own test
+    split)."""
     for r in rows:
         if r.split != "test" or (r.crop == crop and r.label == disease):
             continue

@@ -43,6 +43,20 @@ def test_synthetic_backbone_is_built_once_then_loaded_from_cache(short_recipe, t
     assert not list(first.parent.glob(".*"))  # no staging folder left behind
 
 
+def test_pretraining_twice_gives_the_same_weights(short_recipe, tmp_path):
+    from safetensors.torch import load_file
+
+    torch.rand(7)  # whatever the process drew before must not matter
+    first = load_file(
+        ensure_synthetic_backbone("tiny", 0, 32, tmp_path / "a") / "model.safetensors"
+    )
+    second = load_file(
+        ensure_synthetic_backbone("tiny", 0, 32, tmp_path / "b") / "model.safetensors"
+    )
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_synthetic_source_loads_through_load_backbone(short_recipe, tmp_path):
     settings = BackboneSettings(source="synthetic:tiny", image_size=32)
     storage = StorageSettings(cache_dir=tmp_path)

@@ -5,10 +5,13 @@ a real `mlflow server`, KServe ModelServer processes (router and predictor) with
 a folder, and the `aads feedback review` / `import` commands. The `random:tiny` backbone makes
 the numbers meaningless, so the gates' levels are loose; what is checked is what the loop
 does with what it is given: v1's unknowns are captured, the child learns the disease from
-them, is registered as v1's child, and serves the same photos.
+them, is registered as v1's child, and is sent the disease's test photos, which neither version
+saw.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import pytest
 import yaml
@@ -46,7 +49,7 @@ SPEC = {
         "phase1": {"epochs": 3, "batch_size": 16, "early_stopping_patience": None},
         "phase2": {"epochs": 4, "batch_size": 8, "early_stopping_patience": None},
     },
-    # Many test images: they are the photos the loop sends and its evaluation set.
+    # Many test images: the before/after's photos and the evaluation set.
     "data": {"split": {"train": 0.5, "val": 0.2, "test": 0.3}},
     "serving": {"max_wait_ms": 2, "predictor_timeout_s": 30, "predictor_retries": 0},
     # Random weights: loose levels, so the loop's path is what is tested, not the numbers.
@@ -90,10 +93,20 @@ def looped(tmp_path_factory, mlflow_server):
 
 def test_v1_answers_the_held_out_disease_unknown_and_the_router_captures_those(looped):
     result, *_ = looped
-    assert result.disease == DISEASE and len(result.images) >= 5
-    unknown = [a for a in result.before if a.label == "unknown"]
-    assert unknown and all(a.model.version == "1" for a in result.before)
+    assert result.disease == DISEASE and len(result.arrived) >= 5
+    unknown = [a for a in result.answered if a.label == "unknown"]
+    assert unknown and all(a.model.version == "1" for a in result.answered)
     assert result.captured == len(unknown)
+
+
+def test_the_before_and_after_photos_are_ones_neither_version_saw(looped):
+    """The disease's test photos: not among the field photos the child was taught from."""
+    result, *_ = looped
+    assert len(result.images) >= 5 and not set(result.images) & set(result.arrived)
+    taught = {p.stem for p in result.batch.rglob("*.jpg")}  # the import names them by sha256
+    shown = {hashlib.sha256(p.read_bytes()).hexdigest() for p in result.images}
+    assert taught and not taught & shown
+    assert all(a.model.version == "1" for a in result.before)
 
 
 def test_the_labelled_unknowns_become_a_classes_batch_of_the_disease(looped):
@@ -115,12 +128,13 @@ def test_the_child_is_registered_as_v1s_child_with_its_lineage(looped):
     assert result.lineage == f"v1 base -> v2 + {DISEASE}"
 
 
-def test_the_child_serves_the_same_photos_and_names_the_disease(looped):
+def test_the_child_answers_the_photos_neither_version_saw(looped):
+    """Whether it names them is chance at this spec's random features (measured: 0 of 6); the
+    child naming the disease is tested in test_loop_e2e and measured in `make demo`."""
     result, output, *_ = looped
     assert not result.stopped
     assert len(result.after) == len(result.images)
     assert all(a.model.version == "2" for a in result.after)
-    assert any(a.label == DISEASE for a in result.after), [a.label for a in result.after]
     assert "before and after" in output
 
 
