@@ -211,6 +211,9 @@ def start_serve(models: Path, spec_file: Path, workdir: Path, port: int) -> subp
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # as from a terminal: a shell's background job (`./.ci/run &`) starts with SIGINT
+        # ignored, and a Python started so never turns Ctrl-C into KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
 
 
