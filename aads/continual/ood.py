@@ -4,9 +4,11 @@ After a continuation the adapter answers from moved features (SD-LoRA's magnitud
 CONEC's shared LoRAs change every image's features a little), and new classes have no
 statistics yet. Two ways forward, chosen by what the team has:
 
-- **with an evaluation set**: re-estimate everything (`calibrate_package` on the task's images
-  plus the evaluation set: Gaussians on their ``train`` split, thresholds on ``val``, AUROC on
-  ``test`` against hold-out diseases and other crops), as the full pipeline does;
+- **with an evaluation set as large as the parent's check** (``continuation.ood: auto``; see
+  `aads.continual.run._re_estimates`): re-estimate everything (`calibrate_package` on the
+  task's images plus the evaluation set: Gaussians on their ``train`` split, thresholds on
+  ``val``, AUROC on ``test`` against hold-out diseases and other crops), as the full pipeline
+  does;
 - **without one, or with one thinner than the parent's check**: carry the parent's
   calibration (old classes' means, covariances, thresholds) and add the new classes' means and
   thresholds from the task's own ``train`` and ``val`` images under the child's features. An
@@ -91,10 +93,8 @@ def _new_class_precisions(
     precisions, fallback = [], list(state["fallback_classes"].astype(int))
     for i in range(n_new):
         own = x[index == i]
-        if len(own) >= min_own:
-            precisions.append(own_class_precision(own))
-        else:
-            precisions.append(pooled)
+        precisions.append(_class_precision(own, pooled, min_own))
+        if len(own) < min_own:
             fallback.append(n_old + i)
     return {
         "precision": np.concatenate([old_precision, np.stack(precisions)]),
@@ -130,9 +130,8 @@ def _with_leave_one_out(
             rest = np.delete(x, j, axis=0)
             one = {**state, "means": rest.mean(0, keepdims=True), "counts": np.asarray([len(rest)])}
             one["fallback_classes"] = np.zeros(0, dtype=np.int64)
-            if pooled is not None:  # per-class covariances: the estimator's own rule, as fitted
-                thick = len(rest) >= min_own
-                one["precision"] = (own_class_precision(rest) if thick else pooled)[None]
+            if pooled is not None:  # per-class covariances: fitted as the class itself is
+                one["precision"] = _class_precision(rest, pooled, min_own)[None]
             est = MahalanobisEstimator.from_state_dict(
                 one, grown.covariance, grown.feature_space, grown.relative
             )
@@ -162,6 +161,12 @@ def _new_thresholds(
         np.bincount(index, minlength=n_new),
         parent_pooled,
     )
+
+
+def _class_precision(x: np.ndarray, pooled: np.ndarray, min_own: int) -> np.ndarray:
+    """An added class's precision from its (transformed) images `x`: its own Ledoit-Wolf one
+    from `min_own` images (`own_covariance_minimum`), else the old classes' `pooled` one."""
+    return own_class_precision(x) if len(x) >= min_own else pooled
 
 
 def _pooled_precision(state: dict[str, np.ndarray], n_old: int) -> np.ndarray:
