@@ -557,14 +557,16 @@ def test_carried_per_class_covariances_fit_a_new_class_its_own_or_the_old_classe
     fits one; a thinner one the count-weighted mean of the old classes' covariances."""
     import numpy as np
 
-    from aads.continual.ood import _new_class_precisions
+    from aads.continual.ood import _new_class_precisions, _pooled_precision
     from aads.ood.mahalanobis import MahalanobisEstimator, own_class_precision
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 1, (30, 4)), rng.normal(5, 2, (10, 4))])
     est = MahalanobisEstimator("per_class", "raw").fit(x, np.repeat([0, 1], [30, 10]))
     new = np.concatenate([rng.normal(-5, 1, (6, 4)), rng.normal(9, 1, (1, 4))])
-    grown = _new_class_precisions(est.state_dict(), new, np.repeat([0, 1], [6, 1]), 2, 2, 2)
+    state = est.state_dict()
+    old_pooled = _pooled_precision(state, 2)
+    grown = _new_class_precisions(state, new, np.repeat([0, 1], [6, 1]), old_pooled, 2, 2, 2)
     precision = grown["precision"]
     assert precision.shape == (4, 4, 4)
     np.testing.assert_allclose(precision[:2], est.precision_)

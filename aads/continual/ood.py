@@ -80,16 +80,16 @@ def _new_class_precisions(
     state: dict[str, np.ndarray],
     x: np.ndarray,
     index: np.ndarray,
+    pooled: np.ndarray,
     n_old: int,
     n_new: int,
     min_own: int,
 ) -> dict[str, np.ndarray]:
     """Per-class covariances for the added classes: a class with `min_own` images
     (`own_covariance_minimum`) gets its own Ledoit-Wolf covariance, a thinner one the old
-    classes' pooled covariance (their count-weighted mean: the within-class covariance the
-    parent's classes share), listed as a fallback class."""
+    classes' `pooled` precision (`_pooled_precision`: the within-class covariance the parent's
+    classes share), listed as a fallback class."""
     old_precision = state["precision"][:n_old]
-    pooled = _pooled_precision(state, n_old)
     precisions, fallback = [], list(state["fallback_classes"].astype(int))
     for i in range(n_new):
         own = x[index == i]
@@ -110,15 +110,16 @@ def _with_leave_one_out(
     score_index: np.ndarray,
     settings: OODSettings,
     n_old: int,
+    pooled: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`scores` (new classes' validation scores, class `score_index`) plus, for each new class
     with fewer than ``threshold.min_samples`` of them, the leave-one-out scores of its training
-    images (`features` of new class `index`; see the module's docstring). Returns the scores, their
-    classes and how many leave-one-out scores each class got."""
+    images (`features` of new class `index`; see the module's docstring). `pooled` is the old
+    classes' pooled precision with per-class covariances (a thin class is fitted on it, as in
+    `_new_class_precisions`), None with a shared one. Returns the scores, their classes and how
+    many leave-one-out scores each class got."""
     state = grown.state_dict()
     held_out = np.zeros(len(grown.means_) - n_old, dtype=np.int64)
-    per_class = grown.precision_.ndim == 3
-    pooled = _pooled_precision(state, n_old) if per_class else None
     min_samples, min_own = settings.threshold.min_samples, own_covariance_minimum(settings)
     extra, extra_index = [], []
     for i in range(len(held_out)):
@@ -212,9 +213,11 @@ def carried_detector(
             "means": np.concatenate([state["means"], means]),
             "counts": np.concatenate([state["counts"], fitted]).astype(np.int64),
         }
-        if est.covariance == "per_class":
+        # One pseudo-inverse per old class: computed once, for the fit and leave-one-out alike.
+        pooled = _pooled_precision(state, len(old)) if est.covariance == "per_class" else None
+        if pooled is not None:
             min_own = own_covariance_minimum(settings)
-            state |= _new_class_precisions(state, x, index, len(old), len(new), min_own)
+            state |= _new_class_precisions(state, x, index, pooled, len(old), len(new), min_own)
         grown = MahalanobisEstimator.from_state_dict(
             state, est.covariance, est.feature_space, est.relative
         )
@@ -223,7 +226,7 @@ def carried_detector(
         scores = grown.score_samples(calibration.features[keep])
         own = scores[np.arange(len(scores)), calibration.labels[keep]]
         own, own_index, held_out = _with_leave_one_out(
-            grown, fit.features, index, own, cal_index[keep], settings, len(old)
+            grown, fit.features, index, own, cal_index[keep], settings, len(old), pooled
         )
         added = _new_thresholds(own, own_index, len(new), settings, parent.thresholds.pooled)
         values = np.concatenate([values, added.values])

@@ -29,6 +29,7 @@ from aads.adapters.package import (
     read_meta,
     update_package,
 )
+from aads.atomic import replace_dir
 from aads.config import PlatformConfig
 from aads.continual.base import ContinuationError, Parent, resolve_base
 from aads.continual.data import (
@@ -227,9 +228,7 @@ def continue_from(
             run.set_tags({GATE_TAG: result.gate.verdict, GATE_DETAIL_TAG: result.gate.summary()})
             run.log_text(result.card, "model_card.md")
         final = out_dir / PACKAGE_DIR
-        if final.exists():
-            shutil.rmtree(final)
-        pkg.rename(final)
+        replace_dir(pkg, final)  # an earlier package there is kept until the new one is in place
         report = write_report(
             out_dir,
             read_meta(final),
