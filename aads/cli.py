@@ -12,16 +12,14 @@ from any directory (`aads.config.locate_config`).
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
-from functools import wraps
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -37,28 +35,14 @@ from rich.progress import (
 from rich.progress import Progress as ProgressDisplay
 from rich.table import Table
 
+from aads.cli_common import ConfigOpt, config_path, print_error, reports_errors
 from aads.cli_output import Output, OutputOpt, emit, key_table, print_json
-from aads.config import ConfigError, PlatformConfig, load_config, locate_config
-from aads.errors import AADSError, exit_code
+from aads.config import ConfigError, PlatformConfig, load_config
 from aads.phases import PHASES, Phase
 from aads.progress import Progress
 
 # PEFT 0.21 calls a transformers API renamed in 5.x; harmless until transformers 6.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
-
-
-def one_line(message: str) -> str:
-    """A multi-line reason (a config with several bad fields) as one grep-able line."""
-    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else "unknown error"
-    return f"{lines[0].rstrip(':')}: {'; '.join(lines[1:])}"
-
-
-def _print_error(message: str) -> None:
-    Console(stderr=True, soft_wrap=True).print(
-        f"[bold red]error:[/] {escape(one_line(message))}", highlight=False
-    )
 
 
 _click = sys.modules[typer.BadParameter.__module__]
@@ -82,10 +66,10 @@ class _OneLineErrors(typer.core.TyperGroup):
             else:
                 path = err.ctx.command_path if getattr(err, "ctx", None) else "aads"
                 reason = err.format_message().replace("Value error, ", "")
-                _print_error(f"{reason} (see {path} --help)")
+                print_error(f"{reason} (see {path} --help)")
                 code = err.exit_code
         except _Abort:
-            _print_error("aborted")
+            print_error("aborted")
             code = 130
         if not standalone:
             return code
@@ -120,18 +104,7 @@ app.add_typer(storage_app, name="storage")
 console = Console(soft_wrap=True)
 """stdout: results. Lines are never wrapped by rich (a pipe gets whole lines for grep)."""
 err_console = Console(stderr=True, soft_wrap=True)
-F = TypeVar("F", bound=Callable[..., object])
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="platform spec YAML; default: $AADS_CONFIG, else ./config/demo.yaml, else the "
-        "demo spec shipped with AADS",
-        show_default=False,
-    ),
-]
 ProductionConfigOpt = Annotated[
     Path | None,
     typer.Option(
@@ -163,41 +136,6 @@ def _root(
     ] = False,
 ) -> None:
     """AADS: plant-disease diagnosis on DINOv3, from data to served adapters."""
-
-
-def _fail(err: BaseException, code: int) -> NoReturn:
-    """Print the reason as one `error:` line (grep-able) and exit; never a traceback."""
-    _print_error(_reason(err))
-    raise typer.Exit(code) from None
-
-
-def _reason(err: BaseException) -> str:
-    """What went wrong in words: an OSError as "<file>: <what>", not "[Errno 13] ..."."""
-    if isinstance(err, OSError) and not isinstance(err, AADSError) and err.strerror:
-        where = f"{err.filename}: " if err.filename else ""
-        return f"{where}{err.strerror}"
-    return str(err) or type(err).__name__
-
-
-def reports_errors(fn: F) -> F:
-    """Map errors to `error: ...` + the exit code of their kind (`aads.errors.exit_code`): 2
-    for bad input or something that does not exist, 3 for a store or server that is down. An
-    OSError that is not ours is a local file (2) or a connection (3) problem."""
-
-    @wraps(fn)
-    def wrapper(*args: object, **kwargs: object) -> object:
-        try:
-            return fn(*args, **kwargs)
-        except (AADSError, OSError) as err:
-            _fail(err, exit_code(err))
-
-    return wrapper  # type: ignore[return-value]
-
-
-def config_path(given: Path | None, default: str = "demo.yaml", given_as: str = "--config") -> Path:
-    """The spec file a command reads (`aads.config.locate_config`: flag, $AADS_CONFIG,
-    ./config/<default>, the packaged one)."""
-    return locate_config(given, environ=os.environ, default=default, given_as=given_as)
 
 
 @contextmanager

@@ -12,8 +12,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from aads.cli import ConfigOpt, _fail, config_path, reports_errors
+from aads.cli_common import ConfigOpt, config_path, fail, reports_errors
 from aads.cli_output import key_table, print_table
+from aads.config import BASE_DOMAIN
+from aads.phases import DORA
 
 app = typer.Typer(help="Compile, run locally, or submit the KFP training pipeline.")
 console = Console(soft_wrap=True)
@@ -100,7 +102,7 @@ def _run_quietly(workdir: Path, config_text: str, data: str, **options):  # noqa
             return run_local(config_text, data, workdir, git_sha=git_sha(), echo=echo, **options)
     except PipelineFailed as err:
         reason = last_error(log_path)
-        _fail(RuntimeError(f"{err}\n  cause: {reason}" if reason else str(err)), 1)
+        fail(RuntimeError(f"{err}\n  cause: {reason}" if reason else str(err)), 1)
 
 
 def print_summary(run) -> None:  # noqa: ANN001 - pipelines.local.LocalRun
@@ -220,7 +222,8 @@ def held_out_images(run_dir: Path, data: Path, crops: list[str]) -> list[Path]:
 
     picked: dict[str, Path] = {}
     for row in manifest_rows(run_dir):
-        if row.split == "test" and row.domain == "base" and row.phase == "1" and row.crop in crops:
+        base = row.domain == BASE_DOMAIN and row.phase == DORA.number
+        if base and row.split == "test" and row.crop in crops:
             picked.setdefault(row.crop, data / row.path)
     return [picked[c] for c in crops if c in picked]
 

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aads.answer import Answer
-from aads.cli import ConfigOpt, reports_errors
+from aads.cli_common import ConfigOpt, reports_errors
 from aads.cli_output import answer_cell
 from aads.errors import NotFound
 

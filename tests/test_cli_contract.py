@@ -256,3 +256,20 @@ def test_config_show_prints_yaml_that_loads_back_to_the_same_spec():
 def test_config_show_as_json():
     result = invoke("config", "show", ROOT / "config" / "demo.yaml", "--output", "json")
     assert json.loads(result.stdout)["crops"][0]["name"] == "tomato"
+
+
+@pytest.mark.parametrize("module", ["pipelines.cli", "serving.cli"])
+def test_a_plugged_in_command_group_imports_on_its_own(module):
+    """`aads.cli` loads the command groups other packages plug in when it is imported; a group
+    that imported `aads.cli` for the shared option and error handling used to find itself half
+    initialised when imported first (`import pipelines.cli`: AttributeError, no `app`)."""
+    import subprocess
+    import sys
+
+    code = f"import {module}; from aads.cli import app; import typer.main as m; "
+    code += "print(sorted(m.get_command(app).commands))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "'pipeline'" in done.stdout and "'serve'" in done.stdout

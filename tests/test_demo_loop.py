@@ -156,3 +156,19 @@ def test_a_continuation_that_cannot_be_made_ends_the_loop_with_its_reason(looped
     (again,) = field_loop(*args, console)
     assert again.stopped and again.stopped in console.export_text()
     assert not again.child and registry.versions(f"{PREFIX}tomato") == ["1", "2"]
+
+
+def test_the_demo_diagnoses_one_held_out_base_image_per_crop(looped):
+    """`aads pipeline demo`'s diagnosis table shows each crop one test-split photo of a phase-1
+    class in the base domain: one the run never trained or calibrated on, of a class v1 knows."""
+    from aads.data.manifest import read_manifest
+    from pipelines.cli import held_out_images
+
+    _, _, _, (cfg, _, run, data, _, _) = looped
+    (manifest,) = run.run_dir.glob("preprocess/manifest/manifest.csv")
+    rows = {data / r.path: r for r in read_manifest(manifest)}
+    images = held_out_images(run.run_dir, data, ["tomato", "no-such-crop"])
+    assert len(images) == 1
+    row = rows[images[0]]
+    assert (row.crop, row.split, row.domain) == ("tomato", "test", "base")
+    assert row.label in cfg.crop("tomato").phase1_classes

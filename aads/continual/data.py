@@ -22,6 +22,7 @@ from aads.config import BASE_DOMAIN, CropSpec, PlatformConfig
 from aads.continual.base import ContinuationError
 from aads.data.ingest import IngestResult, ingest
 from aads.data.manifest import ManifestRow
+from aads.phases import DORA, SD_LORA
 from aads.tasks import TASK_FILE, TaskSpec, read_task
 
 TASK_PREFIX = "task"
@@ -30,9 +31,9 @@ EVAL_PREFIX = "eval"
 
 def learned_batches(meta: AdapterMeta) -> tuple[list[str], list[list[str]]]:
     """(phase-1 classes, phase-2 batches in order) as the package's history records them."""
-    phase1 = next((p.added for p in meta.phases if p.phase == "1"), [])
-    batches = [p.added for p in meta.phases if p.phase == "2"]
-    tasks = [p.task for p in meta.phases if p.phase == "2"]
+    phase1 = next((p.added for p in meta.phases if p.phase == DORA.number), [])
+    batches = [p.added for p in meta.phases if p.phase == SD_LORA.number]
+    tasks = [p.task for p in meta.phases if p.phase == SD_LORA.number]
     if tasks != [str(i) for i in range(len(batches))]:
         raise ContinuationError(
             f"the parent's phase-2 tasks are {tasks}, not 0..{len(batches) - 1}: its history "

@@ -25,6 +25,7 @@ from aads.data.manifest import ManifestRow, select
 from aads.errors import BadInput
 from aads.gaussians import SharedCovarianceGaussians
 from aads.metrics import average_forgetting, classification_summary, save_confusion_matrix
+from aads.phases import CONEC_LORA
 from aads.training import FitResult, make_train_loader
 
 if TYPE_CHECKING:
@@ -228,7 +229,7 @@ def domain_rows(
     or a phase-3 domain's images."""
     if domain == BASE_DOMAIN:
         return select(rows, crop=crop, split=split, domain=BASE_DOMAIN, labels=classes)
-    return select(rows, crop=crop, split=split, phase="3", task=domain)
+    return select(rows, crop=crop, split=split, phase=CONEC_LORA.number, task=domain)
 
 
 def write_phase_metrics(

@@ -52,6 +52,7 @@ from aads.adapters.phases.common import (
 from aads.config import BASE_DOMAIN, PlatformConfig
 from aads.data.manifest import ManifestRow
 from aads.metrics import classification_summary
+from aads.phases import SD_LORA
 
 
 def later_domain_rows(head: nn.Linear, new_classes: int) -> nn.Linear:
@@ -136,7 +137,7 @@ def learn_classes_in_heads(
         history.append(after)
         meta.phases.append(
             PhaseRecord(
-                phase="2",
+                phase=SD_LORA.number,
                 task=str(task),
                 added=batch,
                 seconds=time.monotonic() - started,

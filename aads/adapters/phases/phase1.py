@@ -41,6 +41,7 @@ from aads.data.manifest import ManifestRow
 from aads.features import backbone_signature
 from aads.gaussians import SharedCovarianceGaussians
 from aads.metrics import classification_summary, save_confusion_matrix
+from aads.phases import DORA
 from aads.progress import Progress
 from aads.training import EpochCallback, fit
 
@@ -99,7 +100,7 @@ def train_phase1(
         )
 
     fingerprint = {
-        "phase": "1",
+        "phase": DORA.number,
         "crop": crop,
         "classes": json.dumps(classes),
         "backbone": json.dumps(backbone_signature(backbone), sort_keys=True),
@@ -151,7 +152,7 @@ def train_phase1(
         adapter_settings=config.adapter.model_dump(mode="json"),
         phases=[
             PhaseRecord(
-                phase="1",
+                phase=DORA.number,
                 added=classes,
                 epochs=len(result.history),
                 history=result.history,

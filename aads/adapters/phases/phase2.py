@@ -54,6 +54,7 @@ from aads.config import BASE_DOMAIN, CropSpec, PlatformConfig, TrainingSettings
 from aads.data.manifest import ManifestRow
 from aads.features import backbone_signature
 from aads.metrics import classification_summary
+from aads.phases import NUMBERS, SD_LORA
 from aads.progress import Progress
 from aads.training import EpochCallback
 
@@ -82,7 +83,7 @@ def check_phase2_inputs(
     meta = read_meta(from_pkg)
     if meta.crop != crop:
         raise AdapterTrainingError(f"{from_pkg} is an adapter for '{meta.crop}', not '{crop}'")
-    if meta.last_phase not in ("1", "2", "3"):
+    if meta.last_phase not in NUMBERS:
         raise AdapterTrainingError(
             f"{from_pkg} has finished phase {meta.last_phase}; phase 2 continues a phase-1, "
             "phase-2 or phase-3 package"
@@ -172,7 +173,7 @@ def train_phase2(
             settings=settings,
             checkpoint_dir=checkpoint_dir / f"task{task}" if checkpoint_dir else None,
             fingerprint={
-                "phase": "2",
+                "phase": SD_LORA.number,
                 "task": str(task),
                 "crop": crop,
                 "classes": json.dumps(classes),
@@ -206,7 +207,7 @@ def train_phase2(
         }
         meta.phases.append(
             PhaseRecord(
-                phase="2",
+                phase=SD_LORA.number,
                 task=str(task),
                 added=batch,
                 epochs=len(outcome.fit.history),

@@ -60,6 +60,7 @@ from aads.config import BASE_DOMAIN, CONECSettings, PlatformConfig, TrainingSett
 from aads.data.manifest import ManifestRow
 from aads.features import backbone_signature
 from aads.metrics import average_forgetting, classification_summary
+from aads.phases import CONEC_LORA, NUMBERS
 from aads.progress import Progress
 from aads.storage import CHECKSUM_FILE, sha256_file
 from aads.training import EpochCallback
@@ -142,7 +143,7 @@ def train_phase3(
         state.selector.add_domain(evaluate.boundary(network, state, base_train))
     history = [evaluate.oracle(network, state, {d: tests[d] for d in meta.domains})]
     fingerprint = {
-        "phase": "3",
+        "phase": CONEC_LORA.number,
         "crop": crop,
         "classes": json.dumps(classes),
         "from_package": sha256_file(Path(from_pkg) / CHECKSUM_FILE),
@@ -170,7 +171,7 @@ def train_phase3(
         history.append(evaluate.oracle(network, state, {d: tests[d] for d in meta.domains}))
         meta.phases.append(
             PhaseRecord(
-                phase="3",
+                phase=CONEC_LORA.number,
                 task=name,
                 added=[name],
                 epochs=len(outcome.fit.history),
@@ -232,14 +233,14 @@ def _domain_setup(
 
 def _check_package_phase(meta: AdapterMeta, from_pkg: Path, conec: CONECSettings) -> None:
     """A phase-1/2 package, or a phase-3 one whose CONEC state fits the config's settings."""
-    if meta.last_phase not in ("1", "2", "3"):
+    if meta.last_phase not in NUMBERS:
         raise AdapterTrainingError(
             f"{from_pkg} has finished phase {meta.last_phase}; phase 3 continues a phase-1, "
             "phase-2 or phase-3 package"
         )
     continues = meta.has_domains  # a classes task after a domain keeps the CONEC state
     has_conec = (Path(from_pkg) / CONEC_FILE).is_file()
-    if continues != has_conec or (meta.last_phase == "3" and not continues):
+    if continues != has_conec or (meta.last_phase == CONEC_LORA.number and not continues):
         raise AdapterTrainingError(
             f"{from_pkg} is inconsistent: last phase {meta.last_phase}, domains {meta.domains}, "
             f"{CONEC_FILE} {'present' if has_conec else 'absent'}"
