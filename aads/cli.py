@@ -35,7 +35,7 @@ from rich.progress import (
 from rich.progress import Progress as ProgressDisplay
 from rich.table import Table
 
-from aads.cli_common import ConfigOpt, config_path, print_error, reports_errors
+from aads.cli_common import ConfigOpt, config_option, config_path, print_error, reports_errors
 from aads.cli_output import Output, OutputOpt, emit, key_table, print_json
 from aads.config import ConfigError, PlatformConfig, load_config
 from aads.phases import PHASES, Phase
@@ -105,16 +105,7 @@ console = Console(soft_wrap=True)
 """stdout: results. Lines are never wrapped by rich (a pipe gets whole lines for grep)."""
 err_console = Console(stderr=True, soft_wrap=True)
 
-ProductionConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="platform spec YAML; default: $AADS_CONFIG, else ./config/production.yaml, else "
-        "the production spec shipped with AADS",
-        show_default=False,
-    ),
-]
+ProductionConfigOpt = config_option("production.yaml", "production")
 
 
 def _version(value: bool) -> None:

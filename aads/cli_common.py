@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -24,16 +24,23 @@ from aads.errors import AADSError, exit_code
 
 F = TypeVar("F", bound=Callable[..., object])
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="platform spec YAML; default: $AADS_CONFIG, else ./config/demo.yaml, else the "
-        "demo spec shipped with AADS",
-        show_default=False,
-    ),
-]
+
+def config_option(default: str, shipped: str) -> Any:
+    """The ``--config`` option of a command whose spec defaults to ``./config/<default>``, else
+    the `shipped` spec inside the package (`config_path` resolves it the same way)."""
+    return Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help=f"platform spec YAML; default: $AADS_CONFIG, else ./config/{default}, else "
+            f"the {shipped} spec shipped with AADS",
+            show_default=False,
+        ),
+    ]
+
+
+ConfigOpt = config_option("demo.yaml", "demo")
 
 
 def one_line(message: str) -> str:
