@@ -41,9 +41,9 @@ $(STAMP): pyproject.toml
 
 tools: $(TOOLS_STAMP) promtool
 
-# promtool and the prometheus server (the alert-rule tests run both) from Debian's prometheus
-# package: installed only where apt-get exists and we are root (CI is); elsewhere those tests
-# skip, saying why. Where systemd runs, the package's service is stopped again: the tests
+# promtool and the prometheus server (the alert-rule tests run both, and the demo's field loop
+# runs the server) from Debian's prometheus package: installed only where apt-get exists and we
+# are root (CI is); elsewhere those tests skip and the demo's alert step is left out, saying why. Where systemd runs, the package's service is stopped again: the tests
 # start their own server on 127.0.0.1.
 promtool:
 	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then :; \
@@ -52,7 +52,7 @@ promtool:
 	      --no-install-recommends prometheus >/dev/null \
 	    && if [ -d /run/systemd/system ]; then systemctl disable --now prometheus || true; fi ) \
 	  || echo "warning: Debian's prometheus package did not install: the promtool tests skip"; \
-	else echo "note: promtool needs apt-get as root to install: the promtool tests skip"; fi
+	else echo "note: prometheus needs apt-get as root to install: its tests skip, the demo shows no alert"; fi
 
 $(TOOLS_STAMP): requirements/tools.txt
 	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
@@ -60,7 +60,7 @@ $(TOOLS_STAMP): requirements/tools.txt
 	$(TOOLS)/bin/python -m pip install --quiet -r requirements/tools.txt
 	@touch $(TOOLS_STAMP)
 
-demo: setup
+demo: setup promtool
 	$(BIN)/aads pipeline demo
 
 test: setup tools

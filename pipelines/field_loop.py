@@ -3,16 +3,18 @@
 For each served crop whose spec holds a disease out of training (``ood_holdout``), with the
 parts a team runs: the router and predictor serve ``candidate`` (v1) with capture on into a
 folder; photos of the held-out disease arrive from the field (the run's images of it outside
-the test split: never trained on, since the disease is held out) and those answered
-``unknown`` are captured; ``aads feedback review`` clusters them; the demo plays the person who
-labels (it names every cluster with the disease's name, as a person renaming the review's
-cluster folders would); ``aads feedback import`` writes a ``classes`` batch; the KFP
-continuation pipeline, run locally as the training pipeline is, continues ``candidate`` on
-that batch with an evaluation set made of the run's own test-split images of everything else
-(links, in the layout the synthesiser writes); the gate against the parent decides; a passing
-child is registered with its lineage and served, and the disease's test photos, which neither
-version saw, are sent to v1 and to the child: the before/after table. A refusal (before
-training, or by the gate) is printed with its reasons and ends the loop for that crop normally.
+the test split: never trained on, since the disease is held out) and those answered ``unknown``
+are captured; a real Prometheus server with the chart's rules fires the unknown-rate alert on
+them (`pipelines.field_alert`, where Prometheus is installed); ``aads feedback review``
+clusters them; the demo plays the person who labels (it names every cluster with the disease's
+name, as a person renaming the review's cluster folders would); ``aads feedback import`` writes
+a ``classes`` batch; the KFP continuation pipeline, run locally as the training pipeline is,
+continues ``candidate`` on that batch with an evaluation set made of the run's own test-split
+images of everything else (links, in the layout the synthesiser writes); the gate against the
+parent decides; a passing child is registered with its lineage and served, and the disease's
+test photos, which neither version saw, are sent to v1 and to the child: the before/after
+table. A refusal (before training, or by the gate) is printed with its reasons and ends the
+loop for that crop normally.
 
 Why field photos and test photos apart: a handful of captured test photos (3 to 5 of 8) left
 the child one photo to be measured on and the gate's new-task accuracy a coin toss, and the
@@ -50,6 +52,7 @@ class LoopResult:
     arrived: list[Path] = field(default_factory=list)  # its field photos (outside the test split)
     answered: list[Answer] = field(default_factory=list)  # v1's answers to those, captured
     captured: int = 0
+    alert: str = ""  # the unknown-rate alert Prometheus fired on v1's answers ('' if not)
     batch: Path | None = None
     passed: bool | None = None
     gate: str = ""
@@ -73,8 +76,11 @@ def field_loop(
     workdir: Path,
     tracking_uri: str,
     console: Console,
+    alert_rules: dict | None = None,
 ) -> list[LoopResult]:
-    """The loop for every served crop with an ``ood_holdout`` disease (the module docstring)."""
+    """The loop for every served crop with an ``ood_holdout`` disease (the module docstring).
+    `alert_rules`: the chart's ``monitoring`` values the alert step renders its rules with
+    (default `pipelines.field_alert.DEMO_RULES`)."""
     rows = manifest_rows(run.run_dir)
     results = []
     for crop, registered in run.crops.items():
@@ -86,7 +92,7 @@ def field_loop(
         console.rule(f"field loop: {crop} meets {result.disease}, a disease v1 never saw")
         try:
             work = Path(workdir) / "field" / crop
-            _one_loop(cfg, text, rows, data, work, tracking_uri, console, result)
+            _one_loop(cfg, text, rows, data, work, tracking_uri, console, result, alert_rules)
         except typer.Exit:  # a CLI step printed its `error:` line; the loop ends here
             result.stopped = result.stopped or "a step failed (its error is printed above)"
         result.seconds = time.perf_counter() - start
@@ -106,12 +112,14 @@ def _one_loop(
     tracking_uri: str,
     console: Console,
     result: LoopResult,
+    alert_rules: dict | None = None,
 ) -> None:
     import aads.cli  # noqa: F401 - first: aads.monitor_cli's commands hang on aads.cli's app
     from aads.continual.lineage import chain, chain_text, links
     from aads.continue_cli import lineage_cmd
     from aads.monitor_cli import feedback_import, feedback_review
     from aads.registry import Registry, adapter_model_name
+    from pipelines.field_alert import alert_summary, watch_unknown_rate
     from pipelines.local import PipelineFailed, last_error, output_to, run_continuation_local
     from pipelines.submit import git_sha
     from serving.local import predict_files, serve_locally
@@ -145,13 +153,14 @@ def _one_loop(
         spec_text, router_uri, adapters, work / "serve-v1", tracking_uri=tracking_uri
     ) as served:
         result.answered = predict_files(served.router_url, result.arrived, crop_hint=crop)
+        unknown = sum(a.label == "unknown" for a in result.answered)
+        console.print(f"v{v1} answered {unknown} of {len(result.arrived)} `unknown`")
+        urls = (served.router_url, served.predictor_url)
+        alert = watch_unknown_rate(*urls, crop, result.arrived, work, console, alert_rules)
+        result.alert = alert_summary(alert) if alert else ""
     # stopping the router flushes its capture queue (SIGTERM)
     result.captured = len(list((work / "capture").rglob("*.json")))
-    unknown = sum(a.label == "unknown" for a in result.answered)
-    console.print(
-        f"v{v1} answered {unknown} of {len(result.arrived)} `unknown`; "
-        f"{result.captured} image(s) captured"
-    )
+    console.print(f"{result.captured} image(s) captured (each photo once)")
     if not result.captured:
         result.stopped = "nothing was captured, so there is nothing to review"
         return

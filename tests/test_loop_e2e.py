@@ -24,27 +24,27 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 from typer.testing import CliRunner
 
 from aads.cli import app
 from aads.config import SynthSettings, parse_config
 from aads.continual import Continuation
 from aads.continual.lineage import KIND_TAG, PARENT_TAG, register_continuation
+from aads.prometheus_local import find_binary
 from aads.registry import RegisteredVersion, Registry
 from aads.tasks import read_task
+from pipelines.field_alert import watch_unknown_rate
 from serving.local import ServerProcess, start_server
 from tests.conftest import free_port
 from tests.serving_models import trained_models
-from tests.test_chart import by_kind, scenario
 from tests.test_feedback_import import annotation, exported, new_class
-from tests.test_prometheus_server import PROMETHEUS, firing
 from tests.test_serving import post, v1
 from tests.test_serving_telemetry import port_of, scrape, storage_for, total
 from tests.test_spec_reload import kubelet_write
@@ -52,7 +52,7 @@ from tests.test_spec_reload import kubelet_write
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        PROMETHEUS is None,
+        find_binary() is None,
         reason="the prometheus server is not installed: `make tools` installs Debian's "
         "prometheus package (apt-get, as root)",
     ),
@@ -124,7 +124,6 @@ class Loop:
         self.tmp, self.endpoint, self.tracking_uri = tmp, endpoint, tracking_uri
         self.storage = storage_for(endpoint, "loop-capture", tmp)
         self.servers: dict[str, ServerProcess] = {}
-        self.prometheus: subprocess.Popen | None = None
         self.env = {**os.environ, **CREDENTIALS}
         self.config = parse_config(self.spec())
         self.registry = Registry(self.config.registry, tracking_uri=tracking_uri)
@@ -159,54 +158,9 @@ class Loop:
         )
         return port_of(self.servers[name])
 
-    def start_prometheus(self, router: int, predictor: int) -> int:
-        (rule,) = by_kind(scenario("monitoring", monitoring=FAST), "PrometheusRule")
-        rules = self.tmp / "rules.yaml"
-        rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False))
-
-        def target(port: int, isvc: str, component: str) -> dict:
-            labels = {"namespace": "aads", "isvc": isvc, "component": component, "pod": isvc}
-            return {"targets": [f"127.0.0.1:{port}"], "labels": labels}
-
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(rules)],
-            "scrape_configs": [
-                {
-                    "job_name": "aads/aads",
-                    "scrape_timeout": "1s",
-                    "static_configs": [
-                        target(router, "aads-router", "router"),
-                        target(predictor, "aads-tomato", "adapter-predictor"),
-                    ],
-                }
-            ],
-        }
-        (self.tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-        web = free_port()
-        self.prometheus = subprocess.Popen(
-            [
-                str(PROMETHEUS),
-                f"--config.file={self.tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={self.tmp / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{web}",
-                "--log.level=warn",
-            ],
-            stdout=(self.tmp / "prometheus.log").open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        return web
-
     def close(self) -> None:
         for server in self.servers.values():
             server.stop()
-        if self.prometheus is not None:
-            self.prometheus.terminate()
-            try:
-                self.prometheus.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.prometheus.kill()
-                self.prometheus.wait()
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +209,6 @@ def test_unknowns_are_captured_alerted_curated_continued_and_answered_by_name(
         v1_port,
     )
     router = loop.serve("router", "serving.router", ["--router", str(router_model), *source])
-    web = loop.start_prometheus(router, v1_port)
 
     # ---- photos of a disease v1 never saw: answered unknown, and captured
     photos = [p.read_bytes() for p in sorted((tmp / "data" / LEAVES / NEW).glob("*.jpg"))]
@@ -267,17 +220,13 @@ def test_unknowns_are_captured_alerted_curated_continued_and_answered_by_name(
     assert len(unknown) >= len(photos) // 2, [a["label"] for a in first]
     assert all(first[i]["model"]["version"] == "1" for i in unknown)
 
-    # ---- the unknown-rate alert fires (the same photos keep arriving: a field problem)
-    deadline = time.monotonic() + ALERT_DEADLINE_S
-    alert = None
-    while time.monotonic() < deadline and alert is None:
-        post(router, "/v1/models/aads:predict", v1(*photos, hint="tomato"))
-        try:
-            alert = firing(web).get(("AADSUnknownRateHigh", "tomato"))
-        except OSError:
-            pass  # prometheus still starting
-        time.sleep(1)
-    assert alert is not None, (tmp / "prometheus.log").read_text()[-2000:]
+    # ---- the unknown-rate alert fires (the same photos keep arriving: a field problem):
+    # the demo's own step, a real Prometheus server with the chart's rules
+    paths = sorted((tmp / "data" / LEAVES / NEW).glob("*.jpg"))
+    urls = (f"http://127.0.0.1:{router}", f"http://127.0.0.1:{v1_port}")
+    console = Console(record=True, width=200)
+    alert = watch_unknown_rate(*urls, "tomato", paths, tmp, console, FAST, ALERT_DEADLINE_S)
+    assert alert is not None, console.export_text()
     assert alert["labels"]["model_version"] == "1"
 
     # ---- captured: each unknown photo once, with its answer (repeats were deduplicated)

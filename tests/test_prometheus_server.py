@@ -14,23 +14,19 @@ test ends."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
+from aads.prometheus_local import LocalPrometheus, Target, find_binary
 from aads.telemetry import Telemetry
 from tests.charts import by_kind, scenario
 from tests.conftest import free_port
 
-PROMETHEUS = shutil.which("prometheus")
+PROMETHEUS = find_binary()
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
@@ -77,13 +73,6 @@ class Traffic:
             self.router.observe_answer(answer("corn", i % 50 < 3, "2"))
 
 
-def api(port: int, path: str) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-        body = json.load(response)
-    assert body["status"] == "success", body
-    return body["data"]
-
-
 @pytest.fixture
 def world(tmp_path) -> Iterator[dict]:
     router, predictor = Telemetry(CollectorRegistry()), Telemetry(CollectorRegistry())
@@ -96,60 +85,24 @@ def world(tmp_path) -> Iterator[dict]:
         ports[name] = free_port()
         servers.append(start_http_server(ports[name], addr="127.0.0.1", registry=t.registry))
     (rule,) = by_kind(scenario("monitoring", monitoring=FAST), "PrometheusRule")
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}, sort_keys=False))
-
-    def target(port: int, isvc: str, component: str) -> dict:
-        labels = {"namespace": "aads", "isvc": isvc, "component": component, "pod": f"{isvc}-0"}
-        return {"targets": [f"127.0.0.1:{port}"], "labels": labels}
-
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
-        "rule_files": [str(rules)],
-        "scrape_configs": [
-            {
-                "job_name": "aads/aads",
-                "static_configs": [
-                    target(ports["router"], "aads-router", "router"),
-                    target(ports["predictor"], "aads-tomato", "adapter-predictor"),
-                    target(free_port(), "aads-corn-maize", "adapter-predictor"),  # down
-                ],
-            }
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    web = free_port()
-    log = (tmp_path / "prometheus.log").open("w")
-    server = subprocess.Popen(
-        [
-            str(PROMETHEUS),
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{web}",
-            "--log.level=warn",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    targets = [
+        Target(ports["router"], "aads-router", "router"),
+        Target(ports["predictor"], "aads-tomato", "adapter-predictor"),
+        Target(free_port(), "aads-corn-maize", "adapter-predictor"),  # down
+    ]
     traffic = Traffic(router)
     try:
-        yield {"web": web, "traffic": traffic, "log": tmp_path / "prometheus.log"}
+        with LocalPrometheus(tmp_path, targets, rule["spec"]["groups"]) as prometheus:
+            yield {"prometheus": prometheus, "traffic": traffic}
     finally:
         traffic.stop.set()
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
         for http, thread in servers:
             http.shutdown()
             http.server_close()
             thread.join(timeout=5)
 
 
-def wait_for(check, deadline: float, what: str, log: Path):  # noqa: ANN001, ANN201
+def wait_for(check, deadline: float, what: str, prometheus: LocalPrometheus):  # noqa: ANN001, ANN201
     while time.monotonic() < deadline:
         try:
             found = check()
@@ -158,42 +111,33 @@ def wait_for(check, deadline: float, what: str, log: Path):  # noqa: ANN001, ANN
         if found:
             return found
         time.sleep(0.5)
-    pytest.fail(f"{what} within {DEADLINE:.0f} s; prometheus log:\n{log.read_text()[-3000:]}")
-
-
-def firing(web: int) -> dict[tuple, dict]:
-    alerts = api(web, "/api/v1/alerts")["alerts"]
-    return {
-        (a["labels"]["alertname"], a["labels"].get("crop", a["labels"].get("isvc"))): a
-        for a in alerts
-        if a["state"] == "firing"
-    }
+    pytest.fail(f"{what} within {DEADLINE:.0f} s; prometheus log:\n{prometheus.log_tail()}")
 
 
 def test_prometheus_scrapes_the_telemetry_and_the_unknown_rate_and_down_alerts_fire(world):
     start = time.monotonic()
     deadline = start + DEADLINE
-    web = world["web"]
-    wait_for(lambda: api(web, "/api/v1/status/buildinfo"), deadline, "prometheus up", world["log"])
+    prometheus = world["prometheus"]
+    wait_for(
+        lambda: prometheus.api("/api/v1/status/buildinfo"), deadline, "prometheus up", prometheus
+    )
     world["traffic"].thread.start()
 
     def scraped() -> list:
-        result = api(web, "/api/v1/query?query=aads_answers_total")["result"]
+        result = prometheus.api("/api/v1/query?query=aads_answers_total")["result"]
         return [r for r in result if r["metric"].get("crop") == "tomato"]
 
-    series = wait_for(scraped, deadline, "the router's answers scraped", world["log"])
+    series = wait_for(scraped, deadline, "the router's answers scraped", prometheus)
     labels = {json.dumps(r["metric"], sort_keys=True) for r in series}
     assert any('"class": "healthy"' in s and '"verdict": "known"' in s for s in labels)
     assert any('"verdict": "unknown"' in s and '"class"' not in s for s in labels)  # "" = none
 
     def alerts_fired() -> dict | None:
-        found = firing(web)
+        found = prometheus.firing()
         wanted = {("AADSUnknownRateHigh", "tomato"), ("AADSServiceDown", "aads-corn-maize")}
         return found if wanted <= set(found) else None
 
-    found = wait_for(
-        alerts_fired, deadline, "the unknown-rate and down alerts firing", world["log"]
-    )
+    found = wait_for(alerts_fired, deadline, "the unknown-rate and down alerts firing", prometheus)
     tomato = found[("AADSUnknownRateHigh", "tomato")]
     assert tomato["labels"]["model_version"] == "7"
     assert tomato["annotations"]["summary"].startswith("tomato v7 answers unknown")
@@ -204,7 +148,7 @@ def test_prometheus_scrapes_the_telemetry_and_the_unknown_rate_and_down_alerts_f
     assert ("AADSServiceDown", "aads-router") not in found
 
     # The real evaluator found nothing wrong with any expression on real data.
-    groups = api(web, "/api/v1/rules")["groups"]
+    groups = prometheus.api("/api/v1/rules")["groups"]
     rules = [r for g in groups for r in g["rules"]]
     assert len(rules) >= 9
     assert all(r["health"] == "ok" for r in rules), [
