@@ -1,19 +1,18 @@
 """Real images: the whole AADS pipeline per crop against a linear probe on the same frozen
 backbone, on the PlantVillage sample as published.
 
-Reproduce with ``.venv/bin/python benchmarks/real.py`` (one split seed at 64 and 128 px: a few
-minutes per size on 2 idle CPU cores, plus a one-off pretraining of the stand-in backbone per
-size on first use). It reads the sample in place (``../shared/data/plantvillage`` beside the
-checkout, or ``$AADS_PLANTVILLAGE_DIR``) and writes ``benchmarks/results/real.json`` and
-``real.md``. The committed results pool three split seeds and include the ablation:
-``--sizes 64 --seeds 3 --variants lp-ft random-head`` and
-``--sizes 128 --seeds 3 --weights-from 64`` (the 64-px-pretrained backbone read at 128 px: its
-128-px pretraining did not finish on the shared machine), run in parallel and joined with
-``--merge``.
+Reproduce with ``.venv/bin/python benchmarks/real.py`` (one split seed at 64 and 128 px: under
+a minute per size and seed on 2 CPU cores, plus a one-off pretraining of the stand-in backbone
+per size on first use: about 1.5 minutes at 64 px, 6 at 128 px). It reads the sample in place
+(``../shared/data/plantvillage`` beside the checkout, or ``$AADS_PLANTVILLAGE_DIR``) and writes
+``benchmarks/results/real.json`` and ``real.md``. The committed results pool three split seeds
+and include the ablation: ``--sizes 64 --seeds 3``, ``--sizes 128 --seeds 3`` (each size on the
+stand-in pretrained at that size, recipe v4) and ``--sizes 64 --seeds 3 --variants
+random-head``, run one after another (``--threads 1``) and joined with ``--merge``.
 
 Setup. `config/plantvillage.yaml` (tomato, pepper, corn and potato with PlantVillage's folder
 names as aliases; phase-1 classes, phase-2 batches and a near-OOD hold-out per crop where the
-sample has enough classes) at the demo's 64 px and at 128 px (`--sizes`). For each size:
+sample has enough classes) at 64 px and at the demo's 128 px (`--sizes`). For each size:
 
 - **pipeline**: `aads.demo.run_demo` on the sample, the in-process runner of the pipeline's
   steps: ingest (aliases, exclusions, duplicates), router (crop head on frozen features),
@@ -29,12 +28,15 @@ sample has enough classes) at the demo's 64 px and at 128 px (`--sizes`). For ea
 Three comparisons, each pipeline part against the probe that does its job:
 
 - **router** vs a crop probe (LR over the 4 crops on the router backbone's features);
-- **adapter** (given the true crop) vs the per-crop probe over that crop's known classes;
+- **adapter** (given the true crop) vs the per-crop probe over that crop's known classes, also
+  counted apart on the phase-1 classes and on the classes phase 2 added (``by_phase``: where a
+  gap sits);
 - **end to end** per crop: each test image routed by the trained router (`CropRouter.route`)
   and answered by the routed crop's adapter (`LoadedAdapter.verdicts`), as served; correct
   when both crop and class are; vs a flat probe over every (crop, class) of the config.
   ``answered`` also counts an image the router or the adapter rejects as unknown as wrong (the
-  price of the OOD check on in-distribution images); ``top1`` uses the head's class.
+  price of the OOD check on in-distribution images); ``top1`` uses the head's class;
+  ``routed_to`` counts where the router sent each crop's test photos.
 
 The backbone is the demo's ``synthetic:mini`` stand-in (4 blocks, pretrained in code on
 synthetic plants of other crops), not DINOv3: the real weights cannot be downloaded here.
@@ -53,7 +55,8 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -114,16 +117,47 @@ def scored(correct: int, n: int, **extra: Any) -> dict[str, Any]:
     return {"accuracy": accuracy, "ci95": wilson(correct, n), "n_test": n, **extra}
 
 
+def by_phase(phase1: Sequence[str], labels: Sequence[str], hits: Sequence[bool]) -> dict:
+    """Correct test images among the phase-1 classes and among the classes phase 2 added.
+
+    Why: phase 2 is rehearsal-free (a task sees only its own classes' images; old and new
+    classes meet only through class statistics), where the probe fits every class at once, so
+    the two part ways, if anywhere, on the added classes; this says where a gap sits."""
+    out = {}
+    for group, first in (("phase1_classes", True), ("phase2_classes", False)):
+        mine = [
+            bool(h) for label, h in zip(labels, hits, strict=True) if (label in phase1) == first
+        ]
+        out[group] = {"correct": sum(mine), "n": len(mine)}
+    return out
+
+
 def probe(
-    table: FeatureTable, rows: list[ManifestRow], crop: str, classes: list[str]
+    table: FeatureTable,
+    rows: list[ManifestRow],
+    crop: str,
+    classes: list[str],
+    phase1: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The per-crop floor: LR over `classes` on the crop's base-domain images."""
+    """The per-crop floor: LR over `classes` on the crop's base-domain images (with its
+    correct test images split by `phase1` classes and the rest, when `phase1` is given)."""
     parts = {s: _split(rows, crop, classes, s) for s in ("train", "val", "test")}
     x = {s: table.take([r.sha256 for r in p]).numpy() for s, p in parts.items()}
     y = {s: np.array([classes.index(r.label) for r in p]) for s, p in parts.items()}
     model, c = _fit_probe(x, y)
-    correct = int((model.predict(x["test"]) == y["test"]).sum())
-    return scored(correct, len(y["test"]), n_train=len(y["train"]), C=c)
+    hits = model.predict(x["test"]) == y["test"]
+    extra = {"by_phase": by_phase(phase1, [r.label for r in parts["test"]], hits)} if phase1 else {}
+    return scored(int(hits.sum()), len(y["test"]), n_train=len(y["train"]), C=c, **extra)
+
+
+def adapter_hits(package: Path, test: list[ManifestRow], sample: Path) -> list[bool]:
+    """Per test image, whether the crop's final adapter names its class (the head's top-1,
+    OOD check aside): the package's test accuracy recounted, image by image."""
+    adapter = load_adapter(package)
+    bb = adapter.backbone
+    pixels = preprocess_batch([sample / r.path for r in test], bb.image_size, bb.normalization)
+    verdicts = adapter.verdicts(pixels)
+    return [v.predicted_class == r.label for v, r in zip(verdicts, test, strict=True)]
 
 
 def known_rows(config: PlatformConfig, rows: list[ManifestRow], split: str) -> list[ManifestRow]:
@@ -186,6 +220,7 @@ def end_to_end(
             "top1": scored(top1, len(mine)),
             "answered": scored(answered, len(mine)),
             "rejected_as_unknown": sum(answers[i][2] for i in mine),
+            "routed_to": dict(sorted(Counter(routes[i].crop for i in mine).items())),
         }
     return scored(routed, len(test)), per_crop
 
@@ -275,12 +310,14 @@ def run_size(
     for spec in config.crops:
         metrics = summary["metrics"][spec.name]
         acc, key = pipeline_accuracy(metrics)
-        classes = spec.known_classes
-        n_test = len(_split(rows, spec.name, classes, "test"))
+        classes, phase1 = spec.known_classes, list(spec.phase1_classes)
+        test = _split(rows, spec.name, classes, "test")
+        n_test = len(test)
         correct = round(acc * n_test)
+        hits = adapter_hits(Path(summary["adapters"][spec.name]), test, sample)
         start = time.perf_counter()
-        floor = probe(table, rows, spec.name, classes)
-        probe_p1 = probe(table, rows, spec.name, list(spec.phase1_classes))
+        floor = probe(table, rows, spec.name, classes, phase1)
+        probe_p1 = probe(table, rows, spec.name, phase1)
         probe_seconds = time.perf_counter() - start
         crops[spec.name] = {
             "classes": classes,
@@ -296,6 +333,8 @@ def run_size(
                 "ood_far_auroc": metrics.get("ood_far_auroc"),
                 "ood_id_rejected": metrics.get("ood_id_rejected"),
                 "seconds": sum(s["seconds"] for s in steps if s["name"].startswith(spec.name)),
+                "correct_recounted": sum(hits),
+                "by_phase": by_phase(phase1, [r.label for r in test], hits),
             },
             "probe": {**floor, "seconds": probe_seconds},
             "probe_phase1_classes": probe_p1,
@@ -353,6 +392,13 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(kept) / len(kept) if kept else None
 
 
+def _pool_by_phase(parts: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    return {
+        group: {k: sum(p["by_phase"][group][k] for p in parts) for k in ("correct", "n")}
+        for group in parts[0]["by_phase"]
+    }
+
+
 def pooled(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per image size and variant, every split seed's test images pooled (n x seeds), and the
     seeds on which the pipeline part was at or above its probe."""
@@ -371,6 +417,15 @@ def pooled(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "end_to_end_top1": _pool([c["end_to_end"]["top1"] for c in cs]),
                 "end_to_end_answered": _pool([c["end_to_end"]["answered"] for c in cs]),
                 "flat_probe": _pool([c["flat_probe"] for c in cs]),
+                "by_phase": {
+                    "adapter": _pool_by_phase([c["pipeline"] for c in cs]),
+                    "probe": _pool_by_phase([c["probe"] for c in cs]),
+                },
+                "routed_to": dict(
+                    sorted(
+                        sum((Counter(c["end_to_end"]["routed_to"]) for c in cs), Counter()).items()
+                    )
+                ),
                 "phase1": _mean([c["pipeline"]["phase1_accuracy"] for c in cs]),
                 "phase1_probe": _mean([c["probe_phase1_classes"]["accuracy"] for c in cs]),
                 "retention": _mean([c["pipeline"]["phase2_retention"] for c in cs]),
@@ -394,6 +449,24 @@ def pooled(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _by_phase(c: dict[str, Any]) -> str:
+    """`adapter vs probe (of n)` on the phase-1 classes, then on those phase 2 added."""
+    a, p = c["by_phase"]["adapter"], c["by_phase"]["probe"]
+    return " / ".join(
+        f"{a[g]['correct']} vs {p[g]['correct']} (of {a[g]['n']})" if a[g]["n"] else "-"
+        for g in ("phase1_classes", "phase2_classes")
+    )
+
+
+def _routes(crops: dict[str, Any]) -> str:
+    return "; ".join(
+        f"{crop} {c['routed_to'].get(crop, 0)} of {sum(c['routed_to'].values())} ("
+        + ", ".join(f"{k} {v}" for k, v in c["routed_to"].items() if k != crop)
+        + ")"
+        for crop, c in crops.items()
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Real images: pipeline vs linear probe (PlantVillage sample)",
@@ -412,18 +485,21 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             f"Pipeline {g['pipeline_seconds']:.0f} s per run (router, every crop's phases, OOD "
             f"calibration). Router: crop accuracy {_acc(g['router'])} vs crop probe "
-            f"{_acc(g['router_probe'])} (n {g['router']['n_test']}).",
+            f"{_acc(g['router_probe'])} (n {g['router']['n_test']}). Test photos the router "
+            f"sends to their own crop (elsewhere): {_routes(g['crops'])}.",
             "",
             "| crop | adapter (true crop) | probe | seeds adapter >= probe | phase 1 / its probe |"
+            " final adapter vs probe, correct on phase-1 / phase-2 classes |"
             " retention | end to end top-1 | answered (OOD on) | flat probe | "
             "OOD AUROC near / loco / far | s |",
-            "|---|---|---|---:|---|---:|---|---|---|---|---:|",
+            "|---|---|---|---:|---|---|---:|---|---|---|---|---:|",
         ]
         for crop, c in g["crops"].items():
             lines.append(
                 f"| {crop} | {_acc(c['adapter'])} (n {c['adapter']['n_test']}) | "
                 f"{_acc(c['probe'])} | {c['adapter_at_or_above_probe']}/{len(g['seeds'])} | "
-                f"{_fmt(c['phase1'])} / {_fmt(c['phase1_probe'])} | {_fmt(c['retention'])} | "
+                f"{_fmt(c['phase1'])} / {_fmt(c['phase1_probe'])} | {_by_phase(c)} | "
+                f"{_fmt(c['retention'])} | "
                 f"{_acc(c['end_to_end_top1'])} | {_acc(c['end_to_end_answered'])} | "
                 f"{_acc(c['flat_probe'])} | {_fmt(c['ood_near_auroc'])} / "
                 f"{_fmt(c['ood_loco_auroc'])} / {_fmt(c['ood_far_auroc'])} | "
