@@ -3,8 +3,9 @@
 Reproduce with ``.venv/bin/python benchmarks/continual_ops.py [--only synthetic|plantvillage]``;
 writes ``benchmarks/results/continual_ops.json`` and ``continual_ops.md`` (``--only`` replaces
 that split and keeps the other's results, each split recording its machine and ``--quick``).
-About 10 minutes on 2 shared CPU cores (the `synthetic:mini` backbone pretrains once when its
-cache under ``~/.cache/aads`` is missing).
+27 minutes with the default 3 repeats on 2 CPU cores shared at a load average of about 5;
+4-10 minutes with ``--repeats 1`` (the `synthetic:mini` backbone pretrains once when its cache
+under ``~/.cache/aads`` is missing).
 
 Two long splits of one crop (tomato), each a base of known diseases and four later tasks of one
 new disease each:
