@@ -82,7 +82,7 @@ class LocalPrometheus:
         if self.binary is None:
             raise PrometheusFailed(
                 "the prometheus server is not installed (Debian's prometheus package; "
-                "`make tools` installs it where apt-get runs as root)"
+                "`make tools` and `make demo` install it where apt-get runs as root)"
             )
         self.targets, self.groups, self.interval = list(targets), groups, interval
         self.port = 0

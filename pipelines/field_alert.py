@@ -29,7 +29,6 @@ from aads.prometheus_local import (
     PrometheusFailed,
     Target,
     chart_rule_groups,
-    find_binary,
 )
 
 CHART_DIR = Path(__file__).resolve().parents[1] / "charts"
@@ -78,23 +77,18 @@ def watch_unknown_rate(
     are rendered with (default `DEMO_RULES`)."""
     from serving.local import predict_files
 
-    if find_binary() is None:
-        console.print(
-            "[yellow]Prometheus is not installed[/] (Debian's prometheus package; `make demo` "
-            "installs it where apt-get runs as root): the unknown-rate alert is not shown"
-        )
-        return None
     rules = rules or DEMO_RULES
-    try:
-        groups = chart_rule_groups(CHART_DIR, rules)
-    except ChartError as err:
-        console.print(f"[yellow]the chart's alert rules did not render[/] ({err}): no alert step")
-        return None
-    values = unknown_rate_values(rules)
     targets = [
         Target(_port(router_url), "aads-router", "router"),
         Target(_port(predictor_url), f"aads-{crop}", "adapter-predictor"),
     ]
+    try:
+        groups = chart_rule_groups(CHART_DIR, rules)
+        server = LocalPrometheus(work / "prometheus", targets, groups)
+    except (ChartError, PrometheusFailed) as err:
+        console.print(f"[yellow]{err}[/]: the unknown-rate alert is not shown")
+        return None
+    values = unknown_rate_values(rules)
     console.print(
         f"Prometheus (Debian's server, on 127.0.0.1) scrapes the router and the predictor every "
         f"second with the chart's {ALERT} rule (window {values['window']}, for {values['for']}, "
@@ -102,7 +96,7 @@ def watch_unknown_rate(
         "defaults: window 1h, for 15m); the field keeps sending the photos ..."
     )
     began = time.monotonic()
-    with LocalPrometheus(work / "prometheus", targets, groups) as prometheus:
+    with server as prometheus:
         rounds, share, checked = 0, 0.0, False
         while time.monotonic() - began < deadline_s:
             answers = predict_files(router_url, photos, crop_hint=crop)

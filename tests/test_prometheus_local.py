@@ -37,3 +37,17 @@ def test_without_the_server_installed_the_error_says_how_to_get_it(tmp_path, mon
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(Unavailable, match="Debian's prometheus package"):
         LocalPrometheus(tmp_path, [], [])
+
+
+@pytest.mark.slow
+def test_the_demo_says_the_alert_step_is_left_out_without_the_server(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from pipelines.field_alert import watch_unknown_rate
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    console = Console(record=True, width=200)
+    urls = ("http://127.0.0.1:9", "http://127.0.0.1:9")  # never called
+    assert watch_unknown_rate(*urls, "pepper", [], tmp_path, console) is None
+    text = console.export_text()
+    assert "Debian's prometheus package" in text and "alert is not shown" in text
